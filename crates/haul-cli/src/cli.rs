@@ -1,0 +1,220 @@
+//! The command-line surface of `haul`: global options and commands, as laid
+//! out in DESIGN.md ("The command"). Parsing only; running lives elsewhere.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// haul moves container images between registries and a local store.
+#[derive(Debug, Parser)]
+#[command(name = "haul", version, about, long_about = None, disable_version_flag = false)]
+pub struct Cli {
+    /// Options that apply to every command.
+    #[command(flatten)]
+    pub global: GlobalOptions,
+
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How progress is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProgressMode {
+    /// Live bars on a terminal, plain lines otherwise.
+    Auto,
+    /// Live per-layer lines with bars (Docker style).
+    Tty,
+    /// One line per state change, no control codes (for CI logs).
+    Plain,
+    /// One JSON object per event, in Docker's JSON message format.
+    Json,
+}
+
+/// Options shared by all commands.
+#[derive(Debug, Args)]
+pub struct GlobalOptions {
+    /// Root directory of the local store [default: $HAUL_ROOT, else
+    /// $XDG_DATA_HOME/haul, else ~/.local/share/haul]
+    #[arg(long, global = true, env = "HAUL_ROOT", value_name = "DIR")]
+    pub root: Option<PathBuf>,
+
+    /// How to show progress.
+    #[arg(long, global = true, value_enum, default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
+
+    /// Print only the final result (image reference or digest).
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+
+    /// Platform to select from a multi-platform image (OS/ARCH[/VARIANT]).
+    #[arg(long, global = true, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<String>,
+
+    /// Registry to reach over plain HTTP or with an unverified certificate
+    /// (may be repeated).
+    #[arg(long = "insecure-registry", global = true, value_name = "HOST[:PORT]")]
+    pub insecure_registries: Vec<String>,
+
+    /// How many layers to download at once (0 = unlimited).
+    #[arg(long, global = true, default_value_t = 3, value_name = "N")]
+    pub max_concurrent_downloads: usize,
+
+    /// How many layers to upload at once (0 = unlimited).
+    #[arg(long, global = true, default_value_t = 5, value_name = "N")]
+    pub max_concurrent_uploads: usize,
+
+    /// How many times to try a layer download before giving up.
+    #[arg(long, global = true, default_value_t = 5, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_download_attempts: u32,
+
+    /// More log output (-v info, -vv debug, -vvv trace), on stderr.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// The commands of haul.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Fetch images from a registry and unpack them into the local store.
+    Pull {
+        /// Image references (several share one transfer manager).
+        #[arg(required = true, value_name = "REF")]
+        references: Vec<String>,
+        /// Pull every platform of a multi-platform image.
+        #[arg(long)]
+        all_platforms: bool,
+        /// Keep only the blobs; do not unpack layers.
+        #[arg(long)]
+        no_unpack: bool,
+    },
+    /// Upload a local image to a registry.
+    Push {
+        /// The local image reference to push.
+        #[arg(value_name = "REF")]
+        reference: String,
+    },
+    /// Copy an image between registries, OCI layouts and docker archives.
+    Copy {
+        /// Source: [docker://]REF, oci:DIR[:TAG] or docker-archive:FILE.
+        source: String,
+        /// Destination, in the same forms as the source.
+        destination: String,
+        /// Copy every platform of a multi-platform image.
+        #[arg(long)]
+        all_platforms: bool,
+    },
+    /// List local images.
+    Images {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+        format: ListFormat,
+    },
+    /// Show an image's manifest digest, config and layers as JSON.
+    Inspect {
+        /// The local image reference.
+        #[arg(value_name = "REF")]
+        reference: String,
+    },
+    /// Give a local image another name.
+    Tag {
+        /// The existing reference.
+        source: String,
+        /// The new reference.
+        target: String,
+    },
+    /// Remove a local image reference (and what only it used).
+    Rmi {
+        /// References to remove.
+        #[arg(required = true, value_name = "REF")]
+        references: Vec<String>,
+    },
+    /// Remove content and layers no reference reaches.
+    Gc,
+    /// Write an image's flattened root filesystem to a directory.
+    Export {
+        /// The local image reference.
+        #[arg(value_name = "REF")]
+        reference: String,
+        /// Target directory.
+        #[arg(value_name = "DIR")]
+        directory: PathBuf,
+    },
+    /// Write images to a docker-archive (docker load compatible) or OCI layout.
+    Save {
+        /// References to save.
+        #[arg(required = true, value_name = "REF")]
+        references: Vec<String>,
+        /// Output file or directory.
+        #[arg(short, long, value_name = "PATH")]
+        output: PathBuf,
+        /// Archive format.
+        #[arg(long, value_enum, default_value_t = ArchiveFormat::Docker)]
+        format: ArchiveFormat,
+    },
+    /// Import images from a docker-archive or OCI layout.
+    Load {
+        /// Input file or directory.
+        #[arg(short, long, value_name = "PATH")]
+        input: PathBuf,
+    },
+    /// Store credentials for a registry after checking them.
+    Login {
+        /// Registry host[:port].
+        registry: String,
+        /// User name.
+        #[arg(short, long)]
+        username: Option<String>,
+        /// Read the password from standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Forget the credentials stored for a registry.
+    Logout {
+        /// Registry host[:port].
+        registry: String,
+    },
+    /// Print version information.
+    Version,
+}
+
+/// Output format of listings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ListFormat {
+    /// A table like `docker images`.
+    Table,
+    /// One JSON array.
+    Json,
+}
+
+/// Format of `save` output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ArchiveFormat {
+    /// docker-archive, as `docker save` writes.
+    Docker,
+    /// OCI image layout.
+    Oci,
+}
+
+impl Command {
+    /// The command's name as typed on the command line.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Pull { .. } => "pull",
+            Command::Push { .. } => "push",
+            Command::Copy { .. } => "copy",
+            Command::Images { .. } => "images",
+            Command::Inspect { .. } => "inspect",
+            Command::Tag { .. } => "tag",
+            Command::Rmi { .. } => "rmi",
+            Command::Gc => "gc",
+            Command::Export { .. } => "export",
+            Command::Save { .. } => "save",
+            Command::Load { .. } => "load",
+            Command::Login { .. } => "login",
+            Command::Logout { .. } => "logout",
+            Command::Version => "version",
+        }
+    }
+}
