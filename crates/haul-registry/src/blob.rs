@@ -1,0 +1,319 @@
+//! Blob downloads: existence checks, ranged GETs, and a verified stream
+//! that resumes with `Range` after a dropped connection.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt, TryStreamExt};
+use haul_oci::{Digest, Digester};
+use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, RANGE};
+use reqwest::StatusCode;
+
+use crate::client::{transport_error, Operation, Subject};
+use crate::error::{Error, Result};
+use crate::repository::{header_str, Repository};
+
+/// A stream of blob bytes.
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes>> + Send + 'static>>;
+
+/// An opened blob body: where it starts, how big the blob is, the bytes.
+pub struct BlobBody {
+    /// Offset of the first byte of `stream` within the blob: the offset
+    /// asked for, or 0 when the registry ignored the `Range` header.
+    pub start: u64,
+    /// Size of the whole blob, when the registry said.
+    pub total: Option<u64>,
+    /// The bytes from `start` on.
+    pub stream: ByteStream,
+}
+
+impl Repository {
+    pub(crate) fn blob_op(&self, digest: &Digest, action: &str) -> Operation {
+        Operation {
+            subject: Subject::Blob {
+                repository: self.name.clone(),
+                digest: digest.to_string(),
+            },
+            action: format!("{action} blob {digest}"),
+            scopes: self.pull_scope(),
+            resendable: true,
+        }
+    }
+
+    /// Whether the repository has a blob, and its size. `Ok(None)` only when
+    /// the registry says "not found"; a failing check is an error (retried
+    /// first), never taken for "absent".
+    pub async fn head_blob(&self, digest: &Digest) -> Result<Option<u64>> {
+        let op = self.blob_op(digest, "HEAD");
+        let url = self
+            .host
+            .url(&format!("v2/{}/blobs/{digest}", self.name))
+            .await?;
+        let resp = self
+            .host
+            .send(&op, &|http| Ok(http.head(url.clone())))
+            .await?;
+        match resp.status() {
+            StatusCode::NOT_FOUND => Ok(None),
+            s if s.is_success() => Ok(Some(
+                header_str(resp.headers(), CONTENT_LENGTH.as_str())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
+            )),
+            _ => Err(self.host.status_error(&op, resp).await),
+        }
+    }
+
+    /// Opens a blob from `offset` on (following redirects to storage hosts,
+    /// which never see our credentials). Checks that a ranged answer starts
+    /// where asked; an answer that ignored the range starts at 0.
+    pub async fn open_blob(&self, digest: &Digest, offset: u64) -> Result<BlobBody> {
+        let mut last_error = None;
+        for host in self.read_hosts() {
+            match self.open_blob_on(host, digest, offset).await {
+                Ok(b) => return Ok(b),
+                Err(e) if !std::sync::Arc::ptr_eq(host, &self.host) => {
+                    tracing::debug!(mirror = %host.name, "mirror failed, trying the next: {e}");
+                    last_error = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| Error::Config("no host to read from".into())))
+    }
+
+    async fn open_blob_on(
+        &self,
+        host: &crate::client::Host,
+        digest: &Digest,
+        offset: u64,
+    ) -> Result<BlobBody> {
+        let op = self.blob_op(digest, "GET");
+        let url = host
+            .url(&format!("v2/{}/blobs/{digest}", self.name))
+            .await?;
+        let resp = host
+            .send(&op, &|http| {
+                let req = http.get(url.clone());
+                Ok(if offset > 0 {
+                    req.header(RANGE, format!("bytes={offset}-"))
+                } else {
+                    req
+                })
+            })
+            .await?;
+        let registry = host.name.clone();
+        let (start, total) = match resp.status() {
+            StatusCode::PARTIAL_CONTENT if offset > 0 => {
+                let range = header_str(resp.headers(), CONTENT_RANGE.as_str()).unwrap_or_default();
+                let (first, total) =
+                    parse_content_range(&range).ok_or_else(|| Error::Protocol {
+                        registry: registry.clone(),
+                        message: format!("blob {digest}: unusable Content-Range {range:?}"),
+                    })?;
+                if first != offset {
+                    return Err(Error::Protocol {
+                        registry,
+                        message: format!(
+                            "blob {digest}: asked for bytes from {offset}, got a range starting at {first}"
+                        ),
+                    });
+                }
+                (first, total)
+            }
+            StatusCode::OK => (0, resp.content_length()),
+            StatusCode::RANGE_NOT_SATISFIABLE => {
+                return Err(Error::Protocol {
+                    registry,
+                    message: format!("blob {digest}: offset {offset} is past its end"),
+                });
+            }
+            _ => return Err(host.status_error(&op, resp).await),
+        };
+        let stream = resp
+            .bytes_stream()
+            .map_err(move |e| transport_error(&registry, &e));
+        Ok(BlobBody {
+            start,
+            total,
+            stream: Box::pin(stream),
+        })
+    }
+
+    /// The whole blob as a stream, verified: its size (when known) and its
+    /// digest are checked at the end, and a connection that breaks midway is
+    /// reopened with `Range` from the byte reached, up to the retry policy's
+    /// attempts. A mismatch ends the stream with [`Error::DigestMismatch`].
+    pub fn blob_stream(&self, digest: &Digest, expected_size: Option<u64>) -> ByteStream {
+        self.blob_stream_from(digest, expected_size, Digester::new(digest.algorithm()))
+    }
+
+    /// Like [`Repository::blob_stream`], continuing a download whose first
+    /// `digester.bytes()` bytes the caller already has (and fed to
+    /// `digester`): only the rest is fetched, and the digest still covers the
+    /// whole blob.
+    pub fn blob_stream_from(
+        &self,
+        digest: &Digest,
+        expected_size: Option<u64>,
+        digester: Digester,
+    ) -> ByteStream {
+        let state = ResumeState {
+            repo: self.clone(),
+            digest: digest.clone(),
+            expected_size,
+            digester: Some(digester),
+            body: None,
+            skip: 0,
+            failures: 0,
+        };
+        Box::pin(futures::stream::try_unfold(state, ResumeState::next))
+    }
+}
+
+/// `bytes START-END/TOTAL` -> (START, TOTAL if known).
+fn parse_content_range(value: &str) -> Option<(u64, Option<u64>)> {
+    let rest = value.trim().strip_prefix("bytes")?.trim_start();
+    let (range, total) = rest.split_once('/')?;
+    let (first, _last) = range.split_once('-')?;
+    Some((first.trim().parse().ok()?, total.trim().parse().ok()))
+}
+
+struct ResumeState {
+    repo: Repository,
+    digest: Digest,
+    expected_size: Option<u64>,
+    /// `None` once the stream has ended.
+    digester: Option<Digester>,
+    body: Option<ByteStream>,
+    /// Bytes still to drop from a body that restarted before our offset.
+    skip: u64,
+    failures: u32,
+}
+
+impl ResumeState {
+    async fn next(mut self) -> Result<Option<(Bytes, Self)>> {
+        loop {
+            let Some(digester) = self.digester.as_ref() else {
+                return Ok(None);
+            };
+            let received = digester.bytes();
+            let body = match self.body.as_mut() {
+                Some(b) => b,
+                None => match self.repo.open_blob(&self.digest, received).await {
+                    Ok(opened) => {
+                        self.skip = received - opened.start.min(received);
+                        if let (Some(total), Some(expected)) = (opened.total, self.expected_size) {
+                            if total != expected {
+                                return Err(Error::SizeMismatch {
+                                    what: format!("blob {}", self.digest),
+                                    expected,
+                                    actual: total,
+                                });
+                            }
+                        }
+                        self.body.insert(opened.stream)
+                    }
+                    Err(e) => {
+                        self.retry_or_fail(e).await?;
+                        continue;
+                    }
+                },
+            };
+            match body.next().await {
+                Some(Ok(mut chunk)) => {
+                    if self.skip > 0 {
+                        let drop = self.skip.min(chunk.len() as u64) as usize;
+                        self.skip -= drop as u64;
+                        chunk = chunk.slice(drop..);
+                        if chunk.is_empty() {
+                            continue;
+                        }
+                    }
+                    let digester = self.digester.as_mut().expect("checked above");
+                    digester.update(&chunk);
+                    if let Some(expected) = self.expected_size {
+                        if digester.bytes() > expected {
+                            return Err(Error::SizeMismatch {
+                                what: format!("blob {}", self.digest),
+                                expected,
+                                actual: digester.bytes(),
+                            });
+                        }
+                    }
+                    self.failures = 0;
+                    return Ok(Some((chunk, self)));
+                }
+                Some(Err(e)) => {
+                    self.body = None;
+                    self.retry_or_fail(e).await?;
+                }
+                None => {
+                    let digester = self.digester.take().expect("checked above");
+                    return self.finish(digester).map(|()| None);
+                }
+            }
+        }
+    }
+
+    async fn retry_or_fail(&mut self, error: Error) -> Result<()> {
+        self.failures += 1;
+        let policy = &self.repo.client.config().retry;
+        if !error.is_retryable() || self.failures >= policy.max_attempts {
+            return Err(error);
+        }
+        let received = self.digester.as_ref().map_or(0, Digester::bytes);
+        tracing::debug!(
+            "blob {}: {error}; resuming from byte {received} (attempt {} of {})",
+            self.digest,
+            self.failures + 1,
+            policy.max_attempts
+        );
+        tokio::time::sleep(
+            policy
+                .delay(self.failures, None)
+                .min(Duration::from_secs(5)),
+        )
+        .await;
+        Ok(())
+    }
+
+    fn finish(&self, digester: Digester) -> Result<()> {
+        let size = digester.bytes();
+        if let Some(expected) = self.expected_size {
+            if size != expected {
+                return Err(Error::SizeMismatch {
+                    what: format!("blob {}", self.digest),
+                    expected,
+                    actual: size,
+                });
+            }
+        }
+        let actual = digester.finish();
+        if actual != self.digest {
+            return Err(Error::DigestMismatch {
+                what: format!("blob of {}/{}", self.repo.registry(), self.repo.name()),
+                expected: self.digest.to_string(),
+                actual: actual.to_string(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_range_is_parsed() {
+        assert_eq!(
+            parse_content_range("bytes 100-199/200"),
+            Some((100, Some(200)))
+        );
+        assert_eq!(parse_content_range("bytes 5-9/*"), Some((5, None)));
+        assert_eq!(parse_content_range("items 1-2/3"), None);
+        assert_eq!(parse_content_range("bytes x-2/3"), None);
+    }
+}

@@ -1,0 +1,477 @@
+//! Blob uploads: monolithic (POST then PUT), chunked (PATCH with
+//! `Content-Range`, resumable from the offset the registry reports),
+//! streamed (one PATCH without a length), cross-repository mounts, and
+//! cancelling a session.
+
+use std::pin::Pin;
+use std::sync::Mutex;
+
+use bytes::{Bytes, BytesMut};
+use haul_oci::Digest;
+use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION, RANGE};
+use reqwest::{Body, StatusCode};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use url::Url;
+
+use crate::blob::ByteStream;
+use crate::client::{Operation, Subject};
+use crate::error::{Error, Result};
+use crate::repository::{header_str, Repository};
+
+/// Something an upload can read a blob from, from any offset: reopened for
+/// every attempt so that a retry or a resumed session sends the right bytes.
+pub trait BlobSource: Send + Sync {
+    /// A reader positioned at `offset`.
+    fn open(&self, offset: u64) -> std::io::Result<Pin<Box<dyn AsyncRead + Send>>>;
+}
+
+/// A blob held in memory (configs, small test blobs).
+impl BlobSource for Bytes {
+    fn open(&self, offset: u64) -> std::io::Result<Pin<Box<dyn AsyncRead + Send>>> {
+        let start = (offset as usize).min(self.len());
+        Ok(Box::pin(std::io::Cursor::new(self.slice(start..))))
+    }
+}
+
+/// A blob in a file.
+#[derive(Debug, Clone)]
+pub struct FileSource(pub std::path::PathBuf);
+
+impl BlobSource for FileSource {
+    fn open(&self, offset: u64) -> std::io::Result<Pin<Box<dyn AsyncRead + Send>>> {
+        use std::io::{Seek, SeekFrom};
+        let mut file = std::fs::File::open(&self.0)?;
+        file.seek(SeekFrom::Start(offset))?;
+        Ok(Box::pin(tokio::fs::File::from_std(file)))
+    }
+}
+
+/// An upload session the registry opened: where to send bytes next and how
+/// many it holds.
+#[derive(Debug, Clone)]
+pub struct UploadSession {
+    location: Url,
+    offset: u64,
+}
+
+impl UploadSession {
+    /// Bytes the registry has received so far.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The session's URL (it names the session; it is not a secret).
+    pub fn location(&self) -> &Url {
+        &self.location
+    }
+}
+
+/// What a mount request achieved.
+#[derive(Debug)]
+pub enum MountOutcome {
+    /// The blob is now in the repository; no bytes moved.
+    Mounted,
+    /// The registry could not mount and opened an upload session instead.
+    Upload(UploadSession),
+}
+
+impl Repository {
+    fn upload_op(&self, digest: Option<&Digest>, action: &str, scopes: Vec<String>) -> Operation {
+        Operation {
+            subject: match digest {
+                Some(d) => Subject::Blob {
+                    repository: self.name.clone(),
+                    digest: d.to_string(),
+                },
+                None => Subject::Repository {
+                    repository: self.name.clone(),
+                },
+            },
+            action: action.to_string(),
+            scopes,
+            resendable: true,
+        }
+    }
+
+    async fn session_from(
+        &self,
+        resp: &reqwest::Response,
+        offset_hint: u64,
+    ) -> Result<UploadSession> {
+        let location =
+            header_str(resp.headers(), LOCATION.as_str()).ok_or_else(|| Error::Protocol {
+                registry: self.host.name.clone(),
+                message: "upload answer without a Location".into(),
+            })?;
+        let offset = header_str(resp.headers(), RANGE.as_str())
+            .and_then(|r| parse_range_end(&r))
+            .unwrap_or(offset_hint);
+        Ok(UploadSession {
+            location: self.host.resolve(&location).await?,
+            offset,
+        })
+    }
+
+    /// Opens an upload session (`POST /v2/NAME/blobs/uploads/`).
+    pub async fn start_upload(&self) -> Result<UploadSession> {
+        let op = self.upload_op(None, "start upload", self.push_scope());
+        let url = self
+            .host
+            .url(&format!("v2/{}/blobs/uploads/", self.name))
+            .await?;
+        let resp = self
+            .host
+            .send(&op, &|http| {
+                Ok(http.post(url.clone()).header(CONTENT_LENGTH, 0))
+            })
+            .await?;
+        if resp.status() != StatusCode::ACCEPTED {
+            return Err(self.host.status_error(&op, resp).await);
+        }
+        self.session_from(&resp, 0).await
+    }
+
+    /// Asks the registry to link a blob from another repository of the same
+    /// registry (`POST ...?mount=DIGEST&from=REPO`). A registry that cannot
+    /// opens an upload session instead, which the caller continues.
+    pub async fn mount_blob(&self, digest: &Digest, from: &str) -> Result<MountOutcome> {
+        let scopes = vec![
+            crate::auth::repository_scope(&self.name, &["pull", "push"]),
+            crate::auth::repository_scope(from, &["pull"]),
+        ];
+        let op = self.upload_op(Some(digest), &format!("mount from {from}"), scopes);
+        let mut url = self
+            .host
+            .url(&format!("v2/{}/blobs/uploads/", self.name))
+            .await?;
+        url.query_pairs_mut()
+            .append_pair("mount", digest.as_str())
+            .append_pair("from", from);
+        let resp = self
+            .host
+            .send(&op, &|http| {
+                Ok(http.post(url.clone()).header(CONTENT_LENGTH, 0))
+            })
+            .await?;
+        match resp.status() {
+            StatusCode::CREATED => Ok(MountOutcome::Mounted),
+            StatusCode::ACCEPTED => Ok(MountOutcome::Upload(self.session_from(&resp, 0).await?)),
+            _ => Err(self.host.status_error(&op, resp).await),
+        }
+    }
+
+    /// Sends one chunk at the session's offset (`PATCH` with
+    /// `Content-Range`), and moves the session on.
+    pub async fn upload_chunk(&self, session: &mut UploadSession, chunk: Bytes) -> Result<()> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        let op = self.upload_op(None, "PATCH upload chunk", self.push_scope());
+        let start = session.offset;
+        let end = start + chunk.len() as u64 - 1;
+        let url = session.location.clone();
+        let resp = self
+            .host
+            .send(&op, &|http| {
+                Ok(http
+                    .patch(url.clone())
+                    .header(CONTENT_TYPE, "application/octet-stream")
+                    .header(CONTENT_RANGE, format!("{start}-{end}"))
+                    .header(CONTENT_LENGTH, chunk.len())
+                    .body(chunk.clone()))
+            })
+            .await?;
+        if resp.status() != StatusCode::ACCEPTED {
+            return Err(self.host.status_error(&op, resp).await);
+        }
+        *session = self.session_from(&resp, end + 1).await?;
+        Ok(())
+    }
+
+    /// Asks how many bytes an upload session holds (`GET` on the session),
+    /// so an interrupted upload continues where the registry stands.
+    pub async fn upload_status(&self, session: &mut UploadSession) -> Result<u64> {
+        let op = self.upload_op(None, "GET upload status", self.push_scope());
+        let url = session.location.clone();
+        let resp = self
+            .host
+            .send(&op, &|http| Ok(http.get(url.clone())))
+            .await?;
+        if resp.status() != StatusCode::NO_CONTENT && !resp.status().is_success() {
+            return Err(self.host.status_error(&op, resp).await);
+        }
+        let offset = header_str(resp.headers(), RANGE.as_str())
+            .and_then(|r| parse_range_end(&r))
+            .unwrap_or(0);
+        let mut updated = self
+            .session_from(&resp, offset)
+            .await
+            .unwrap_or(UploadSession {
+                location: session.location.clone(),
+                offset,
+            });
+        updated.offset = offset;
+        *session = updated;
+        Ok(offset)
+    }
+
+    /// Completes a session (`PUT ...?digest=`), optionally with a last
+    /// body; the registry checks the digest of everything received.
+    pub async fn finish_upload(
+        &self,
+        session: UploadSession,
+        digest: &Digest,
+        body: Option<Body>,
+    ) -> Result<()> {
+        let op = self.upload_op(Some(digest), "PUT upload", self.push_scope());
+        let mut url = session.location.clone();
+        url.query_pairs_mut().append_pair("digest", digest.as_str());
+        // A streaming body can be sent once only.
+        let body = Mutex::new(body);
+        let resp = self
+            .host
+            .send(&op, &|http| {
+                let req = http
+                    .put(url.clone())
+                    .header(CONTENT_TYPE, "application/octet-stream");
+                match body.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                    Some(b) => Ok(req.body(b)),
+                    None => Ok(req.header(CONTENT_LENGTH, 0)),
+                }
+            })
+            .await?;
+        if resp.status() != StatusCode::CREATED && !resp.status().is_success() {
+            return Err(self.host.status_error(&op, resp).await);
+        }
+        Ok(())
+    }
+
+    /// Abandons a session (`DELETE` on it), so the registry frees it.
+    pub async fn cancel_upload(&self, session: UploadSession) -> Result<()> {
+        let op = self.upload_op(None, "cancel upload", self.push_scope());
+        let url = session.location;
+        let resp = self
+            .host
+            .send(&op, &|http| Ok(http.delete(url.clone())))
+            .await?;
+        if resp.status().is_success() || resp.status() == StatusCode::NOT_FOUND {
+            Ok(())
+        } else {
+            Err(self.host.status_error(&op, resp).await)
+        }
+    }
+
+    /// Uploads a whole blob in one request: `POST` for a session, then one
+    /// `PUT` streaming `size` bytes from the source (reopened on a retry).
+    pub async fn upload_monolithic(
+        &self,
+        digest: &Digest,
+        size: u64,
+        source: &dyn BlobSource,
+    ) -> Result<()> {
+        let session = self.start_upload().await?;
+        let op = self.upload_op(Some(digest), "PUT blob", self.push_scope());
+        let mut url = session.location.clone();
+        url.query_pairs_mut().append_pair("digest", digest.as_str());
+        let result = self
+            .host
+            .send(&op, &|http| {
+                let reader = source.open(0).map_err(|e| Error::Io {
+                    path: format!("blob {digest}"),
+                    source: e,
+                })?;
+                let stream = tokio_util_reader_stream(reader);
+                Ok(http
+                    .put(url.clone())
+                    .header(CONTENT_TYPE, "application/octet-stream")
+                    .header(CONTENT_LENGTH, size)
+                    .body(Body::wrap_stream(stream)))
+            })
+            .await;
+        match result {
+            Ok(resp) if resp.status() == StatusCode::CREATED || resp.status().is_success() => {
+                Ok(())
+            }
+            Ok(resp) => {
+                let err = self.host.status_error(&op, resp).await;
+                let _ = self.cancel_upload(session).await;
+                Err(err)
+            }
+            Err(e) => {
+                let _ = self.cancel_upload(session).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Uploads a blob of unknown length: one `PATCH` streaming everything,
+    /// then the closing `PUT`. Cannot be retried midway (the stream is
+    /// consumed); the session is cancelled on failure.
+    pub async fn upload_streamed(&self, digest: &Digest, stream: ByteStream) -> Result<()> {
+        let mut session = self.start_upload().await?;
+        let op = Operation {
+            resendable: false,
+            ..self.upload_op(Some(digest), "PATCH streamed blob", self.push_scope())
+        };
+        let url = session.location.clone();
+        let body = Mutex::new(Some(Body::wrap_stream(stream)));
+        let result = self
+            .host
+            .send(&op, &|http| {
+                let body = body
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take()
+                    .ok_or_else(|| Error::Config("a streamed blob cannot be sent twice".into()))?;
+                Ok(http
+                    .patch(url.clone())
+                    .header(CONTENT_TYPE, "application/octet-stream")
+                    .body(body))
+            })
+            .await;
+        let resp = match result {
+            Ok(r) if r.status() == StatusCode::ACCEPTED => r,
+            Ok(r) => {
+                let err = self.host.status_error(&op, r).await;
+                let _ = self.cancel_upload(session).await;
+                return Err(err);
+            }
+            Err(e) => {
+                let _ = self.cancel_upload(session).await;
+                return Err(e);
+            }
+        };
+        session = self.session_from(&resp, 0).await?;
+        self.finish_upload(session, digest, None).await
+    }
+
+    /// Uploads a blob in chunks of `chunk_size` bytes. When a chunk fails for
+    /// a transient reason, asks the registry how much it holds and goes on
+    /// from there (re-reading the source at that offset), up to the retry
+    /// policy's attempts in a row. Memory use is one chunk.
+    pub async fn upload_chunked(
+        &self,
+        digest: &Digest,
+        size: u64,
+        source: &dyn BlobSource,
+        chunk_size: usize,
+    ) -> Result<()> {
+        let session = self.start_upload().await?;
+        self.continue_chunked(session, digest, size, source, chunk_size)
+            .await
+    }
+
+    /// Continues a chunked upload on an existing session (one opened by
+    /// [`Repository::start_upload`] or a mount that fell back), from the
+    /// session's offset.
+    pub async fn continue_chunked(
+        &self,
+        mut session: UploadSession,
+        digest: &Digest,
+        size: u64,
+        source: &dyn BlobSource,
+        chunk_size: usize,
+    ) -> Result<()> {
+        let chunk_size = chunk_size.max(1);
+        let max_attempts = self.client.config().retry.max_attempts;
+        let mut failures = 0;
+        let io = |e: std::io::Error| Error::Io {
+            path: format!("blob {digest}"),
+            source: e,
+        };
+        let mut reader = source.open(session.offset).map_err(io)?;
+        let mut reader_at = session.offset;
+        while session.offset < size {
+            if reader_at != session.offset {
+                reader = source.open(session.offset).map_err(io)?;
+                reader_at = session.offset;
+            }
+            let want = chunk_size.min((size - session.offset) as usize);
+            let chunk = read_chunk(&mut reader, want).await.map_err(io)?;
+            reader_at += chunk.len() as u64;
+            if chunk.len() != want {
+                let _ = self.cancel_upload(session).await;
+                return Err(Error::Io {
+                    path: format!("blob {digest}"),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!("the source ended before its size of {size} bytes"),
+                    ),
+                });
+            }
+            match self.upload_chunk(&mut session, chunk).await {
+                Ok(()) => failures = 0,
+                Err(e) if e.is_retryable() && failures + 1 < max_attempts => {
+                    failures += 1;
+                    let held = self.upload_status(&mut session).await?;
+                    tracing::debug!(
+                        "upload of {digest} to {}/{}: {e}; the registry holds {held} bytes, going on from there",
+                        self.registry(),
+                        self.name()
+                    );
+                }
+                Err(e) => {
+                    let _ = self.cancel_upload(session).await;
+                    return Err(e);
+                }
+            }
+        }
+        self.finish_upload(session, digest, None).await
+    }
+}
+
+async fn read_chunk(
+    reader: &mut Pin<Box<dyn AsyncRead + Send>>,
+    want: usize,
+) -> std::io::Result<Bytes> {
+    let mut buf = BytesMut::with_capacity(want);
+    while buf.len() < want {
+        let n = reader
+            .as_mut()
+            .take((want - buf.len()) as u64)
+            .read_buf(&mut buf)
+            .await?;
+        if n == 0 {
+            break;
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// `Range: 0-N` (or `bytes=0-N`) of an upload session -> N+1 bytes held.
+///
+/// The distribution registry answers `0-0` both for an empty session and for
+/// one holding one byte; that answer gives `None` so callers use what they
+/// know instead.
+fn parse_range_end(value: &str) -> Option<u64> {
+    let v = value.trim().trim_start_matches("bytes=");
+    let (_, end) = v.split_once('-')?;
+    match end.trim().parse::<u64>().ok()? {
+        0 => None,
+        end => Some(end + 1),
+    }
+}
+
+fn tokio_util_reader_stream(
+    reader: Pin<Box<dyn AsyncRead + Send>>,
+) -> impl futures::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+    futures::stream::try_unfold(reader, |mut reader| async move {
+        let mut buf = BytesMut::with_capacity(256 * 1024);
+        let n = reader.read_buf(&mut buf).await?;
+        Ok((n > 0).then(|| (buf.freeze(), reader)))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_ranges_give_bytes_held() {
+        assert_eq!(parse_range_end("0-99"), Some(100));
+        assert_eq!(parse_range_end("bytes=0-1"), Some(2));
+        assert_eq!(parse_range_end("0-0"), None);
+        assert_eq!(parse_range_end("0--1"), None);
+        assert_eq!(parse_range_end("junk"), None);
+    }
+}
