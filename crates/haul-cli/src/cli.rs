@@ -161,19 +161,23 @@ pub enum Command {
     },
     /// Store credentials for a registry after checking them.
     Login {
-        /// Registry host[:port].
-        registry: String,
+        /// Registry host[:port] [default: docker.io].
+        registry: Option<String>,
         /// User name.
         #[arg(short, long)]
         username: Option<String>,
+        /// Password (visible to other users of this machine: prefer
+        /// --password-stdin).
+        #[arg(short, long, conflicts_with = "password_stdin")]
+        password: Option<String>,
         /// Read the password from standard input.
         #[arg(long)]
         password_stdin: bool,
     },
     /// Forget the credentials stored for a registry.
     Logout {
-        /// Registry host[:port].
-        registry: String,
+        /// Registry host[:port] [default: docker.io].
+        registry: Option<String>,
     },
     /// Print version information.
     Version,

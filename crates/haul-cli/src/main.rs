@@ -1,6 +1,7 @@
 //! The `haul` command.
 
 mod cli;
+mod login;
 
 use std::process::ExitCode;
 
@@ -27,10 +28,34 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             println!("haul {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
-        other => anyhow::bail!(
-            "`haul {}` is not available in this build yet",
-            other.name()
-        ),
+        Command::Login {
+            registry,
+            username,
+            password,
+            password_stdin,
+        } => runtime()?.block_on(login::login(
+            client_config(cli),
+            registry.as_deref(),
+            username.as_deref(),
+            password.as_deref(),
+            *password_stdin,
+        )),
+        Command::Logout { registry } => login::logout(&client_config(cli), registry.as_deref()),
+        other => anyhow::bail!("`haul {}` is not available in this build yet", other.name()),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Registry client settings from the global options.
+fn client_config(cli: &Cli) -> haul_dist::registry::ClientConfig {
+    haul_dist::registry::ClientConfig {
+        insecure_registries: cli.global.insecure_registries.clone(),
+        ..Default::default()
     }
 }
 

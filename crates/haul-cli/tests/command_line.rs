@@ -24,8 +24,8 @@ fn help_lists_every_command_of_the_design() {
     assert!(out.status.success(), "haul --help failed: {}", stderr(&out));
     let help = stdout(&out);
     for command in [
-        "pull", "push", "copy", "images", "inspect", "tag", "rmi", "gc", "export", "save",
-        "load", "login", "logout", "version",
+        "pull", "push", "copy", "images", "inspect", "tag", "rmi", "gc", "export", "save", "load",
+        "login", "logout", "version",
     ] {
         assert!(
             help.lines()
@@ -49,14 +49,21 @@ fn help_lists_the_global_options() {
         "--max-download-attempts",
         "--verbose",
     ] {
-        assert!(help.contains(option), "`haul --help` lacks {option}:\n{help}");
+        assert!(
+            help.contains(option),
+            "`haul --help` lacks {option}:\n{help}"
+        );
     }
 }
 
 #[test]
 fn version_command_prints_name_and_crate_version() {
     let out = haul(&["version"]);
-    assert!(out.status.success(), "haul version failed: {}", stderr(&out));
+    assert!(
+        out.status.success(),
+        "haul version failed: {}",
+        stderr(&out)
+    );
     assert_eq!(
         stdout(&out).trim(),
         format!("haul {}", env!("CARGO_PKG_VERSION"))
