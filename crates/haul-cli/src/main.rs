@@ -2,6 +2,7 @@
 
 mod cli;
 mod login;
+mod render;
 
 use std::process::ExitCode;
 

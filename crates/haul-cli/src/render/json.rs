@@ -1,0 +1,110 @@
+//! One JSON object per record, in Docker's JSON message format
+//! (`pkg/jsonmessage.JSONMessage` as the Docker Engine API streams it).
+//!
+//! A status becomes `{"status":ACTION,"progressDetail":{...},"progress":TEXT,"id":ID}`
+//! and a message `{"status":MESSAGE,"id":ID}`. As in Go's `omitempty`, empty
+//! strings and zero counts are left out, so `progressDetail` is `{}` for a
+//! status without counts and a message has no `progressDetail` at all.
+//! `progress` is the text Docker's daemon puts there (bar for a 200-column
+//! terminal, then sizes). Lines end with `\n` (JSON Lines); the Engine API
+//! uses `\r\n`.
+
+use serde::Serialize;
+
+use haul_dist::xfer::Progress;
+
+use super::units::progress_text;
+
+/// `jsonmessage.JSONMessage`, the fields haul uses, in Docker's order.
+#[derive(Debug, Serialize)]
+struct JsonMessage<'a> {
+    #[serde(skip_serializing_if = "str::is_empty")]
+    status: &'a str,
+    #[serde(rename = "progressDetail", skip_serializing_if = "Option::is_none")]
+    progress_detail: Option<JsonProgress>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    progress: String,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    id: &'a str,
+}
+
+/// `jsonmessage.JSONProgress`: byte counts, zero ones left out.
+#[derive(Debug, Serialize)]
+struct JsonProgress {
+    #[serde(skip_serializing_if = "is_zero")]
+    current: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    total: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// The JSON line (with its newline) for one record.
+pub fn render(progress: &Progress) -> String {
+    let message = match &progress.message {
+        Some(message) => JsonMessage {
+            status: message,
+            progress_detail: None,
+            progress: String::new(),
+            id: &progress.id,
+        },
+        None => JsonMessage {
+            status: &progress.action,
+            progress_detail: Some(JsonProgress {
+                current: progress.current.unwrap_or(0),
+                total: progress.total.unwrap_or(0),
+            }),
+            progress: progress_text(progress.current, progress.total, None),
+            id: &progress.id,
+        },
+    };
+    let mut line =
+        serde_json::to_string(&message).expect("a struct of strings and numbers serializes");
+    line.push('\n');
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    #[test]
+    fn statuses_use_docker_field_names_and_order() {
+        assert_eq!(
+            render(&Progress::counts("68e2c75dc5c7", "Downloading", 1, 2)),
+            "{\"status\":\"Downloading\",\"progressDetail\":{\"current\":1,\"total\":2},\
+             \"progress\":\"[=========================>                         ]       1B/2B\",\
+             \"id\":\"68e2c75dc5c7\"}\n"
+        );
+        assert_eq!(
+            render(&Progress::action("68e2c75dc5c7", "Pulling fs layer")),
+            "{\"status\":\"Pulling fs layer\",\"progressDetail\":{},\"id\":\"68e2c75dc5c7\"}\n"
+        );
+    }
+
+    #[test]
+    fn zero_counts_are_omitted_like_go_omitempty() {
+        let line = render(&Progress::counts("a", "Downloading", 0, 40_500_000));
+        let value: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(value["progressDetail"], json!({"total": 40_500_000}));
+        assert_eq!(
+            value["progress"],
+            json!(format!("[>{}]       0B/40.5MB", " ".repeat(50)))
+        );
+    }
+
+    #[test]
+    fn messages_are_a_status_with_an_optional_id() {
+        assert_eq!(
+            render(&Progress::message("1.0", "Pulling from library/app")),
+            "{\"status\":\"Pulling from library/app\",\"id\":\"1.0\"}\n"
+        );
+        assert_eq!(
+            render(&Progress::message("", "Digest: sha256:0123")),
+            "{\"status\":\"Digest: sha256:0123\"}\n"
+        );
+    }
+}
