@@ -1,27 +1,123 @@
 //! The local store of haul: content (an OCI image layout), unpacked layers
 //! keyed by chain ID, images, references and distribution metadata, all under
-//! one root directory.
+//! one root directory. It depends on nothing of haul but `haul-oci`: no
+//! HTTP, no progress output; every method is blocking file I/O (call it from
+//! `spawn_blocking` in async code) and failures are [`Error`] values naming
+//! their subject.
 //!
-//! The store arrives with the pull issue; this crate already sits in its
-//! place in the dependency graph (`haul-dist -> haul-store -> haul-oci`).
+//! # On disk
+//!
+//! ```text
+//! ROOT/
+//!   content/                    a valid OCI image layout (skopeo, umoci read it)
+//!     oci-layout                {"imageLayoutVersion":"1.0.0"}
+//!     index.json                one descriptor per reference (derived, see below)
+//!     blobs/sha256/HEX          complete, verified blobs only
+//!   ingest/
+//!     sha256-HEX.partial        a download in progress or interrupted
+//!     sha256-HEX.lock           its writer's flock
+//!   layers/
+//!     sha256/CHAINHEX/
+//!       diff/                   the layer's uncompressed diff, unpacked
+//!       layer.json              diffID, chainID, parent, size, created
+//!     tmp-XXXXXX/               a registration in progress
+//!   images/sha256/IDHEX.json    image records, by image ID (config digest)
+//!   refs.json                   references -> image IDs
+//!   distribution/
+//!     diffid/sha256/HEX.json    diffID -> [(blob digest, registry/repository)]
+//!     blob/sha256/HEX.json      blob digest -> diffID
+//!   tmp/                        temporary files of atomic metadata writes
+//!   store.lock, gc.lock         see the `lock` module
+//! ```
+//!
+//! # Guarantees
+//!
+//! - **Ingest, then commit.** Every blob enters through [`Store::ingest`]:
+//!   bytes go to a partial file under `ingest/`, hashed as they are
+//!   written; [`Ingest::commit`] checks size and digest, fsyncs and renames
+//!   the file into `content/blobs/`. A partial survives the process and the
+//!   next [`Store::ingest`] of that digest resumes it. So `blobs/` only ever
+//!   holds complete, verified files, whatever moment a process is killed at.
+//! - **Layers appear whole.** [`Store::register_layer`] unpacks into
+//!   `layers/tmp-*`, writes `layer.json`, and renames the directory into
+//!   place; a directory under `layers/sha256/` is always complete.
+//! - **Metadata is replaced atomically** (write to `tmp/`, fsync, rename),
+//!   under the store lock; readers never lock.
+//! - **Two processes on one root are safe**: see [`Lease`] and the locking
+//!   notes on [`Store::ingest`].
+//!
+//! # References in `content/index.json`
+//!
+//! Each reference (tag or digest, full normalised form, e.g.
+//! `docker.io/library/alpine:latest`) is one entry of `index.json` whose
+//! `org.opencontainers.image.ref.name` annotation is that string. skopeo
+//! 1.9 and umoci 0.4 split `oci:DIR:REF` at the first `:`, so
+//! `skopeo inspect oci:ROOT/content:docker.io/library/alpine:latest` works
+//! (the root path must contain no `:`). The entry always points at the
+//! platform-specific image manifest, which is complete in the store, even
+//! when the image was pulled through an index.
+//!
+//! ```
+//! use haul_store::{IngestOutcome, Store};
+//! use haul_oci::Digest;
+//!
+//! let dir = tempfile::tempdir()?;
+//! let store = Store::open(dir.path())?;
+//! let data = b"hello";
+//! let digest = Digest::sha256_of(data);
+//! match store.ingest(&digest)? {
+//!     IngestOutcome::Present { .. } => unreachable!("new store"),
+//!     IngestOutcome::Writer(mut w) => {
+//!         w.write_all(data)?;
+//!         w.commit(data.len() as u64, &digest)?;
+//!     }
+//! }
+//! assert!(store.has_blob(&digest));
+//! assert!(matches!(store.ingest(&digest)?, IngestOutcome::Present { size: 5 }));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+#![warn(missing_docs)]
+
+mod content;
+mod decompress;
+mod distribution;
+mod error;
+mod export;
+mod fsutil;
+mod gc;
+mod images;
+mod ingest;
+mod layers;
+mod layout;
+mod lock;
+mod refs;
+pub mod unpack;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-/// Everything that can go wrong in the local store.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// A file operation on the store failed.
-    #[error("store I/O on {path}: {source}")]
-    Io {
-        /// The file or directory involved.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
-    },
-}
+pub use decompress::{decompressing_reader, detect_compression};
+pub use distribution::DistributionSource;
+pub use error::{Error, Result};
+pub use export::{ExportOptions, ExportReport};
+pub use gc::{GcOptions, GcReport};
+pub use images::{ImageLayer, ImageRecord};
+pub use ingest::{Ingest, IngestOutcome};
+pub use layers::{chain_id, LayerInfo};
+pub use layout::{ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME};
+pub use lock::Lease;
+pub use refs::RemovedImage;
+pub use unpack::{UnpackOptions, UnpackReport};
 
-/// A store rooted at one directory.
+use crate::error::IoContext;
+use crate::fsutil::create_dirs;
+use crate::lock::{FileLock, LockKind};
+
+/// A store rooted at one directory. Cheap to clone; every clone (and every
+/// other process opening the same root) sees the same store. `Send + Sync`:
+/// layers of different chains may be registered from several threads at
+/// once.
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
@@ -29,17 +125,112 @@ pub struct Store {
 
 impl Store {
     /// Opens (creating if needed) the store at `root`.
-    pub fn open(root: impl AsRef<Path>) -> Result<Self, Error> {
+    pub fn open(root: impl AsRef<Path>) -> Result<Self> {
         let root = root.as_ref().to_path_buf();
-        std::fs::create_dir_all(&root).map_err(|source| Error::Io {
-            path: root.clone(),
-            source,
-        })?;
-        Ok(Self { root })
+        let store = Store { root };
+        for dir in [
+            store.blobs_dir("sha256"),
+            store.ingest_dir(),
+            store.layers_dir().join("sha256"),
+            store.images_dir(),
+            store.distribution_dir(),
+            store.tmp_dir(),
+        ] {
+            create_dirs(&dir)?;
+        }
+        let marker = store.content_dir().join("oci-layout");
+        let index = store.index_json_path();
+        if !marker.is_file() || !index.is_file() || store.index_is_stale() {
+            let _lock = store.lock_metadata()?;
+            if !marker.is_file() {
+                fsutil::write_atomic(
+                    &store.tmp_dir(),
+                    &marker,
+                    br#"{"imageLayoutVersion":"1.0.0"}"#,
+                )?;
+            }
+            if !index.is_file() || store.index_is_stale() {
+                let refs = store.load_refs()?;
+                store.write_index_json(&refs)?;
+            }
+        }
+        Ok(store)
+    }
+
+    /// Whether `refs.json` changed after `index.json` was last written (a
+    /// process died between the two writes).
+    fn index_is_stale(&self) -> bool {
+        let modified = |p: PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        match (modified(self.refs_path()), modified(self.index_json_path())) {
+            (Some(refs), Some(index)) => refs > index,
+            _ => false,
+        }
     }
 
     /// The directory everything of this store lives under.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Takes a [`Lease`], waiting while garbage collection runs.
+    pub fn lease(&self) -> Result<Lease> {
+        self.lease_with_timeout(None)
+    }
+
+    /// Takes a [`Lease`], waiting at most `timeout` (forever when `None`)
+    /// while garbage collection runs.
+    pub fn lease_with_timeout(&self, timeout: Option<Duration>) -> Result<Lease> {
+        Lease::acquire(&self.gc_lock_path(), timeout)
+    }
+
+    /// The store-wide lock for metadata updates.
+    pub(crate) fn lock_metadata(&self) -> Result<FileLock> {
+        FileLock::acquire(&self.store_lock_path(), LockKind::Exclusive, None)
+    }
+}
+
+/// Whether this process runs with an effective user ID of 0 (it may then
+/// chown, create devices and set any mode).
+pub fn running_as_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Reads a directory's entry names, sorted (for deterministic walks).
+pub(crate) fn sorted_names(dir: &Path) -> Result<Vec<std::ffi::OsString>> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).at(dir)? {
+        names.push(entry.at(dir)?.file_name());
+    }
+    names.sort();
+    Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_cross_threads() {
+        fn send<T: Send>() {}
+        fn sync<T: Sync>() {}
+        send::<Store>();
+        sync::<Store>();
+        send::<Ingest>();
+        send::<Lease>();
+        send::<Error>();
+        sync::<Error>();
+    }
+
+    #[test]
+    fn open_lays_out_an_oci_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("r")).unwrap();
+        let layout = std::fs::read(store.content_dir().join("oci-layout")).unwrap();
+        assert_eq!(layout, br#"{"imageLayoutVersion":"1.0.0"}"#);
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(store.index_json_path()).unwrap()).unwrap();
+        assert_eq!(index["schemaVersion"], 2);
+        assert_eq!(index["manifests"], serde_json::json!([]));
+        assert!(store.root().join("content/blobs/sha256").is_dir());
     }
 }

@@ -1,0 +1,133 @@
+//! Turning a layer blob into its uncompressed tar stream.
+
+use std::io::{self, Read};
+
+use haul_oci::Compression;
+
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// The compression the first bytes of a stream show: gzip (`1f 8b`), zstd
+/// (`28 b5 2f fd`), otherwise uncompressed. `None` when fewer bytes than
+/// needed to tell are given.
+pub fn detect_compression(head: &[u8]) -> Option<Compression> {
+    if head.starts_with(&GZIP_MAGIC) {
+        return Some(Compression::Gzip);
+    }
+    if head.starts_with(&ZSTD_MAGIC) {
+        return Some(Compression::Zstd);
+    }
+    if head.len() < ZSTD_MAGIC.len()
+        && (GZIP_MAGIC.starts_with(head) || ZSTD_MAGIC.starts_with(head))
+    {
+        return None;
+    }
+    Some(Compression::Uncompressed)
+}
+
+/// A reader of the uncompressed tar inside a layer blob.
+///
+/// `declared` is the compression the media type announces; the stream's
+/// magic bytes take precedence when they say otherwise (registries do serve
+/// plain tars labelled gzip, and the reverse), and `declared` decides only
+/// for a stream too short to tell. gzip is read with
+/// [`flate2::read::MultiGzDecoder`] (zlib-rs backend; concatenated members
+/// are one stream, as `pigz` writes them), zstd with the reference decoder.
+/// Streams: nothing is held in memory beyond the decoders' buffers.
+pub fn decompressing_reader<'a, R>(
+    mut reader: R,
+    declared: Compression,
+) -> io::Result<Box<dyn Read + Send + 'a>>
+where
+    R: Read + Send + 'a,
+{
+    let mut head = [0u8; 4];
+    let mut filled = 0;
+    while filled < head.len() {
+        match reader.read(&mut head[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let compression = detect_compression(&head[..filled]).unwrap_or(declared);
+    let whole = io::Cursor::new(head).take(filled as u64).chain(reader);
+    Ok(match compression {
+        Compression::Uncompressed => Box::new(whole),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(whole)),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(whole)?),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(data).unwrap();
+        enc.finish().unwrap()
+    }
+
+    fn read_all(r: Box<dyn Read + Send + '_>) -> Vec<u8> {
+        let mut out = Vec::new();
+        { r }.read_to_end(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn detects_by_magic() {
+        assert_eq!(
+            detect_compression(&[0x1f, 0x8b, 8]),
+            Some(Compression::Gzip)
+        );
+        assert_eq!(
+            detect_compression(&[0x28, 0xb5, 0x2f, 0xfd]),
+            Some(Compression::Zstd)
+        );
+        assert_eq!(detect_compression(b"etc/"), Some(Compression::Uncompressed));
+        assert_eq!(detect_compression(&[0x1f]), None);
+        assert_eq!(detect_compression(b""), None);
+    }
+
+    #[test]
+    fn inflates_gzip_zstd_and_plain_whatever_was_declared() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+        let gz = gzip(&data);
+        let zst = zstd::encode_all(&data[..], 3).unwrap();
+        for declared in [
+            Compression::Gzip,
+            Compression::Zstd,
+            Compression::Uncompressed,
+        ] {
+            assert_eq!(
+                read_all(decompressing_reader(&gz[..], declared).unwrap()),
+                data
+            );
+            assert_eq!(
+                read_all(decompressing_reader(&zst[..], declared).unwrap()),
+                data
+            );
+            assert_eq!(
+                read_all(decompressing_reader(&data[..], declared).unwrap()),
+                data
+            );
+        }
+    }
+
+    #[test]
+    fn reads_concatenated_gzip_members() {
+        let mut two = gzip(b"hello ");
+        two.extend(gzip(b"world"));
+        let out = read_all(decompressing_reader(&two[..], Compression::Gzip).unwrap());
+        assert_eq!(out, b"hello world");
+    }
+
+    #[test]
+    fn empty_stream_is_empty() {
+        let out = read_all(decompressing_reader(&b""[..], Compression::Uncompressed).unwrap());
+        assert!(out.is_empty());
+    }
+}

@@ -1,0 +1,240 @@
+//! Unpacked layers: `ROOT/layers/sha256/CHAINHEX/{diff/, layer.json}`.
+//!
+//! Each layer's diff is unpacked on its own (see [`crate::unpack`]), keyed
+//! by its chain ID, so layers of different chains can be registered in
+//! parallel from several threads or processes. A registration unpacks into
+//! `layers/tmp-*`, writes and fsyncs `layer.json`, then renames the whole
+//! directory into place: a directory under `layers/sha256/` is always
+//! complete. When two registrations of one chain ID race, the first rename
+//! wins and the other is discarded.
+//!
+//! File contents are not fsynced one by one (neither Docker nor containerd
+//! do): a killed process never leaves a partial layer, but a power loss
+//! right after a registration may.
+
+use std::fs;
+use std::io::{self, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+
+use haul_oci::{Digest, Digester};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil::{fsync_dir, now_unix, read_json, remove_tree};
+use crate::unpack::{unpack, UnpackOptions};
+use crate::Store;
+
+/// What the store knows of a registered layer (its `layer.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerInfo {
+    /// The layer with everything beneath it: `diff_id` for a base layer,
+    /// else `sha256(parent + " " + diff_id)`.
+    pub chain_id: Digest,
+    /// SHA-256 of the uncompressed tar.
+    pub diff_id: Digest,
+    /// Chain ID of the layer beneath, if any.
+    pub parent: Option<Digest>,
+    /// Size of the uncompressed tar in bytes.
+    pub size: u64,
+    /// When the layer was registered, in seconds since the Unix epoch.
+    pub created: u64,
+    /// Entries not unpacked (devices when not root); non-zero means this
+    /// diff is not a faithful copy of the tar.
+    #[serde(default)]
+    pub skipped_entries: u64,
+}
+
+/// The chain ID of a layer with diff ID `diff_id` on top of `parent`.
+pub fn chain_id(parent: Option<&Digest>, diff_id: &Digest) -> Digest {
+    match parent {
+        None => diff_id.clone(),
+        Some(parent) => Digest::sha256_of(format!("{parent} {diff_id}").as_bytes()),
+    }
+}
+
+impl Store {
+    /// The layer registered under `chain_id`, if any.
+    pub fn get_layer(&self, chain_id: &Digest) -> Result<Option<LayerInfo>> {
+        read_json(&self.layer_dir(chain_id).join("layer.json"))
+    }
+
+    /// The directory holding the layer's unpacked diff (whiteout markers
+    /// included). Exists only if the layer is registered.
+    pub fn layer_diff_dir(&self, chain_id: &Digest) -> PathBuf {
+        self.layer_dir(chain_id).join("diff")
+    }
+
+    /// The layer `top` and all beneath it, base first.
+    pub fn layer_chain(&self, top: &Digest) -> Result<Vec<LayerInfo>> {
+        let mut out = Vec::new();
+        let mut next = Some(top.clone());
+        while let Some(chain_id) = next {
+            let info = self
+                .get_layer(&chain_id)?
+                .ok_or(Error::LayerNotFound { chain_id })?;
+            next = info.parent.clone();
+            out.push(info);
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Every registered layer (any order).
+    pub fn list_layers(&self) -> Result<Vec<LayerInfo>> {
+        let dir = self.layers_dir().join("sha256");
+        let mut out = Vec::new();
+        for name in crate::sorted_names(&dir)? {
+            let Some(hex) = name.to_str() else { continue };
+            let Ok(chain_id) = Digest::new(haul_oci::Algorithm::Sha256, hex) else {
+                continue;
+            };
+            if let Some(info) = self.get_layer(&chain_id)? {
+                out.push(info);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Unpacks the uncompressed layer tar `reader` on top of `parent` (a
+    /// chain ID, which must be registered) with default [`UnpackOptions`].
+    /// See [`Store::register_layer_with`].
+    pub fn register_layer<R: Read>(
+        &self,
+        reader: R,
+        parent: Option<&Digest>,
+        expected_diff_id: Option<&Digest>,
+    ) -> Result<LayerInfo> {
+        self.register_layer_with(reader, parent, expected_diff_id, &UnpackOptions::default())
+    }
+
+    /// Unpacks the uncompressed layer tar `reader` on top of `parent`,
+    /// hashing it in the same pass; checks the diff ID against
+    /// `expected_diff_id` if given (nothing is kept on a mismatch). The
+    /// reader is always read to its end, so a caller teeing a download into
+    /// it sees the whole stream pass. If the chain ID is already registered,
+    /// the existing layer is returned: without unpacking when
+    /// `expected_diff_id` tells the chain ID up front, otherwise the new
+    /// copy is discarded.
+    pub fn register_layer_with<R: Read>(
+        &self,
+        mut reader: R,
+        parent: Option<&Digest>,
+        expected_diff_id: Option<&Digest>,
+        options: &UnpackOptions,
+    ) -> Result<LayerInfo> {
+        let _lease = self.lease()?;
+        if let Some(parent) = parent {
+            if self.get_layer(parent)?.is_none() {
+                return Err(Error::LayerNotFound {
+                    chain_id: parent.clone(),
+                });
+            }
+        }
+        if let Some(expected) = expected_diff_id {
+            if let Some(existing) = self.get_layer(&chain_id(parent, expected))? {
+                let mut digester = Digester::sha256();
+                io::copy(&mut reader, &mut digester).map_err(|source| Error::Tar { source })?;
+                let actual = digester.finish();
+                if &actual != expected {
+                    return Err(Error::DiffIdMismatch {
+                        expected: expected.clone(),
+                        actual,
+                    });
+                }
+                return Ok(existing);
+            }
+        }
+
+        let layers = self.layers_dir();
+        let tmp = tempfile::Builder::new()
+            .prefix("tmp-")
+            .tempdir_in(&layers)
+            .at(&layers)?
+            .keep();
+        let result = self.unpack_into(&tmp, reader, parent, expected_diff_id, options);
+        let info = match result {
+            Ok(info) => info,
+            Err(e) => {
+                let _ = remove_tree(&tmp);
+                return Err(e);
+            }
+        };
+        let dest = self.layer_dir(&info.chain_id);
+        match fs::rename(&tmp, &dest) {
+            Ok(()) => {
+                fsync_dir(&layers.join("sha256"))?;
+                Ok(info)
+            }
+            Err(e) => {
+                let _ = remove_tree(&tmp);
+                match self.get_layer(&info.chain_id)? {
+                    Some(existing) => Ok(existing),
+                    None => Err(e).at(&dest),
+                }
+            }
+        }
+    }
+
+    fn unpack_into<R: Read>(
+        &self,
+        tmp: &std::path::Path,
+        reader: R,
+        parent: Option<&Digest>,
+        expected_diff_id: Option<&Digest>,
+        options: &UnpackOptions,
+    ) -> Result<LayerInfo> {
+        fs::set_permissions(tmp, fs::Permissions::from_mode(0o755)).at(tmp)?;
+        let diff = tmp.join("diff");
+        fs::create_dir(&diff).at(&diff)?;
+        let report = unpack(reader, &diff, options)?;
+        if let Some(expected) = expected_diff_id {
+            if expected != &report.diff_id {
+                return Err(Error::DiffIdMismatch {
+                    expected: expected.clone(),
+                    actual: report.diff_id,
+                });
+            }
+        }
+        let info = LayerInfo {
+            chain_id: chain_id(parent, &report.diff_id),
+            diff_id: report.diff_id,
+            parent: parent.cloned(),
+            size: report.size,
+            created: now_unix(),
+            skipped_entries: report.skipped,
+        };
+        let path = tmp.join("layer.json");
+        let mut bytes = serde_json::to_vec_pretty(&info).map_err(|source| Error::Metadata {
+            path: path.clone(),
+            source,
+        })?;
+        bytes.push(b'\n');
+        let file = fs::File::create(&path).at(&path)?;
+        io::Write::write_all(&mut &file, &bytes).at(&path)?;
+        file.sync_all().at(&path)?;
+        fsync_dir(tmp)?;
+        Ok(info)
+    }
+
+    /// Removes a layer directory (used by gc); returns the bytes freed.
+    pub(crate) fn remove_layer_dir(&self, dir: &std::path::Path) -> Result<u64> {
+        let size = crate::fsutil::tree_size(dir);
+        remove_tree(dir)?;
+        Ok(size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_id_matches_haul_oci() {
+        let a = Digest::sha256_of(b"a");
+        let b = Digest::sha256_of(b"b");
+        let ids = haul_oci::chain_ids(&[a.clone(), b.clone()]);
+        assert_eq!(chain_id(None, &a), ids[0]);
+        assert_eq!(chain_id(Some(&ids[0]), &b), ids[1]);
+    }
+}

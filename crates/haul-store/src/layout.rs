@@ -1,0 +1,126 @@
+//! Where everything lives under the root, and the OCI image layout in
+//! `ROOT/content/` (`oci-layout`, `index.json`, `blobs/ALG/HEX`).
+//!
+//! `content/index.json` is derived data: it is rewritten from `refs.json`
+//! and the image records, under the store lock, whenever a reference or an
+//! image changes. It lists one manifest descriptor per reference, annotated
+//! with `org.opencontainers.image.ref.name` (and containerd's
+//! `io.containerd.image.name`) set to the reference's full normalised form,
+//! e.g. `docker.io/library/alpine:latest` or
+//! `localhost:5000/app@sha256:…`. skopeo (1.9) splits `oci:DIR:REF` at the
+//! first `:` and umoci (0.4) accepts the same, so
+//! `skopeo inspect oci:ROOT/content:docker.io/library/alpine:latest` and
+//! `umoci unpack --image ROOT/content:docker.io/library/alpine:latest B`
+//! read the store directly. (The root path itself must therefore contain no
+//! `:` for those tools.)
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use haul_oci::Digest;
+use serde_json::json;
+
+use crate::error::Result;
+use crate::fsutil::write_json;
+use crate::images::ImageRecord;
+use crate::Store;
+
+/// The annotation naming a reference in an OCI layout's `index.json`.
+pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
+/// containerd's annotation for the full image name, written alongside.
+pub const ANNOTATION_IMAGE_NAME: &str = "io.containerd.image.name";
+/// Media type of `index.json`.
+const OCI_INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
+
+impl Store {
+    /// `ROOT/content`: the OCI image layout.
+    pub fn content_dir(&self) -> PathBuf {
+        self.root.join("content")
+    }
+
+    pub(crate) fn blobs_dir(&self, algorithm: &str) -> PathBuf {
+        self.content_dir().join("blobs").join(algorithm)
+    }
+
+    pub(crate) fn index_json_path(&self) -> PathBuf {
+        self.content_dir().join("index.json")
+    }
+
+    pub(crate) fn ingest_dir(&self) -> PathBuf {
+        self.root.join("ingest")
+    }
+
+    pub(crate) fn layers_dir(&self) -> PathBuf {
+        self.root.join("layers")
+    }
+
+    pub(crate) fn layer_dir(&self, chain_id: &Digest) -> PathBuf {
+        self.layers_dir()
+            .join(chain_id.algorithm().as_str())
+            .join(chain_id.hex())
+    }
+
+    pub(crate) fn images_dir(&self) -> PathBuf {
+        self.root.join("images").join("sha256")
+    }
+
+    pub(crate) fn image_path(&self, id: &Digest) -> PathBuf {
+        self.root
+            .join("images")
+            .join(id.algorithm().as_str())
+            .join(format!("{}.json", id.hex()))
+    }
+
+    pub(crate) fn refs_path(&self) -> PathBuf {
+        self.root.join("refs.json")
+    }
+
+    pub(crate) fn distribution_dir(&self) -> PathBuf {
+        self.root.join("distribution")
+    }
+
+    pub(crate) fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    pub(crate) fn store_lock_path(&self) -> PathBuf {
+        self.root.join("store.lock")
+    }
+
+    pub(crate) fn gc_lock_path(&self) -> PathBuf {
+        self.root.join("gc.lock")
+    }
+
+    /// Rewrites `content/index.json` from the references and image records.
+    /// Callers hold the store lock.
+    pub(crate) fn write_index_json(&self, refs: &BTreeMap<String, Digest>) -> Result<()> {
+        let mut images: BTreeMap<Digest, Option<ImageRecord>> = BTreeMap::new();
+        let mut manifests = Vec::new();
+        for (name, id) in refs {
+            if !images.contains_key(id) {
+                images.insert(id.clone(), self.get_image(id)?);
+            }
+            let Some(image) = &images[id] else { continue };
+            let mut descriptor = json!({
+                "mediaType": image.manifest_media_type,
+                "digest": image.manifest_digest,
+                "size": image.manifest_size,
+                "annotations": {
+                    ANNOTATION_IMAGE_NAME: name,
+                    ANNOTATION_REF_NAME: name,
+                },
+            });
+            if !image.platform.os.is_empty() && !image.platform.architecture.is_empty() {
+                descriptor["platform"] =
+                    serde_json::to_value(&image.platform).expect("a platform always serialises");
+            }
+            manifests.push(descriptor);
+        }
+        let index = json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX_MEDIA_TYPE,
+            "manifests": manifests,
+        });
+        write_json(&self.tmp_dir(), &self.index_json_path(), &index)
+    }
+}
