@@ -45,6 +45,42 @@ pub struct LayerInfo {
     pub skipped_entries: u64,
 }
 
+/// A layer unpacked into a staging directory, waiting for its parent
+/// (see [`Store::stage_layer`]). Removed on drop unless committed.
+#[derive(Debug)]
+pub struct StagedLayer {
+    dir: Option<PathBuf>,
+    diff_id: Digest,
+    size: u64,
+    skipped_entries: u64,
+    _lease: crate::Lease,
+}
+
+impl StagedLayer {
+    /// SHA-256 of the uncompressed tar.
+    pub fn diff_id(&self) -> &Digest {
+        &self.diff_id
+    }
+
+    /// Size of the uncompressed tar in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Entries not unpacked (devices when not root).
+    pub fn skipped_entries(&self) -> u64 {
+        self.skipped_entries
+    }
+}
+
+impl Drop for StagedLayer {
+    fn drop(&mut self) {
+        if let Some(dir) = self.dir.take() {
+            let _ = remove_tree(&dir);
+        }
+    }
+}
+
 /// The chain ID of a layer with diff ID `diff_id` on top of `parent`.
 pub fn chain_id(parent: Option<&Digest>, diff_id: &Digest) -> Digest {
     match parent {
@@ -146,46 +182,40 @@ impl Store {
             }
         }
 
+        let staged = self.stage_layer(reader, expected_diff_id, options)?;
+        self.commit_staged(staged, parent)
+    }
+
+    /// Unpacks the uncompressed layer tar `reader` into a staging directory
+    /// without a parent yet, hashing it in the same pass and checking the
+    /// diff ID against `expected_diff_id` if given. Layers of one image can
+    /// be staged in parallel as they download; [`Store::commit_staged`] then
+    /// puts each on top of its parent, in order, without touching the
+    /// content again. A staged layer that is dropped uncommitted is removed.
+    pub fn stage_layer<R: Read>(
+        &self,
+        reader: R,
+        expected_diff_id: Option<&Digest>,
+        options: &UnpackOptions,
+    ) -> Result<StagedLayer> {
+        let lease = self.lease()?;
         let layers = self.layers_dir();
         let tmp = tempfile::Builder::new()
             .prefix("tmp-")
             .tempdir_in(&layers)
             .at(&layers)?
             .keep();
-        let result = self.unpack_into(&tmp, reader, parent, expected_diff_id, options);
-        let info = match result {
-            Ok(info) => info,
-            Err(e) => {
-                let _ = remove_tree(&tmp);
-                return Err(e);
-            }
+        let staged = StagedLayer {
+            dir: Some(tmp),
+            diff_id: Digest::sha256_of(b""),
+            size: 0,
+            skipped_entries: 0,
+            _lease: lease,
         };
-        let dest = self.layer_dir(&info.chain_id);
-        match fs::rename(&tmp, &dest) {
-            Ok(()) => {
-                fsync_dir(&layers.join("sha256"))?;
-                Ok(info)
-            }
-            Err(e) => {
-                let _ = remove_tree(&tmp);
-                match self.get_layer(&info.chain_id)? {
-                    Some(existing) => Ok(existing),
-                    None => Err(e).at(&dest),
-                }
-            }
-        }
-    }
-
-    fn unpack_into<R: Read>(
-        &self,
-        tmp: &std::path::Path,
-        reader: R,
-        parent: Option<&Digest>,
-        expected_diff_id: Option<&Digest>,
-        options: &UnpackOptions,
-    ) -> Result<LayerInfo> {
-        fs::set_permissions(tmp, fs::Permissions::from_mode(0o755)).at(tmp)?;
-        let diff = tmp.join("diff");
+        let mut staged = staged;
+        let dir = staged.dir.clone().expect("just set");
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).at(&dir)?;
+        let diff = dir.join("diff");
         fs::create_dir(&diff).at(&diff)?;
         let report = unpack(reader, &diff, options)?;
         if let Some(expected) = expected_diff_id {
@@ -196,14 +226,43 @@ impl Store {
                 });
             }
         }
+        staged.diff_id = report.diff_id;
+        staged.size = report.size;
+        staged.skipped_entries = report.skipped;
+        Ok(staged)
+    }
+
+    /// Registers a staged layer on top of `parent` (a registered chain ID):
+    /// writes its `layer.json` and renames it into place. If the chain ID is
+    /// already registered, the staged copy is discarded and the existing
+    /// layer returned.
+    pub fn commit_staged(
+        &self,
+        mut staged: StagedLayer,
+        parent: Option<&Digest>,
+    ) -> Result<LayerInfo> {
+        if let Some(parent) = parent {
+            if self.get_layer(parent)?.is_none() {
+                return Err(Error::LayerNotFound {
+                    chain_id: parent.clone(),
+                });
+            }
+        }
         let info = LayerInfo {
-            chain_id: chain_id(parent, &report.diff_id),
-            diff_id: report.diff_id,
+            chain_id: chain_id(parent, &staged.diff_id),
+            diff_id: staged.diff_id.clone(),
             parent: parent.cloned(),
-            size: report.size,
+            size: staged.size,
             created: now_unix(),
-            skipped_entries: report.skipped,
+            skipped_entries: staged.skipped_entries,
         };
+        if let Some(existing) = self.get_layer(&info.chain_id)? {
+            return Ok(existing);
+        }
+        let tmp = staged
+            .dir
+            .clone()
+            .expect("a staged layer has its directory until committed");
         let path = tmp.join("layer.json");
         let mut bytes = serde_json::to_vec_pretty(&info).map_err(|source| Error::Metadata {
             path: path.clone(),
@@ -213,8 +272,19 @@ impl Store {
         let file = fs::File::create(&path).at(&path)?;
         io::Write::write_all(&mut &file, &bytes).at(&path)?;
         file.sync_all().at(&path)?;
-        fsync_dir(tmp)?;
-        Ok(info)
+        fsync_dir(&tmp)?;
+        let dest = self.layer_dir(&info.chain_id);
+        match fs::rename(&tmp, &dest) {
+            Ok(()) => {
+                staged.dir = None;
+                fsync_dir(&self.layers_dir().join("sha256"))?;
+                Ok(info)
+            }
+            Err(e) => match self.get_layer(&info.chain_id)? {
+                Some(existing) => Ok(existing),
+                None => Err(e).at(&dest),
+            },
+        }
     }
 
     /// Removes a layer directory (used by gc); returns the bytes freed.

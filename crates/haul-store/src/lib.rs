@@ -104,7 +104,7 @@ pub use export::{ExportOptions, ExportReport};
 pub use gc::{GcOptions, GcReport};
 pub use images::{ImageLayer, ImageRecord};
 pub use ingest::{Ingest, IngestOutcome};
-pub use layers::{chain_id, LayerInfo};
+pub use layers::{chain_id, LayerInfo, StagedLayer};
 pub use layout::{ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME};
 pub use lock::Lease;
 pub use refs::RemovedImage;

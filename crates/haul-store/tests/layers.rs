@@ -507,3 +507,43 @@ fn truncated_tar_is_an_error_and_leaves_nothing() {
     );
     assert!(leftovers(&store).is_empty(), "{:?}", leftovers(&store));
 }
+
+#[test]
+fn staged_layers_unpack_in_any_order_and_commit_on_their_parents() {
+    let (_dir, store) = new_store();
+    let lower = tar_of(vec![Entry::file("a", 0o644, "lower")]);
+    let upper = tar_of(vec![Entry::file("b", 0o644, "upper")]);
+    // The upper layer finishes unpacking first, as a smaller download would.
+    let staged_upper = store
+        .stage_layer(&upper[..], None, &UnpackOptions::default())
+        .unwrap();
+    let staged_lower = store
+        .stage_layer(&lower[..], None, &UnpackOptions::default())
+        .unwrap();
+    assert_eq!(staged_lower.diff_id(), &Digest::sha256_of(&lower));
+    let base = store.commit_staged(staged_lower, None).unwrap();
+    let top = store
+        .commit_staged(staged_upper, Some(&base.chain_id))
+        .unwrap();
+    assert_eq!(top.parent.as_ref(), Some(&base.chain_id));
+    assert_eq!(
+        top.chain_id,
+        haul_store::chain_id(Some(&base.chain_id), &Digest::sha256_of(&upper))
+    );
+    let upper_file = store.layer_diff_dir(&top.chain_id).join("b");
+    assert_eq!(std::fs::read_to_string(upper_file).unwrap(), "upper");
+    assert!(leftovers(&store).is_empty(), "{:?}", leftovers(&store));
+}
+
+#[test]
+fn a_staged_layer_dropped_uncommitted_leaves_nothing() {
+    let (_dir, store) = new_store();
+    let tar = tar_of(vec![Entry::file("a", 0o644, "x")]);
+    let staged = store
+        .stage_layer(&tar[..], None, &UnpackOptions::default())
+        .unwrap();
+    assert!(!leftovers(&store).is_empty());
+    drop(staged);
+    assert!(leftovers(&store).is_empty(), "{:?}", leftovers(&store));
+    assert!(store.list_layers().unwrap().is_empty());
+}
