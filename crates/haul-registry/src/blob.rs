@@ -146,7 +146,12 @@ impl Repository {
     /// reopened with `Range` from the byte reached, up to the retry policy's
     /// attempts. A mismatch ends the stream with [`Error::DigestMismatch`].
     pub fn blob_stream(&self, digest: &Digest, expected_size: Option<u64>) -> ByteStream {
-        self.blob_stream_from(digest, expected_size, Digester::new(digest.algorithm()))
+        self.resuming_stream(
+            digest,
+            expected_size,
+            0,
+            Some(Digester::new(digest.algorithm())),
+        )
     }
 
     /// Like [`Repository::blob_stream`], continuing a download whose first
@@ -159,11 +164,37 @@ impl Repository {
         expected_size: Option<u64>,
         digester: Digester,
     ) -> ByteStream {
+        let received = digester.bytes();
+        self.resuming_stream(digest, expected_size, received, Some(digester))
+    }
+
+    /// The blob from byte `offset` on, resuming after dropped connections
+    /// like [`Repository::blob_stream`] but without hashing: for a caller
+    /// that verifies the digest itself as it stores the bytes (hashing
+    /// twice would cost a core at loopback speed). The size is still checked.
+    pub fn blob_stream_unverified(
+        &self,
+        digest: &Digest,
+        expected_size: Option<u64>,
+        offset: u64,
+    ) -> ByteStream {
+        self.resuming_stream(digest, expected_size, offset, None)
+    }
+
+    fn resuming_stream(
+        &self,
+        digest: &Digest,
+        expected_size: Option<u64>,
+        received: u64,
+        digester: Option<Digester>,
+    ) -> ByteStream {
         let state = ResumeState {
             repo: self.clone(),
             digest: digest.clone(),
             expected_size,
-            digester: Some(digester),
+            received,
+            digester,
+            done: false,
             body: None,
             skip: 0,
             failures: 0,
@@ -184,8 +215,11 @@ struct ResumeState {
     repo: Repository,
     digest: Digest,
     expected_size: Option<u64>,
-    /// `None` once the stream has ended.
+    /// Bytes of the blob delivered so far (including any the caller had).
+    received: u64,
+    /// Hashes everything delivered, when this stream verifies the digest.
     digester: Option<Digester>,
+    done: bool,
     body: Option<ByteStream>,
     /// Bytes still to drop from a body that restarted before our offset.
     skip: u64,
@@ -195,15 +229,14 @@ struct ResumeState {
 impl ResumeState {
     async fn next(mut self) -> Result<Option<(Bytes, Self)>> {
         loop {
-            let Some(digester) = self.digester.as_ref() else {
+            if self.done {
                 return Ok(None);
-            };
-            let received = digester.bytes();
+            }
             let body = match self.body.as_mut() {
                 Some(b) => b,
-                None => match self.repo.open_blob(&self.digest, received).await {
+                None => match self.repo.open_blob(&self.digest, self.received).await {
                     Ok(opened) => {
-                        self.skip = received - opened.start.min(received);
+                        self.skip = self.received - opened.start.min(self.received);
                         if let (Some(total), Some(expected)) = (opened.total, self.expected_size) {
                             if total != expected {
                                 return Err(Error::SizeMismatch {
@@ -231,14 +264,16 @@ impl ResumeState {
                             continue;
                         }
                     }
-                    let digester = self.digester.as_mut().expect("checked above");
-                    digester.update(&chunk);
+                    if let Some(digester) = self.digester.as_mut() {
+                        digester.update(&chunk);
+                    }
+                    self.received += chunk.len() as u64;
                     if let Some(expected) = self.expected_size {
-                        if digester.bytes() > expected {
+                        if self.received > expected {
                             return Err(Error::SizeMismatch {
                                 what: format!("blob {}", self.digest),
                                 expected,
-                                actual: digester.bytes(),
+                                actual: self.received,
                             });
                         }
                     }
@@ -250,8 +285,9 @@ impl ResumeState {
                     self.retry_or_fail(e).await?;
                 }
                 None => {
-                    let digester = self.digester.take().expect("checked above");
-                    return self.finish(digester).map(|()| None);
+                    self.done = true;
+                    self.finish()?;
+                    return Ok(None);
                 }
             }
         }
@@ -263,10 +299,10 @@ impl ResumeState {
         if !error.is_retryable() || self.failures >= policy.max_attempts {
             return Err(error);
         }
-        let received = self.digester.as_ref().map_or(0, Digester::bytes);
         tracing::debug!(
-            "blob {}: {error}; resuming from byte {received} (attempt {} of {})",
+            "blob {}: {error}; resuming from byte {} (attempt {} of {})",
             self.digest,
+            self.received,
             self.failures + 1,
             policy.max_attempts
         );
@@ -279,24 +315,25 @@ impl ResumeState {
         Ok(())
     }
 
-    fn finish(&self, digester: Digester) -> Result<()> {
-        let size = digester.bytes();
+    fn finish(&mut self) -> Result<()> {
         if let Some(expected) = self.expected_size {
-            if size != expected {
+            if self.received != expected {
                 return Err(Error::SizeMismatch {
                     what: format!("blob {}", self.digest),
                     expected,
-                    actual: size,
+                    actual: self.received,
                 });
             }
         }
-        let actual = digester.finish();
-        if actual != self.digest {
-            return Err(Error::DigestMismatch {
-                what: format!("blob of {}/{}", self.repo.registry(), self.repo.name()),
-                expected: self.digest.to_string(),
-                actual: actual.to_string(),
-            });
+        if let Some(digester) = self.digester.take() {
+            let actual = digester.finish();
+            if actual != self.digest {
+                return Err(Error::DigestMismatch {
+                    what: format!("blob of {}/{}", self.repo.registry(), self.repo.name()),
+                    expected: self.digest.to_string(),
+                    actual: actual.to_string(),
+                });
+            }
         }
         Ok(())
     }
