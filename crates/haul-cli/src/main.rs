@@ -1,8 +1,11 @@
 //! The `haul` command.
 
 mod cli;
+mod local;
 mod login;
+mod pull;
 mod render;
+mod settings;
 
 use std::process::ExitCode;
 
@@ -34,43 +37,54 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             username,
             password,
             password_stdin,
-        } => runtime()?.block_on(login::login(
-            client_config(cli),
+        } => settings::runtime()?.block_on(login::login(
+            settings::client_config(cli),
             registry.as_deref(),
             username.as_deref(),
             password.as_deref(),
             *password_stdin,
         )),
-        Command::Logout { registry } => login::logout(&client_config(cli), registry.as_deref()),
+        Command::Logout { registry } => {
+            login::logout(&settings::client_config(cli), registry.as_deref())
+        }
+        Command::Pull {
+            references,
+            all_platforms,
+            no_unpack,
+        } => pull::run(cli, references, *all_platforms, *no_unpack),
+        Command::Images { format } => local::images(&settings::open_store(cli)?, *format),
+        Command::Inspect { reference } => local::inspect(&settings::open_store(cli)?, reference),
+        Command::Tag { source, target } => local::tag(&settings::open_store(cli)?, source, target),
+        Command::Rmi { references } => local::rmi(&settings::open_store(cli)?, references),
+        Command::Gc => local::gc(&settings::open_store(cli)?),
+        Command::Export {
+            reference,
+            directory,
+        } => local::export(&settings::open_store(cli)?, reference, directory),
         other => anyhow::bail!("`haul {}` is not available in this build yet", other.name()),
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
-}
-
-/// Registry client settings from the global options.
-fn client_config(cli: &Cli) -> haul_dist::registry::ClientConfig {
-    haul_dist::registry::ClientConfig {
-        insecure_registries: cli.global.insecure_registries.clone(),
-        ..Default::default()
+/// Joins an error and its causes into one readable line, leaving out a
+/// cause whose text its parent already includes.
+pub(crate) fn error_sentence(err: &anyhow::Error) -> String {
+    let mut sentence = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if sentence.contains(&text) {
+            continue;
+        }
+        if !sentence.is_empty() {
+            sentence.push_str(": ");
+        }
+        sentence.push_str(&text);
     }
-}
-
-/// Joins an error and its causes into one readable line.
-fn error_sentence(err: &anyhow::Error) -> String {
-    err.chain()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(": ")
+    sentence
 }
 
 fn init_logging(verbose: u8) {
     let level = match verbose {
-        0 => "warn",
+        0 => "error",
         1 => "info",
         2 => "debug",
         _ => "trace",

@@ -1,0 +1,92 @@
+//! `haul pull REF...`: several references share one puller (and so one
+//! transfer manager): a layer common to them moves once.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+
+use anyhow::Context;
+use haul_dist::oci::{Platform, Reference};
+use haul_dist::registry::RegistryClient;
+use haul_dist::xfer::{ChannelOutput, ProgressOutput};
+use haul_dist::{PullOptions, Puller};
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::Cli;
+use crate::render;
+use crate::settings;
+
+/// Runs `haul pull`.
+pub fn run(
+    cli: &Cli,
+    references: &[String],
+    all_platforms: bool,
+    no_unpack: bool,
+) -> anyhow::Result<()> {
+    let references = references
+        .iter()
+        .map(|r| Reference::parse(r).with_context(|| format!("invalid reference {r:?}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let platform = cli
+        .global
+        .platform
+        .as_deref()
+        .map(|p| Platform::parse(p).with_context(|| format!("invalid platform {p:?}")))
+        .transpose()?;
+    let store = settings::open_store(cli)?;
+    let client = RegistryClient::new(settings::client_config(cli))?;
+    let runtime = settings::runtime()?;
+    let options = PullOptions {
+        platform,
+        all_platforms,
+    };
+    let kind = render::choose(
+        cli.global.progress,
+        cli.global.quiet,
+        std::io::stdout().is_terminal(),
+    );
+
+    runtime.block_on(async {
+        let puller = Puller::new(client, store, &settings::pull_settings(cli, !no_unpack));
+        let (output, receiver) = ChannelOutput::new();
+        let renderer = tokio::task::spawn_blocking(move || {
+            render::render_blocking(kind, receiver, std::io::stdout().lock())
+        });
+        let cancel = CancellationToken::new();
+        let interrupt = {
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    cancel.cancel();
+                }
+            })
+        };
+        let output: Arc<dyn ProgressOutput> = Arc::new(output);
+        let pulls = references.iter().map(|reference| {
+            let output = Arc::clone(&output);
+            let puller = &puller;
+            let options = &options;
+            let cancel = cancel.clone();
+            async move { puller.pull(reference, options, output, cancel).await }
+        });
+        let results = futures::future::join_all(pulls).await;
+        interrupt.abort();
+        drop(output);
+        // The renderer ends once the last sender is gone.
+        let _ = renderer.await;
+
+        let mut failures = Vec::new();
+        for (reference, result) in references.iter().zip(results) {
+            match result {
+                Ok(report) => println!("{}", report.reference),
+                Err(err) => failures.push(format!(
+                    "failed to pull {reference}: {}",
+                    crate::error_sentence(&err.into())
+                )),
+            }
+        }
+        match failures.len() {
+            0 => Ok(()),
+            _ => Err(anyhow::anyhow!(failures.join("; "))),
+        }
+    })
+}

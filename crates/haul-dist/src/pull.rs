@@ -1,0 +1,345 @@
+//! `pull`: from a reference in a registry to an image in the local store.
+//!
+//! For each image manifest the reference resolves to: the config and the
+//! manifest go into the store; the layers go through the download manager
+//! (shared by every pull of one [`Puller`], so a layer common to several
+//! images moves once), each streamed once from the registry into the
+//! content store and, unpacking, into its layer directory; then the image
+//! is recorded and tagged. Progress reads as Docker's.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use haul_oci::{media_type, parse_image_config, Digest, ImageConfig, Platform, Reference};
+use haul_registry::{RegistryClient, Repository};
+use haul_store::{ImageRecord, Store, UnpackOptions};
+use haul_xfer::{DownloadManager, ProgressOutput, RetryPolicy};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result};
+use crate::layer_fetch::{blocking, LayerBlobInfo};
+use crate::pull_layer::PullLayer;
+use crate::resolve::{manifest_reference, resolve};
+use crate::store_layers::{SharedLayers, StoreLayers};
+
+/// Largest config read into memory.
+const CONFIG_LIMIT: u64 = 8 * 1024 * 1024;
+
+/// How a [`Puller`] transfers layers.
+#[derive(Debug, Clone)]
+pub struct PullSettings {
+    /// Layers downloading at once (0 = unlimited).
+    pub max_concurrent_downloads: usize,
+    /// Attempts per layer, the first included.
+    pub max_download_attempts: u32,
+    /// One tick of the retry countdown (1 s; tests use less).
+    pub retry_tick: Duration,
+    /// Unpack layers (`false`: keep the blobs only).
+    pub unpack: bool,
+}
+
+impl Default for PullSettings {
+    fn default() -> Self {
+        Self {
+            max_concurrent_downloads: 3,
+            max_download_attempts: 5,
+            retry_tick: Duration::from_secs(1),
+            unpack: true,
+        }
+    }
+}
+
+/// What to pull of a reference.
+#[derive(Debug, Clone, Default)]
+pub struct PullOptions {
+    /// The platform to choose from an index (default: this machine's).
+    pub platform: Option<Platform>,
+    /// Take every platform of an index.
+    pub all_platforms: bool,
+}
+
+/// What a pull did.
+#[derive(Debug, Clone)]
+pub struct PullReport {
+    /// The reference pulled, normalised (`docker.io/library/alpine:latest`).
+    pub reference: Reference,
+    /// Digest of what the reference named (index or manifest).
+    pub digest: Digest,
+    /// The images stored (one per platform pulled).
+    pub images: Vec<ImageRecord>,
+    /// Whether the reference already named this image locally.
+    pub up_to_date: bool,
+    /// Layer bytes that crossed the network.
+    pub transferred: u64,
+}
+
+/// Pulls images into a store. One `Puller` shares its transfers between
+/// every pull it runs, also concurrent ones.
+pub struct Puller {
+    client: RegistryClient,
+    store: Store,
+    layers: SharedLayers,
+    downloads: DownloadManager<StoreLayers>,
+}
+
+impl Puller {
+    /// A puller writing into `store`.
+    pub fn new(client: RegistryClient, store: Store, settings: &PullSettings) -> Self {
+        let unpack = settings.unpack.then(UnpackOptions::default);
+        let layers = Arc::new(StoreLayers::new(store.clone(), unpack));
+        let retry = RetryPolicy::default()
+            .with_max_attempts(settings.max_download_attempts)
+            .with_tick(settings.retry_tick);
+        let downloads = DownloadManager::new(Arc::clone(&layers))
+            .with_concurrency(settings.max_concurrent_downloads)
+            .with_retry_policy(retry);
+        Self {
+            client,
+            store,
+            layers,
+            downloads,
+        }
+    }
+
+    /// The store this puller writes into.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Pulls `reference`, writing progress to `output`. `cancel` stops this
+    /// pull (layers another pull shares go on).
+    pub async fn pull(
+        &self,
+        reference: &Reference,
+        options: &PullOptions,
+        output: Arc<dyn ProgressOutput>,
+        cancel: CancellationToken,
+    ) -> Result<PullReport> {
+        let repo = self.client.repository_for(reference)?;
+        let shown = manifest_reference(reference);
+        output.message(&shown, &format!("Pulling from {}", reference.repository()));
+
+        let resolved = resolve(
+            &repo,
+            reference,
+            options.platform.as_ref(),
+            options.all_platforms,
+        )
+        .await?;
+        let store = self.store.clone();
+        // Holding a lease keeps gc from collecting blobs and layers that no
+        // image names yet.
+        let _lease = blocking(move || Ok(store.lease()?)).await?;
+
+        let previous = {
+            let store = self.store.clone();
+            let reference = reference.clone();
+            blocking(move || Ok(store.resolve(&reference)?)).await?
+        };
+        let index_digest = resolved.index().map(|i| i.digest().clone());
+        if let Some(index) = resolved.index() {
+            self.put_blob(index.bytes().to_vec(), index.digest())
+                .await?;
+        }
+
+        let transferred = Arc::new(AtomicU64::new(0));
+        let mut images = Vec::new();
+        for (manifest, _platform) in &resolved.images {
+            let config = self.fetch_config(&repo, manifest).await?;
+            self.put_blob(manifest.bytes().to_vec(), manifest.digest())
+                .await?;
+            let mut record = ImageRecord::from_parts(manifest, &config)?;
+            record.index_digest = index_digest.clone();
+            self.fetch_layers(&repo, reference, &record, &output, &cancel, &transferred)
+                .await?;
+            let store = self.store.clone();
+            let to_put = record.clone();
+            let source = format!("{}/{}", reference.registry(), reference.repository());
+            blocking(move || {
+                store.put_image(&to_put)?;
+                for layer in &to_put.layers {
+                    store.add_distribution_source(&layer.diff_id, &layer.digest, &source)?;
+                }
+                Ok(())
+            })
+            .await?;
+            images.push(record);
+        }
+
+        // The reference names the image for this machine's platform (or the
+        // one asked for), also when every platform was pulled.
+        let tagged = self.image_to_tag(&images, options)?;
+        let up_to_date = previous
+            .as_ref()
+            .is_some_and(|p| p.id == tagged.id && p.manifest_digest == tagged.manifest_digest)
+            && transferred.load(Ordering::Relaxed) == 0;
+        {
+            let store = self.store.clone();
+            let reference = reference.clone();
+            let id = tagged.id.clone();
+            let by_digest = reference
+                .without_tag()
+                .with_digest(resolved.top.digest().clone());
+            blocking(move || {
+                store.tag(&reference, &id)?;
+                store.tag(&by_digest, &id)?;
+                Ok(())
+            })
+            .await?;
+        }
+        output.message("", &format!("Digest: {}", resolved.top.digest()));
+        let status = if up_to_date {
+            format!("Status: Image is up to date for {}", reference.familiar())
+        } else {
+            format!(
+                "Status: Downloaded newer image for {}",
+                reference.familiar()
+            )
+        };
+        output.message("", &status);
+        Ok(PullReport {
+            reference: reference.clone(),
+            digest: resolved.top.digest().clone(),
+            images,
+            up_to_date,
+            transferred: transferred.load(Ordering::Relaxed),
+        })
+    }
+
+    fn image_to_tag<'a>(
+        &self,
+        images: &'a [ImageRecord],
+        options: &PullOptions,
+    ) -> Result<&'a ImageRecord> {
+        let wanted = options
+            .platform
+            .clone()
+            .unwrap_or_else(Platform::host)
+            .normalized();
+        images
+            .iter()
+            .find(|i| i.platform.normalized().same_as(&wanted))
+            .or(images.first())
+            .ok_or_else(|| Error::Internal("a pull resolved to no image".into()))
+    }
+
+    async fn put_blob(&self, bytes: Vec<u8>, digest: &Digest) -> Result<()> {
+        let store = self.store.clone();
+        let digest = digest.clone();
+        blocking(move || {
+            if !store.has_blob(&digest) {
+                store.put_blob_bytes(&bytes, &digest)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// The image config, from the store if present, else from the registry.
+    async fn fetch_config(
+        &self,
+        repo: &Repository,
+        manifest: &haul_oci::ParsedManifest,
+    ) -> Result<ImageConfig> {
+        let descriptor = manifest
+            .manifest()
+            .config()
+            .ok_or_else(|| Error::Unsupported {
+                reference: manifest.digest().to_string(),
+                message: "the manifest has no config".into(),
+            })?;
+        let digest = Digest::try_from(descriptor.digest())?;
+        if descriptor.size() > CONFIG_LIMIT {
+            return Err(Error::Unsupported {
+                reference: manifest.digest().to_string(),
+                message: format!("its config is larger than {CONFIG_LIMIT} bytes"),
+            });
+        }
+        let bytes = {
+            let store = self.store.clone();
+            let digest = digest.clone();
+            blocking(move || {
+                Ok(if store.has_blob(&digest) {
+                    Some(store.read_blob_limited(&digest, CONFIG_LIMIT)?)
+                } else {
+                    None
+                })
+            })
+            .await?
+        };
+        let bytes = match bytes {
+            Some(b) => b,
+            None => {
+                use futures::TryStreamExt;
+                let chunks: Vec<bytes::Bytes> = repo
+                    .blob_stream(&digest, Some(descriptor.size()))
+                    .try_collect()
+                    .await?;
+                let bytes = chunks.concat();
+                self.put_blob(bytes.clone(), &digest).await?;
+                bytes
+            }
+        };
+        Ok(parse_image_config(bytes)?)
+    }
+
+    async fn fetch_layers(
+        &self,
+        repo: &Repository,
+        reference: &Reference,
+        record: &ImageRecord,
+        output: &Arc<dyn ProgressOutput>,
+        cancel: &CancellationToken,
+        transferred: &Arc<AtomicU64>,
+    ) -> Result<()> {
+        for layer in &record.layers {
+            if media_type::is_foreign(&layer.media_type) {
+                return Err(Error::Unsupported {
+                    reference: reference.to_string(),
+                    message: format!(
+                        "layer {} is a foreign (non-distributable) layer",
+                        layer.digest
+                    ),
+                });
+            }
+        }
+        let descriptors: Vec<Arc<PullLayer>> = record
+            .layers
+            .iter()
+            .map(|layer| {
+                Arc::new(PullLayer {
+                    repo: repo.clone(),
+                    store: self.store.clone(),
+                    layers: Arc::clone(&self.layers),
+                    blob: LayerBlobInfo {
+                        digest: layer.digest.clone(),
+                        size: layer.size,
+                        compression: media_type::layer_compression(&layer.media_type),
+                    },
+                    diff_id: Some(layer.diff_id.clone()),
+                    transferred: Arc::clone(transferred),
+                })
+            })
+            .collect();
+        let (diff_ids, release) = self
+            .downloads
+            .download(cancel, &descriptors, Arc::clone(output))
+            .await?;
+        let expected: Vec<String> = record
+            .layers
+            .iter()
+            .map(|l| l.diff_id.to_string())
+            .collect();
+        let got: Vec<String> = diff_ids.iter().map(|d| d.to_string()).collect();
+        release.release().await;
+        if expected != got {
+            return Err(Error::Inconsistent {
+                reference: reference.to_string(),
+                message: "the layers' content does not match the diffIDs of the image config"
+                    .into(),
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,121 @@
+//! A layer of an image being pulled, as the download manager sees it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use haul_oci::Digest;
+use haul_registry::Repository;
+use haul_store::Store;
+use haul_xfer::{short_id, DiffId, DownloadDescriptor, LayerBlob, Progress, ProgressOutput};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Error;
+use crate::layer_fetch::{fetch_layer, LayerBlobInfo};
+use crate::store_layers::SharedLayers;
+
+/// Least bytes between two "Downloading" records (besides the last).
+const PROGRESS_STEP: u64 = 512 * 1024;
+
+/// One layer blob of a pull.
+pub(crate) struct PullLayer {
+    pub repo: Repository,
+    pub store: Store,
+    pub layers: SharedLayers,
+    pub blob: LayerBlobInfo,
+    /// The diffID the image config gives for this layer.
+    pub diff_id: Option<Digest>,
+    /// Bytes that crossed the network for this layer.
+    pub transferred: Arc<AtomicU64>,
+}
+
+impl PullLayer {
+    fn short(&self) -> String {
+        short_id(self.blob.digest.as_str()).to_string()
+    }
+}
+
+impl DownloadDescriptor for PullLayer {
+    fn key(&self) -> String {
+        format!("v2:{}", self.blob.digest)
+    }
+
+    fn id(&self) -> String {
+        self.short()
+    }
+
+    fn diff_id(&self) -> Option<DiffId> {
+        self.diff_id.as_ref().map(|d| DiffId::new(d.to_string()))
+    }
+
+    async fn download(
+        &self,
+        cancel: CancellationToken,
+        progress: Arc<dyn ProgressOutput>,
+    ) -> Result<LayerBlob, haul_xfer::Error> {
+        let id = self.short();
+        let total = self.blob.size;
+        let last = AtomicU64::new(0);
+        let report = |present: u64| {
+            let before = last.load(Ordering::Relaxed);
+            let step = PROGRESS_STEP.min((total / 100).max(1));
+            if present == total || present >= before + step || (before == 0 && present > 0) {
+                last.store(present, Ordering::Relaxed);
+                progress.write(Progress::counts(&id, "Downloading", present, total));
+            }
+        };
+        let unpack = self.layers.unpack_options().cloned();
+        let fetched = fetch_layer(
+            &self.repo,
+            &self.store,
+            &self.blob,
+            self.diff_id.as_ref(),
+            unpack,
+            &cancel,
+            &report,
+        )
+        .await
+        .map_err(into_transfer_error)?;
+        self.transferred
+            .fetch_add(fetched.transferred, Ordering::Relaxed);
+        progress.update(&id, "Verifying Checksum");
+        progress.update(&id, "Download complete");
+        let diff_id = match fetched.staged {
+            Some(staged) => {
+                let diff_id = staged.diff_id().clone();
+                self.layers.stage(staged, &self.blob.digest);
+                Some(diff_id)
+            }
+            None => {
+                if let Some(d) = &self.diff_id {
+                    self.layers.note_blob(d, &self.blob.digest);
+                }
+                self.diff_id.clone()
+            }
+        };
+        Ok(LayerBlob {
+            stream: Box::pin(tokio::io::empty()),
+            size: 0,
+            diff_id: diff_id.map(|d| DiffId::new(d.to_string())),
+        })
+    }
+}
+
+/// Sorts a pull error into "try again" and "give up".
+pub(crate) fn into_transfer_error(err: Error) -> haul_xfer::Error {
+    let retry = match &err {
+        Error::Registry(e) => {
+            e.is_retryable() || matches!(e, haul_registry::Error::DigestMismatch { .. })
+        }
+        Error::Store(e) => matches!(
+            e,
+            haul_store::Error::DigestMismatch { .. } | haul_store::Error::SizeMismatch { .. }
+        ),
+        Error::Internal(_) => true,
+        _ => false,
+    };
+    if retry {
+        haul_xfer::Error::failed(err)
+    } else {
+        haul_xfer::Error::do_not_retry(err)
+    }
+}
