@@ -4,6 +4,7 @@ mod cli;
 mod local;
 mod login;
 mod pull;
+mod push;
 mod render;
 mod settings;
 
@@ -52,6 +53,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             all_platforms,
             no_unpack,
         } => pull::run(cli, references, *all_platforms, *no_unpack),
+        Command::Push { reference } => push::run(cli, reference),
         Command::Images { format } => local::images(&settings::open_store(cli)?, *format),
         Command::Inspect { reference } => local::inspect(&settings::open_store(cli)?, reference),
         Command::Tag { source, target } => local::tag(&settings::open_store(cli)?, source, target),

@@ -9,7 +9,6 @@ use haul_dist::oci::{Platform, Reference};
 use haul_dist::registry::RegistryClient;
 use haul_dist::xfer::{ChannelOutput, ProgressOutput};
 use haul_dist::{PullOptions, Puller};
-use tokio_util::sync::CancellationToken;
 
 use crate::cli::Cli;
 use crate::render;
@@ -51,15 +50,7 @@ pub fn run(
         let renderer = tokio::task::spawn_blocking(move || {
             render::render_blocking(kind, receiver, std::io::stdout().lock())
         });
-        let cancel = CancellationToken::new();
-        let interrupt = {
-            let cancel = cancel.clone();
-            tokio::spawn(async move {
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    cancel.cancel();
-                }
-            })
-        };
+        let cancel = settings::cancel_on_interrupt();
         let output: Arc<dyn ProgressOutput> = Arc::new(output);
         let pulls = references.iter().map(|reference| {
             let output = Arc::clone(&output);
@@ -69,7 +60,6 @@ pub fn run(
             async move { puller.pull(reference, options, output, cancel).await }
         });
         let results = futures::future::join_all(pulls).await;
-        interrupt.abort();
         drop(output);
         // The renderer ends once the last sender is gone.
         let _ = renderer.await;

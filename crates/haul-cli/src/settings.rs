@@ -2,11 +2,12 @@
 //! how the registry client and the transfer managers are set up.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use haul_dist::registry::ClientConfig;
 use haul_dist::store::Store;
-use haul_dist::PullSettings;
+use haul_dist::{PullSettings, PushSettings};
 
 use crate::cli::Cli;
 
@@ -31,21 +32,43 @@ pub fn open_store(cli: &Cli) -> anyhow::Result<Store> {
     Store::open(&root).with_context(|| format!("cannot open the store at {}", root.display()))
 }
 
-/// Registry client settings from the global options.
+/// Registry client settings from the global options. The hidden
+/// `HAUL_READ_TIMEOUT_SECS` shortens the read timeout (for tests).
 pub fn client_config(cli: &Cli) -> ClientConfig {
+    let defaults = ClientConfig::default();
     ClientConfig {
         insecure_registries: cli.global.insecure_registries.clone(),
-        ..ClientConfig::default()
+        read_timeout: env_number("HAUL_READ_TIMEOUT_SECS")
+            .map_or(defaults.read_timeout, Duration::from_secs),
+        ..defaults
     }
 }
 
-/// Transfer settings of a pull.
+/// Transfer settings of a pull. The hidden `HAUL_RETRY_TICK_MS` shortens
+/// the one-second step of the retry countdown (for tests).
 pub fn pull_settings(cli: &Cli, unpack: bool) -> PullSettings {
+    let defaults = PullSettings::default();
     PullSettings {
         max_concurrent_downloads: cli.global.max_concurrent_downloads,
         max_download_attempts: cli.global.max_download_attempts,
+        retry_tick: env_number("HAUL_RETRY_TICK_MS")
+            .map_or(defaults.retry_tick, Duration::from_millis),
         unpack,
-        ..PullSettings::default()
+    }
+}
+
+/// A positive whole number from a hidden tuning variable; unset, empty,
+/// zero or unreadable values leave the default.
+fn env_number(name: &str) -> Option<u64> {
+    let value = std::env::var(name).ok()?;
+    match value.trim().parse::<u64>() {
+        Ok(n) if n > 0 => Some(n),
+        _ => {
+            if !value.is_empty() {
+                tracing::warn!("ignoring {name}={value:?}: not a positive whole number");
+            }
+            None
+        }
     }
 }
 
@@ -54,4 +77,31 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?)
+}
+
+/// Transfer settings of a push.
+pub fn push_settings(cli: &Cli) -> PushSettings {
+    PushSettings {
+        max_concurrent_uploads: cli.global.max_concurrent_uploads,
+        ..PushSettings::default()
+    }
+}
+
+/// A token cancelled by Ctrl-C (SIGINT) or SIGTERM.
+pub fn cancel_on_interrupt() -> tokio_util::sync::CancellationToken {
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let token = cancel.clone();
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return,
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        token.cancel();
+    });
+    cancel
 }

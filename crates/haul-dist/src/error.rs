@@ -35,7 +35,7 @@ pub enum Error {
         message: String,
     },
     /// No local image has this reference.
-    #[error("no such image: {0}")]
+    #[error("an image does not exist locally with the tag: {0}")]
     NoSuchImage(String),
     /// The operation was cancelled.
     #[error("operation cancelled")]

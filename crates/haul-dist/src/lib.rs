@@ -2,15 +2,18 @@
 //! (`haul-xfer`), the registry client (`haul-registry`) and the local store
 //! (`haul-store`).
 
+mod blob_upload;
 mod error;
 mod layer_fetch;
 mod pull;
 mod pull_layer;
+mod push;
 mod resolve;
 mod store_layers;
 
 pub use error::{Error, Result};
 pub use pull::{PullOptions, PullReport, PullSettings, Puller};
+pub use push::{PushReport, PushSettings, Pusher};
 pub use resolve::{fetch_manifest, manifest_reference, resolve, Resolved};
 pub use store_layers::{StoreLayer, StoreLayers};
 

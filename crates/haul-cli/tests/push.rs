@@ -1,0 +1,178 @@
+//! `haul push` end to end: mounts within a registry, uploads to another,
+//! checked with skopeo and umoci.
+
+mod common;
+
+use common::*;
+use haul_testkit::fault_proxy::FaultProxy;
+use haul_testkit::{sample_image, Registry, RegistryConfig, Rootfs};
+
+fn as_root() -> bool {
+    haul_dist::store::running_as_root()
+}
+
+#[test]
+fn push_within_a_registry_mounts_every_layer() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let built = env.put_image(&sample_image(), "library/source:1");
+    let proxy = FaultProxy::start(&env.registry.host()).unwrap();
+    let host = proxy.authority();
+    assert_ok(&env.haul(&["pull", &format!("{host}/library/source:1")]));
+    assert_ok(&env.haul(&[
+        "tag",
+        &format!("{host}/library/source:1"),
+        &format!("{host}/team/copy:2"),
+    ]));
+    proxy.reset_counters();
+
+    let out = env.haul(&[
+        "--progress",
+        "plain",
+        "push",
+        &format!("{host}/team/copy:2"),
+    ]);
+    assert_ok(&out);
+    let text = stdout(&out);
+    assert!(
+        text.starts_with(&format!(
+            "The push refers to repository [{host}/team/copy]\n"
+        )),
+        "{text}"
+    );
+    for layer in &built.layers {
+        assert!(
+            text.contains(&format!(
+                "{}: Mounted from library/source",
+                short(&layer.diff_id)
+            )),
+            "{text}"
+        );
+    }
+    assert!(
+        text.contains(&format!(
+            "2: digest: {} size: {}",
+            built.manifest.digest,
+            built.manifest_bytes.len()
+        )),
+        "{text}"
+    );
+    let uploaded = proxy.request_bytes_matching("PUT", "/blobs/uploads/")
+        + proxy.request_bytes_matching("PATCH", "/blobs/uploads/");
+    assert_eq!(
+        uploaded, built.config.size,
+        "only the config moved; every layer was mounted"
+    );
+
+    let raw = haul_testkit::skopeo::skopeo_inspect_raw(&env.registry, "team/copy:2").unwrap();
+    assert_eq!(
+        raw, built.manifest_bytes,
+        "skopeo reads back the same manifest"
+    );
+
+    // A second push finds everything there.
+    let out = env.haul(&[
+        "--progress",
+        "plain",
+        "push",
+        &format!("{host}/team/copy:2"),
+    ]);
+    assert_ok(&out);
+    for layer in &built.layers {
+        assert!(stdout(&out).contains(&format!("{}: Layer already exists", short(&layer.diff_id))));
+    }
+}
+
+#[test]
+fn push_to_an_empty_registry_uploads_what_skopeo_and_umoci_read_back() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let image = sample_image();
+    let built = env.put_image(&image, "library/sample:1.0");
+    let source = env.reference("library/sample:1.0");
+    assert_ok(&env.haul(&["pull", &source]));
+    let second = Registry::start(RegistryConfig::htpasswd()).unwrap();
+    let target = second.reference("mirror/sample:1.0");
+    assert_ok(&env.haul(&["tag", &source, &target]));
+
+    // Without credentials the push is refused, clearly, and nothing is stored.
+    let out = env.haul(&["push", &target]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&second.host()) && err.contains("haul login"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+    let user = second.credentials().unwrap();
+    let login = std::process::Command::new(env!("CARGO_BIN_EXE_haul"))
+        .args([
+            "login",
+            &second.host(),
+            "-u",
+            &user.username,
+            "-p",
+            &user.password,
+        ])
+        .env("DOCKER_CONFIG", env.root.path().join("no-docker-config"))
+        .output()
+        .unwrap();
+    assert_ok(&login);
+    let out = env.haul(&["--progress", "plain", "push", &target]);
+    assert_ok(&out);
+    for layer in &built.layers {
+        assert!(
+            stdout(&out).contains(&format!("{}: Pushed", short(&layer.diff_id))),
+            "{}",
+            stdout(&out)
+        );
+    }
+
+    let inspected = haul_testkit::skopeo::skopeo_inspect(&second, "mirror/sample:1.0").unwrap();
+    assert_eq!(inspected["Digest"], built.manifest.digest.as_str());
+    let layers: Vec<&str> = inspected["Layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    let want: Vec<&str> = built
+        .layers
+        .iter()
+        .map(|l| l.blob.digest.as_str())
+        .collect();
+    assert_eq!(layers, want);
+
+    if haul_testkit::peers::require_umoci().is_some() {
+        let layout = env.dir("from-second");
+        haul_testkit::skopeo::skopeo_copy_to_oci(&second, "mirror/sample:1.0", &layout, "t")
+            .unwrap();
+        let rootfs =
+            haul_testkit::umoci::umoci_unpack(&layout, "t", &env.dir("bundle"), !as_root())
+                .unwrap();
+        let exported = env.dir("export");
+        assert_ok(&env.haul(&["export", &source, exported.to_str().unwrap()]));
+        let differences = Rootfs::read_dir(&rootfs)
+            .unwrap()
+            .diff(&Rootfs::read_dir(&exported).unwrap(), as_root());
+        assert!(
+            differences.is_empty(),
+            "umoci of the pushed image differs from haul export: {differences:#?}"
+        );
+    }
+}
+
+#[test]
+fn pushing_a_missing_image_names_it() {
+    let root = tempfile::tempdir().unwrap();
+    let out = haul_in(root.path(), &["push", "127.0.0.1:1/nothing/here:1"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("does not exist locally") && err.contains("127.0.0.1:1/nothing/here:1"),
+        "{err}"
+    );
+}

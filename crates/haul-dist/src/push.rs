@@ -1,0 +1,369 @@
+//! `push`: a local image to a registry, through the upload manager.
+//!
+//! Layers go in parallel: a layer the target repository already has is
+//! only confirmed ("Layer already exists"), one that another repository of
+//! the same registry holds is mounted ("Mounted from REPO"), the others are
+//! uploaded from the stored blob ("Pushing", "Pushed"). Then the config and
+//! the manifest, with their exact stored bytes, so the digest the registry
+//! reports is the local one; for an image pulled with every platform, the
+//! other platforms' manifests and then the index.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use haul_oci::{Digest, Reference};
+use haul_registry::{FileSource, MountOutcome, RegistryClient, Repository};
+use haul_store::{ImageLayer, ImageRecord, Store};
+use haul_xfer::{
+    short_id, ProgressOutput, RemoteDescriptor, RetryPolicy, UploadDescriptor, UploadManager,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::blob_upload::{upload_blob, ProgressSource};
+use crate::error::{Error, Result};
+use crate::layer_fetch::blocking;
+use crate::pull_layer::into_transfer_error;
+
+/// How a [`Pusher`] transfers layers.
+#[derive(Debug, Clone)]
+pub struct PushSettings {
+    /// Layers uploading at once (0 = unlimited).
+    pub max_concurrent_uploads: usize,
+    /// One tick of the retry countdown (1 s; tests use less).
+    pub retry_tick: Duration,
+}
+
+impl Default for PushSettings {
+    fn default() -> Self {
+        Self {
+            max_concurrent_uploads: 5,
+            retry_tick: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What a push did.
+#[derive(Debug, Clone)]
+pub struct PushReport {
+    /// Digest of what the tag now names (manifest or index).
+    pub digest: Digest,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// Pushes local images. One `Pusher` shares its transfers between pushes.
+pub struct Pusher {
+    client: RegistryClient,
+    store: Store,
+    uploads: UploadManager,
+}
+
+impl Pusher {
+    /// A pusher reading from `store`.
+    pub fn new(client: RegistryClient, store: Store, settings: &PushSettings) -> Self {
+        let uploads = UploadManager::new()
+            .with_concurrency(settings.max_concurrent_uploads)
+            .with_retry_policy(RetryPolicy::default().with_tick(settings.retry_tick));
+        Self {
+            client,
+            store,
+            uploads,
+        }
+    }
+
+    /// Pushes the local image `reference` names to that reference.
+    pub async fn push(
+        &self,
+        reference: &Reference,
+        output: Arc<dyn ProgressOutput>,
+        cancel: CancellationToken,
+    ) -> Result<PushReport> {
+        let image = {
+            let store = self.store.clone();
+            let r = reference.clone();
+            blocking(move || Ok(store.resolve(&r)?)).await?
+        }
+        .ok_or_else(|| Error::NoSuchImage(reference.familiar()))?;
+        let repo = self.client.repository_for(reference)?;
+        output.message(
+            "",
+            &format!("The push refers to repository [{}]", reference.name()),
+        );
+
+        let images = self.images_of_index(&image).await?;
+        let to_push: Vec<&ImageRecord> = match &images {
+            Some((_, all)) => all.iter().collect(),
+            None => vec![&image],
+        };
+        // Every layer of every image, once, top layers first as Docker shows.
+        let mut seen = HashSet::new();
+        let layers: Vec<ImageLayer> = to_push
+            .iter()
+            .flat_map(|i| i.layers.iter().rev())
+            .filter(|l| seen.insert(l.digest.clone()))
+            .cloned()
+            .collect();
+        self.push_layers(&repo, &layers, &output, &cancel).await?;
+
+        for image in &to_push {
+            self.push_config(&repo, image).await?;
+        }
+        let tag = reference.tag().map(str::to_string);
+        let (digest, size) = match &images {
+            Some((index, all)) => {
+                for image in all {
+                    self.push_manifest(&repo, image, image.manifest_digest.as_str())
+                        .await?;
+                }
+                let bytes = self.read_blob(&index.0).await?;
+                let target = tag.clone().unwrap_or_else(|| index.0.to_string());
+                let size = bytes.len() as u64;
+                let digest = repo
+                    .put_manifest(&target, &index.1, Bytes::from(bytes))
+                    .await?;
+                (digest, size)
+            }
+            None => {
+                let target = tag
+                    .clone()
+                    .unwrap_or_else(|| image.manifest_digest.to_string());
+                let digest = self.push_manifest(&repo, &image, &target).await?;
+                (digest, image.manifest_size)
+            }
+        };
+        output.message(
+            "",
+            &format!(
+                "{}: digest: {digest} size: {size}",
+                tag.as_deref().unwrap_or("latest")
+            ),
+        );
+        Ok(PushReport { digest, size })
+    }
+
+    /// For an image pulled with every platform: the index (digest, media
+    /// type) and every image it lists, when all of them are stored.
+    async fn images_of_index(
+        &self,
+        image: &ImageRecord,
+    ) -> Result<Option<((Digest, String), Vec<ImageRecord>)>> {
+        let Some(index_digest) = image.index_digest.clone() else {
+            return Ok(None);
+        };
+        let store = self.store.clone();
+        blocking(move || {
+            if !store.has_blob(&index_digest) {
+                return Ok(None);
+            }
+            let bytes =
+                store.read_blob_limited(&index_digest, haul_registry::MANIFEST_LIMIT as u64)?;
+            let parsed = haul_oci::parse_manifest(bytes, None)?;
+            let Some(entries) = parsed.manifest().manifests() else {
+                return Ok(None);
+            };
+            let records = store.list_image_records()?;
+            let mut images = Vec::new();
+            for entry in entries {
+                let digest = Digest::try_from(entry.digest())?;
+                match records.iter().find(|r| r.manifest_digest == digest) {
+                    Some(r) => images.push(r.clone()),
+                    // A platform (or attestation) that was not pulled: push
+                    // the single image, not an index naming what is absent.
+                    None => return Ok(None),
+                }
+            }
+            Ok(Some((
+                (index_digest, parsed.media_type().to_string()),
+                images,
+            )))
+        })
+        .await
+    }
+
+    async fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>> {
+        let store = self.store.clone();
+        let digest = digest.clone();
+        blocking(
+            move || Ok(store.read_blob_limited(&digest, haul_registry::MANIFEST_LIMIT as u64)?),
+        )
+        .await
+    }
+
+    async fn push_layers(
+        &self,
+        repo: &Repository,
+        layers: &[ImageLayer],
+        output: &Arc<dyn ProgressOutput>,
+        cancel: &CancellationToken,
+    ) -> Result<()> {
+        let target = format!("{}/{}", repo.registry(), repo.name());
+        let descriptors: Vec<Arc<PushLayer>> = layers
+            .iter()
+            .map(|layer| {
+                Arc::new(PushLayer {
+                    repo: repo.clone(),
+                    store: self.store.clone(),
+                    layer: layer.clone(),
+                    target: target.clone(),
+                })
+            })
+            .collect();
+        self.uploads
+            .upload(cancel, &descriptors, Arc::clone(output))
+            .await?;
+        Ok(())
+    }
+
+    async fn push_config(&self, repo: &Repository, image: &ImageRecord) -> Result<()> {
+        if repo.head_blob(&image.id).await?.is_some() {
+            return Ok(());
+        }
+        let bytes = Bytes::from(self.read_blob(&image.id).await?);
+        repo.upload_monolithic(&image.id, bytes.len() as u64, &bytes)
+            .await?;
+        Ok(())
+    }
+
+    async fn push_manifest(
+        &self,
+        repo: &Repository,
+        image: &ImageRecord,
+        target: &str,
+    ) -> Result<Digest> {
+        let bytes = self.read_blob(&image.manifest_digest).await?;
+        let digest = repo
+            .put_manifest(target, &image.manifest_media_type, Bytes::from(bytes))
+            .await?;
+        if digest != image.manifest_digest {
+            return Err(Error::Inconsistent {
+                reference: target.to_string(),
+                message: format!(
+                    "the registry stored manifest {digest}, not the local {}",
+                    image.manifest_digest
+                ),
+            });
+        }
+        Ok(digest)
+    }
+}
+
+/// One layer of a push.
+struct PushLayer {
+    repo: Repository,
+    store: Store,
+    layer: ImageLayer,
+    /// `registry/repository` pushed to.
+    target: String,
+}
+
+impl PushLayer {
+    fn remote(&self) -> RemoteDescriptor {
+        RemoteDescriptor {
+            digest: self.layer.digest.to_string(),
+            size: self.layer.size,
+            media_type: self.layer.media_type.clone(),
+        }
+    }
+
+    async fn record_source(&self) {
+        let store = self.store.clone();
+        let (diff, blob, target) = (
+            self.layer.diff_id.clone(),
+            self.layer.digest.clone(),
+            self.target.clone(),
+        );
+        let recorded =
+            blocking(move || Ok(store.add_distribution_source(&diff, &blob, &target)?)).await;
+        if let Err(e) = recorded {
+            tracing::warn!(
+                "cannot record that {} has {}: {e}",
+                self.target,
+                self.layer.digest
+            );
+        }
+    }
+
+    async fn push(&self, progress: &Arc<dyn ProgressOutput>) -> Result<RemoteDescriptor> {
+        let id = self.id();
+        let digest = &self.layer.digest;
+        // Never send what the repository already has; a check that fails
+        // (after the client's retries) is an error, not "absent".
+        if self.repo.head_blob(digest).await?.is_some() {
+            progress.update(&id, "Layer already exists");
+            self.record_source().await;
+            return Ok(self.remote());
+        }
+        // Mount from another repository of the same registry known to hold it.
+        let sources = {
+            let store = self.store.clone();
+            let diff = self.layer.diff_id.clone();
+            blocking(move || Ok(store.distribution_sources(&diff)?)).await?
+        };
+        let prefix = format!("{}/", self.repo.registry());
+        let mut session = None;
+        for source in sources
+            .iter()
+            .filter(|s| &s.digest == digest && s.repository != self.target)
+        {
+            let Some(from) = source.repository.strip_prefix(&prefix) else {
+                continue;
+            };
+            match self.repo.mount_blob(digest, from).await {
+                Ok(MountOutcome::Mounted) => {
+                    progress.update(&id, &format!("Mounted from {from}"));
+                    self.record_source().await;
+                    return Ok(self.remote());
+                }
+                Ok(MountOutcome::Upload(s)) => {
+                    session = Some(s);
+                    break;
+                }
+                Err(e) => tracing::debug!("mount of {digest} from {from} failed: {e}"),
+            }
+        }
+        if !self.store.has_blob(digest) {
+            return Err(Error::Inconsistent {
+                reference: self.target.clone(),
+                message: format!(
+                    "layer {digest} is not in the local store (pulled with --no-unpack from elsewhere?)"
+                ),
+            });
+        }
+        let file = FileSource(self.store.blob_path(digest));
+        let source = ProgressSource {
+            inner: &file,
+            output: Arc::clone(progress),
+            id: id.clone(),
+            size: self.layer.size,
+        };
+        upload_blob(&self.repo, digest, self.layer.size, &source, session).await?;
+        progress.update(&id, "Pushed");
+        self.record_source().await;
+        Ok(self.remote())
+    }
+}
+
+impl UploadDescriptor for PushLayer {
+    fn key(&self) -> String {
+        format!("v2push:{} {}", self.target, self.layer.digest)
+    }
+
+    fn id(&self) -> String {
+        short_id(self.layer.diff_id.as_str()).to_string()
+    }
+
+    async fn upload(
+        &self,
+        _cancel: CancellationToken,
+        progress: Arc<dyn ProgressOutput>,
+    ) -> Result<RemoteDescriptor, haul_xfer::Error> {
+        self.push(&progress).await.map_err(into_transfer_error)
+    }
+
+    fn set_remote_descriptor(&self, _descriptor: RemoteDescriptor) {
+        // The manifest is pushed from its stored bytes, which already name
+        // every layer's digest: nothing to learn here.
+    }
+}
