@@ -1,6 +1,7 @@
 //! The `haul` command.
 
 mod cli;
+mod copy;
 mod local;
 mod login;
 mod pull;
@@ -54,6 +55,11 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             no_unpack,
         } => pull::run(cli, references, *all_platforms, *no_unpack),
         Command::Push { reference } => push::run(cli, reference),
+        Command::Copy {
+            source,
+            destination,
+            all_platforms,
+        } => copy::run(cli, source, destination, *all_platforms),
         Command::Images { format } => local::images(&settings::open_store(cli)?, *format),
         Command::Inspect { reference } => local::inspect(&settings::open_store(cli)?, reference),
         Command::Tag { source, target } => local::tag(&settings::open_store(cli)?, source, target),

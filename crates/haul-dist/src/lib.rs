@@ -3,6 +3,7 @@
 //! (`haul-store`).
 
 mod blob_upload;
+mod copy;
 mod error;
 mod layer_fetch;
 mod pull;
@@ -11,6 +12,7 @@ mod push;
 mod resolve;
 mod store_layers;
 
+pub use copy::{Copier, CopyOptions, CopyReport};
 pub use error::{Error, Result};
 pub use pull::{PullOptions, PullReport, PullSettings, Puller};
 pub use push::{PushReport, PushSettings, Pusher};

@@ -1,0 +1,161 @@
+//! `haul copy` between real registries, checked with skopeo.
+
+mod common;
+
+use common::*;
+use haul_testkit::fault_proxy::FaultProxy;
+use haul_testkit::{sample_image, sample_platform_images, Registry, RegistryConfig};
+
+#[test]
+fn copy_of_an_index_keeps_every_platform_and_the_digest() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let layout = env.dir("index");
+    let built =
+        haul_testkit::image::write_oci_index_layout(&layout, "t", &sample_platform_images())
+            .unwrap();
+    haul_testkit::skopeo::push_oci_layout_with_skopeo(
+        &layout,
+        "t",
+        &env.registry,
+        "library/multi:1",
+    )
+    .unwrap();
+    let target = Registry::start(RegistryConfig::token()).unwrap();
+    let user = target.credentials().unwrap();
+    let login = haul_command(
+        env.root.path(),
+        &[
+            "login",
+            &target.host(),
+            "-u",
+            &user.username,
+            "-p",
+            &user.password,
+        ],
+    )
+    .output()
+    .unwrap();
+    assert_ok(&login);
+
+    let out = env.haul(&[
+        "--progress",
+        "plain",
+        "copy",
+        "--all-platforms",
+        &format!("docker://{}", env.reference("library/multi:1")),
+        &target.reference("copies/multi:1"),
+    ]);
+    assert_ok(&out);
+    let raw = haul_testkit::skopeo::skopeo_inspect_raw(&target, "copies/multi:1").unwrap();
+    assert_eq!(raw, built.index_bytes, "the index arrives byte for byte");
+    for image in &built.images {
+        let manifest = haul_testkit::skopeo::skopeo_inspect_raw(
+            &target,
+            &format!("copies/multi@{}", image.manifest.digest),
+        )
+        .unwrap();
+        assert_eq!(manifest, image.manifest_bytes);
+    }
+    assert!(
+        stdout(&out).contains(&format!("1: digest: {}", built.index.digest)),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        !env.root.path().join("content").exists(),
+        "copy wrote to the local store"
+    );
+}
+
+#[test]
+fn copy_without_all_platforms_takes_the_requested_platform() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let layout = env.dir("index");
+    let built =
+        haul_testkit::image::write_oci_index_layout(&layout, "t", &sample_platform_images())
+            .unwrap();
+    haul_testkit::skopeo::push_oci_layout_with_skopeo(
+        &layout,
+        "t",
+        &env.registry,
+        "library/multi:1",
+    )
+    .unwrap();
+    let out = env.haul(&[
+        "--platform",
+        "linux/arm64",
+        "copy",
+        &env.reference("library/multi:1"),
+        &env.reference("library/arm:1"),
+    ]);
+    assert_ok(&out);
+    let arm = built
+        .images
+        .iter()
+        .find(|i| i.platform.architecture == "arm64")
+        .unwrap();
+    let raw = haul_testkit::skopeo::skopeo_inspect_raw(&env.registry, "library/arm:1").unwrap();
+    assert_eq!(raw, arm.manifest_bytes);
+}
+
+#[test]
+fn copy_within_one_registry_moves_no_blob_bytes() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let built = env.put_image(&sample_image(), "library/src:1");
+    let proxy = FaultProxy::start(&env.registry.host()).unwrap();
+    let host = proxy.authority();
+    let out = env.haul(&[
+        "--progress",
+        "plain",
+        "copy",
+        &format!("{host}/library/src:1"),
+        &format!("{host}/other/dst:1"),
+    ]);
+    assert_ok(&out);
+    for layer in &built.layers {
+        assert!(
+            stdout(&out).contains(&format!(
+                "{}: Mounted from library/src",
+                short(&layer.blob.digest)
+            )),
+            "{}",
+            stdout(&out)
+        );
+    }
+    let moved = proxy.request_bytes_matching("PUT", "/blobs/")
+        + proxy.request_bytes_matching("PATCH", "/blobs/")
+        + proxy.response_bytes_matching("GET", "/blobs/");
+    assert_eq!(moved, 0, "a copy within one registry moves no blob bytes");
+    let raw = haul_testkit::skopeo::skopeo_inspect_raw(&env.registry, "other/dst:1").unwrap();
+    assert_eq!(raw, built.manifest_bytes);
+}
+
+#[test]
+fn copy_between_registries_streams_every_blob_once() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let built = env.put_image(&sample_image(), "library/src:1");
+    let target = Registry::start(RegistryConfig::no_auth()).unwrap();
+    let proxy = FaultProxy::start(&env.registry.host()).unwrap();
+    let out = env.haul(&[
+        "copy",
+        &format!("{}/library/src:1", proxy.authority()),
+        &target.reference("library/dst:1"),
+    ]);
+    assert_ok(&out);
+    let total: u64 = built.layers.iter().map(|l| l.blob.size).sum::<u64>() + built.config.size;
+    assert_eq!(
+        proxy.response_bytes_matching("GET", "/blobs/"),
+        total,
+        "each blob read once"
+    );
+    let inspected = haul_testkit::skopeo::skopeo_inspect(&target, "library/dst:1").unwrap();
+    assert_eq!(inspected["Digest"], built.manifest.digest.as_str());
+}
