@@ -1,5 +1,6 @@
 //! The `haul` command.
 
+mod archive;
 mod cli;
 mod copy;
 mod local;
@@ -69,6 +70,14 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             reference,
             directory,
         } => local::export(&settings::open_store(cli)?, reference, directory),
+        Command::Save {
+            references,
+            output,
+            format,
+        } => archive::save(cli, references, output, *format),
+        Command::Load { input } => archive::load(cli, input),
+        // Every command is implemented; kept for commands added to `cli.rs`.
+        #[allow(unreachable_patterns)]
         other => anyhow::bail!("`haul {}` is not available in this build yet", other.name()),
     }
 }

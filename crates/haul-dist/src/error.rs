@@ -1,4 +1,8 @@
-//! The one error type of the pull, push and copy flows.
+//! The one error type of the pull, push, copy, save and load flows.
+
+use std::path::PathBuf;
+
+use haul_oci::Digest;
 
 /// What went wrong while moving an image.
 #[derive(Debug, thiserror::Error)]
@@ -35,11 +39,124 @@ pub enum Error {
         message: String,
     },
     /// No local image has this reference.
-    #[error("an image does not exist locally with the tag: {0}")]
+    #[error("no such image: {0}")]
     NoSuchImage(String),
+    /// A push names an image that is not in the local store.
+    #[error("an image does not exist locally with the tag: {0}")]
+    NotLocal(String),
     /// The operation was cancelled.
     #[error("operation cancelled")]
     Cancelled,
+
+    /// Reading or writing a file failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The input is not an archive this module reads.
+    #[error("{}: {reason}", path.display())]
+    NotAnArchive {
+        /// The input.
+        path: PathBuf,
+        /// Why it is not one.
+        reason: String,
+    },
+
+    /// A member the archive's metadata names is not in the archive.
+    #[error("the archive has no {member:?}")]
+    MissingMember {
+        /// The member's path inside the archive.
+        member: String,
+    },
+
+    /// A path inside the archive is unsafe (absolute, or escapes it).
+    #[error("archive path {member:?} {reason}")]
+    UnsafePath {
+        /// The path as written in the archive.
+        member: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A metadata document of the archive is not what its format says.
+    #[error("invalid {what}: {reason}")]
+    Invalid {
+        /// Which document (`manifest.json`, `index.json`, ...).
+        what: String,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// Something in the archive is of a kind this module does not handle.
+    #[error("{0}")]
+    UnsupportedArchive(String),
+
+    /// An archive member does not hash to the digest it is known by.
+    #[error("{member}: content hashes to {actual}, expected {expected}")]
+    DigestMismatch {
+        /// The member.
+        member: String,
+        /// Its expected digest.
+        expected: Digest,
+        /// What it hashed to.
+        actual: Digest,
+    },
+
+    /// An archive member does not have the size its descriptor says.
+    #[error("{member}: {actual} bytes, expected {expected}")]
+    SizeMismatch {
+        /// The member.
+        member: String,
+        /// The size its descriptor says.
+        expected: u64,
+        /// The size it has.
+        actual: u64,
+    },
+
+    /// A layer's tar does not hash to the diffID of the image config.
+    #[error("layer {member}: its tar hashes to {actual}, but the image config says {expected}")]
+    DiffIdMismatch {
+        /// The layer (archive member, or stored blob when saving).
+        member: String,
+        /// The diffID from the config.
+        expected: Digest,
+        /// What the tar hashed to.
+        actual: Digest,
+    },
+
+    /// A layer blob of an image being saved is not in the store.
+    #[error("{reference}: layer {diff_id} has no blob in the store (blob {blob})")]
+    MissingLayerBlob {
+        /// The image.
+        reference: String,
+        /// The layer's diffID.
+        diff_id: Digest,
+        /// The blob its manifest names.
+        blob: Digest,
+    },
+
+    /// The output exists and cannot be replaced.
+    #[error("{} exists and is not an empty directory", path.display())]
+    OutputExists {
+        /// The output.
+        path: PathBuf,
+    },
+
+    /// An error about one member of the archive.
+    #[error("{member}: {source}")]
+    Member {
+        /// The member's path inside the archive.
+        member: String,
+        /// What went wrong.
+        #[source]
+        source: Box<Error>,
+    },
+
     /// A bug or a crashed worker.
     #[error("internal error: {0}")]
     Internal(String),

@@ -2,6 +2,7 @@
 //! (`haul-xfer`), the registry client (`haul-registry`) and the local store
 //! (`haul-store`).
 
+pub mod archive;
 mod blob_upload;
 mod copy;
 mod error;

@@ -85,7 +85,7 @@ impl Pusher {
             let r = reference.clone();
             blocking(move || Ok(store.resolve(&r)?)).await?
         }
-        .ok_or_else(|| Error::NoSuchImage(reference.familiar()))?;
+        .ok_or_else(|| Error::NotLocal(reference.familiar()))?;
         let repo = self.client.repository_for(reference)?;
         output.message(
             "",

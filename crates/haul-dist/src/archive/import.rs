@@ -1,0 +1,343 @@
+//! Importing an archive's images all or nothing: blobs go to ingest files
+//! and layers to staging directories while the archive is read and
+//! verified; [`Pending::commit`] makes them part of the store only once
+//! everything checked out. Dropping a [`Pending`] leaves nothing behind.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{self, Read};
+
+use haul_oci::{Compression, Digest, Digester, Reference};
+use haul_store::{chain_id, ImageRecord, Ingest, IngestOutcome, StagedLayer, Store, UnpackOptions};
+
+use super::{Error, LoadedImage, Result};
+
+/// How a layer's blob relates to the archive member holding it.
+pub(crate) enum LayerBlob {
+    /// An OCI blob, stored as it is: it must have this digest and size.
+    Exact {
+        digest: Digest,
+        size: u64,
+        compression: Compression,
+    },
+    /// A docker-archive `layer.tar`: the blob is its (inflated) tar, whose
+    /// digest is the diffID.
+    Diff,
+}
+
+/// One layer to import.
+pub(crate) struct LayerInput {
+    /// The archive member, for messages.
+    pub member: String,
+    /// Its bytes.
+    pub reader: Box<dyn Read + Send>,
+    pub blob: LayerBlob,
+    /// The diffID from the image config.
+    pub diff_id: Digest,
+    /// Chain ID of the layer beneath.
+    pub parent: Option<Digest>,
+}
+
+/// Where a layer's blob bytes go while they are verified.
+enum Sink {
+    Ingest(Box<Ingest>),
+    Hash(Box<Digester>),
+}
+
+impl Sink {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            Sink::Ingest(ingest) => ingest.write_all(bytes).map_err(io::Error::other),
+            Sink::Hash(digester) => {
+                digester.update(bytes);
+                Ok(())
+            }
+        }
+    }
+
+    fn digest(&mut self) -> Result<Digest> {
+        match self {
+            Sink::Ingest(ingest) => Ok(ingest.digest_state()?.finish()),
+            Sink::Hash(digester) => Ok(digester.as_ref().clone().finish()),
+        }
+    }
+}
+
+/// Aborts an ingest that was not handed over (nothing partial is left).
+struct SinkGuard(Option<Sink>);
+
+impl SinkGuard {
+    fn sink(&mut self) -> &mut Sink {
+        self.0.as_mut().expect("present until taken")
+    }
+}
+
+impl Drop for SinkGuard {
+    fn drop(&mut self) {
+        if let Some(Sink::Ingest(ingest)) = self.0.take() {
+            let _ = ingest.abort();
+        }
+    }
+}
+
+/// Passes what it reads to a [`Sink`], counting it.
+struct Tee<'a, R> {
+    inner: R,
+    sink: &'a mut Sink,
+    bytes: u64,
+}
+
+impl<R: Read> Read for Tee<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.sink.write(&buf[..n])?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+/// Everything read and verified but not yet committed.
+pub(crate) struct Pending<'s> {
+    store: &'s Store,
+    unpack: UnpackOptions,
+    /// Blobs written to ingest files, verified: (digest, size, ingest).
+    blobs: Vec<(Digest, u64, Box<Ingest>)>,
+    /// Blob digest -> (diffID, size), for every layer blob verified so far.
+    verified: HashMap<Digest, (Digest, u64)>,
+    /// Configs, manifests and indexes, verified, in order.
+    documents: Vec<(Digest, Vec<u8>)>,
+    /// Layers staged, in order (each after its parent): (layer, parent).
+    layers: Vec<(StagedLayer, Option<Digest>)>,
+    staged_chains: HashSet<Digest>,
+    /// Images and the references to give them.
+    images: Vec<(ImageRecord, Vec<Reference>)>,
+}
+
+impl<'s> Pending<'s> {
+    pub(crate) fn new(store: &'s Store, unpack: UnpackOptions) -> Self {
+        Pending {
+            store,
+            unpack,
+            blobs: Vec::new(),
+            verified: HashMap::new(),
+            documents: Vec::new(),
+            layers: Vec::new(),
+            staged_chains: HashSet::new(),
+            images: Vec::new(),
+        }
+    }
+
+    /// Keeps a config, manifest or index (already verified by the caller)
+    /// for the commit.
+    pub(crate) fn add_document(&mut self, digest: &Digest, bytes: Vec<u8>) {
+        if !self.documents.iter().any(|(d, _)| d == digest) {
+            self.documents.push((digest.clone(), bytes));
+        }
+    }
+
+    /// Keeps an image and its references for the commit.
+    pub(crate) fn add_image(&mut self, image: ImageRecord, references: Vec<Reference>) {
+        match self.images.iter_mut().find(|(i, _)| i.id == image.id) {
+            Some((_, refs)) => {
+                for r in references {
+                    if !refs.contains(&r) {
+                        refs.push(r);
+                    }
+                }
+            }
+            None => self.images.push((image, references)),
+        }
+    }
+
+    fn layer_present(&self, chain: &Digest) -> Result<bool> {
+        Ok(self.staged_chains.contains(chain) || self.store.get_layer(chain)?.is_some())
+    }
+
+    /// Reads one layer: checks its blob digest (and size) and its diffID,
+    /// writing the blob to an ingest file if the store lacks it and staging
+    /// the unpacked layer if the store lacks its chain. Returns the blob's
+    /// digest and size.
+    pub(crate) fn add_layer(&mut self, input: LayerInput) -> Result<(Digest, u64)> {
+        let member = input.member.clone();
+        self.add_layer_inner(input)
+            .map_err(|e| e.in_member(&member))
+    }
+
+    fn add_layer_inner(&mut self, input: LayerInput) -> Result<(Digest, u64)> {
+        let LayerInput {
+            member,
+            reader,
+            blob,
+            diff_id,
+            parent,
+        } = input;
+        let chain = chain_id(parent.as_ref(), &diff_id);
+        let (blob_digest, expected_size, compression) = match &blob {
+            LayerBlob::Exact {
+                digest,
+                size,
+                compression,
+            } => (digest.clone(), Some(*size), *compression),
+            LayerBlob::Diff => (diff_id.clone(), None, Compression::Uncompressed),
+        };
+        if let Some((known_diff, size)) = self.verified.get(&blob_digest) {
+            if known_diff == &diff_id && self.layer_present(&chain)? {
+                return Ok((blob_digest, *size));
+            }
+        }
+
+        let blob_needed =
+            !self.store.has_blob(&blob_digest) && !self.verified.contains_key(&blob_digest);
+        let mut sink = Sink::Hash(Box::new(Digester::new(blob_digest.algorithm())));
+        if blob_needed {
+            if let IngestOutcome::Writer(mut ingest) = self.store.ingest(&blob_digest)? {
+                if ingest.offset() > 0 {
+                    ingest.reset()?;
+                }
+                sink = Sink::Ingest(Box::new(ingest));
+            }
+        }
+        let mut guard = SinkGuard(Some(sink));
+        let unpack_needed = !self.layer_present(&chain)?;
+
+        // The blob stream: the member as it is (OCI), or inflated if it was
+        // compressed (a docker-archive stores the plain tar).
+        let blob_stream: Box<dyn Read + Send> = match blob {
+            LayerBlob::Exact { .. } => reader,
+            LayerBlob::Diff => haul_store::decompressing_reader(reader, Compression::Uncompressed)
+                .map_err(|e| read_error(&member, e))?,
+        };
+        let mut tee = Tee {
+            inner: blob_stream,
+            sink: guard.sink(),
+            bytes: 0,
+        };
+        let unpacked: Result<(Option<StagedLayer>, Digest)> = (|| {
+            let layer_stream = haul_store::decompressing_reader(&mut tee, compression)
+                .map_err(|e| read_error(&member, e))?;
+            if unpack_needed {
+                let staged = self.store.stage_layer(layer_stream, None, &self.unpack)?;
+                let actual = staged.diff_id().clone();
+                Ok((Some(staged), actual))
+            } else {
+                let mut digester = Digester::sha256();
+                let mut layer_stream = layer_stream;
+                io::copy(&mut layer_stream, &mut digester).map_err(|e| read_error(&member, e))?;
+                Ok((None, digester.finish()))
+            }
+        })();
+        // What follows the tar (or the compressed stream) is part of the blob.
+        let drained = io::copy(&mut tee, &mut io::sink());
+        let size = tee.bytes;
+        let actual_blob = guard.sink().digest();
+
+        // The blob first: a corrupt blob explains any other failure.
+        if let (Ok(actual), Ok(_)) = (&actual_blob, &drained) {
+            if actual != &blob_digest {
+                return Err(match blob {
+                    LayerBlob::Diff => Error::DiffIdMismatch {
+                        member,
+                        expected: diff_id,
+                        actual: actual.clone(),
+                    },
+                    LayerBlob::Exact { .. } => Error::DigestMismatch {
+                        member,
+                        expected: blob_digest,
+                        actual: actual.clone(),
+                    },
+                });
+            }
+        }
+        let (staged, actual_diff) = unpacked?;
+        drained.map_err(|e| read_error(&member, e))?;
+        actual_blob?;
+        if actual_diff != diff_id {
+            return Err(Error::DiffIdMismatch {
+                member,
+                expected: diff_id,
+                actual: actual_diff,
+            });
+        }
+        if let Some(expected) = expected_size {
+            if size != expected {
+                return Err(Error::SizeMismatch {
+                    member,
+                    expected,
+                    actual: size,
+                });
+            }
+        }
+
+        if let Some(Sink::Ingest(ingest)) = guard.0.take() {
+            self.blobs.push((blob_digest.clone(), size, ingest));
+        }
+        self.verified
+            .insert(blob_digest.clone(), (diff_id.clone(), size));
+        if let Some(staged) = staged {
+            self.staged_chains.insert(chain);
+            self.layers.push((staged, parent));
+        }
+        Ok((blob_digest, size))
+    }
+
+    /// Makes everything part of the store: blobs, documents, layers (in
+    /// order), image records, then references. An image already stored
+    /// whole under the same ID keeps its record.
+    pub(crate) fn commit(mut self) -> Result<Vec<LoadedImage>> {
+        for (digest, size, ingest) in std::mem::take(&mut self.blobs) {
+            ingest.commit(size, &digest)?;
+        }
+        for (digest, bytes) in std::mem::take(&mut self.documents) {
+            if !self.store.has_blob(&digest) {
+                self.store.put_blob_bytes(&bytes, &digest)?;
+            }
+        }
+        for (staged, parent) in std::mem::take(&mut self.layers) {
+            self.store.commit_staged(staged, parent.as_ref())?;
+        }
+        let mut loaded = Vec::new();
+        for (image, references) in std::mem::take(&mut self.images) {
+            let kept = match self.store.get_image(&image.id)? {
+                Some(existing)
+                    if self.store.missing_blobs(&existing).is_empty()
+                        && self.store.missing_layers(&existing)?.is_empty() =>
+                {
+                    existing
+                }
+                _ => {
+                    self.store.put_image(&image)?;
+                    image
+                }
+            };
+            let mut tagged = Vec::new();
+            for reference in references {
+                let previous = self.store.tag(&reference, &kept.id)?;
+                tagged.push((reference, previous.filter(|p| p != &kept.id)));
+            }
+            loaded.push(LoadedImage {
+                image: kept,
+                references: tagged,
+            });
+        }
+        Ok(loaded)
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        // Not committed: leave no partial blob behind (staged layers remove
+        // themselves).
+        for (_, _, ingest) in self.blobs.drain(..) {
+            let _ = ingest.abort();
+        }
+    }
+}
+
+fn read_error(member: &str, e: io::Error) -> Error {
+    Error::Member {
+        member: member.to_owned(),
+        source: Box::new(Error::Io {
+            path: member.into(),
+            source: e,
+        }),
+    }
+}

@@ -1,0 +1,546 @@
+//! OCI image layouts, as directories or tars (see the [module docs](super)).
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{self, Write};
+use std::path::Path;
+
+use haul_oci::{
+    media_type, parse_image_config, parse_manifest, select_manifest, Algorithm, Digest, Manifest,
+    Platform, Reference,
+};
+use haul_store::{ImageRecord, Store, ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME};
+use serde_json::{json, Value};
+
+use super::import::{LayerBlob, LayerInput, Pending};
+use super::source::{read_small, Source};
+use super::tar_writer::TarWriter;
+use super::{
+    resolve_for_save, saved_images, Error, HashingReader, IoContext, Output, Result, SaveReport,
+    CONFIG_LIMIT, COPY_BUFFER, MANIFEST_LIMIT, METADATA_LIMIT,
+};
+
+const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
+
+/// The OCI media type of a Docker one (config, layer or manifest); other
+/// media types are kept.
+fn oci_media_type(docker: &str) -> &str {
+    let pairs = [
+        (media_type::DOCKER_MANIFEST, media_type::OCI_MANIFEST),
+        (media_type::DOCKER_CONFIG, media_type::OCI_CONFIG),
+        (media_type::DOCKER_LAYER, media_type::OCI_LAYER),
+        (media_type::DOCKER_LAYER_GZIP, media_type::OCI_LAYER_GZIP),
+        (media_type::DOCKER_LAYER_ZSTD, media_type::OCI_LAYER_ZSTD),
+        (
+            media_type::DOCKER_FOREIGN_LAYER_GZIP,
+            media_type::OCI_LAYER_NONDISTRIBUTABLE_GZIP,
+        ),
+    ];
+    pairs
+        .iter()
+        .find(|(d, _)| media_type::same(d, docker))
+        .map_or(docker, |(_, oci)| oci)
+}
+
+/// The manifest an image is saved with: its stored bytes for an OCI
+/// manifest; for a Docker schema 2 manifest, the same manifest with OCI
+/// media types (skopeo and umoci look up only OCI manifests in a layout's
+/// `index.json`; config and layer blobs are unchanged, so is the image ID).
+fn layout_manifest(store: &Store, image: &ImageRecord) -> Result<(Vec<u8>, Digest, &'static str)> {
+    let bytes = store.read_blob_limited(&image.manifest_digest, MANIFEST_LIMIT)?;
+    if !media_type::same(&image.manifest_media_type, media_type::DOCKER_MANIFEST) {
+        return Ok((
+            bytes,
+            image.manifest_digest.clone(),
+            media_type::OCI_MANIFEST,
+        ));
+    }
+    let mut value: Value = serde_json::from_slice(&bytes).map_err(|e| Error::Invalid {
+        what: format!("stored manifest {}", image.manifest_digest),
+        reason: e.to_string(),
+    })?;
+    let convert = |v: &mut Value| {
+        if let Some(Value::String(mt)) = v.get_mut("mediaType") {
+            *mt = oci_media_type(mt).to_owned();
+        }
+    };
+    convert(&mut value);
+    if let Some(config) = value.get_mut("config") {
+        convert(config);
+    }
+    if let Some(Value::Array(layers)) = value.get_mut("layers") {
+        layers.iter_mut().for_each(convert);
+    }
+    let converted = serde_json::to_vec(&value).expect("JSON values serialise");
+    let digest = Digest::sha256_of(&converted);
+    Ok((converted, digest, media_type::OCI_MANIFEST))
+}
+
+/// Writes the images `references` name as an OCI image layout at `output`:
+/// a tar of it when the name ends in `.tar`, else a directory (which must
+/// not exist or be empty). Blobs are copied byte for byte, re-hashed on the
+/// way.
+pub fn save_oci_layout(
+    store: &Store,
+    references: &[Reference],
+    output: &Path,
+) -> Result<SaveReport> {
+    let _lease = store.lease()?;
+    let images = resolve_for_save(store, references)?;
+
+    // Every blob, once, and the index entries; all checked before writing.
+    let mut blobs: Vec<(Digest, u64)> = Vec::new();
+    let mut documents: Vec<(Digest, Vec<u8>)> = Vec::new();
+    let mut entries = Vec::new();
+    let mut report = saved_images(&images);
+    for ((image, refs), saved) in images.iter().zip(report.iter_mut()) {
+        let shown = refs[0].familiar();
+        let (manifest, manifest_digest, manifest_type) = layout_manifest(store, image)?;
+        if !documents.iter().any(|(d, _)| d == &manifest_digest) {
+            documents.push((manifest_digest.clone(), manifest.clone()));
+        }
+        for (digest, is_layer) in std::iter::once((&image.id, false))
+            .chain(image.layers.iter().map(|l| (&l.digest, true)))
+        {
+            let size = match store.blob_size(digest) {
+                Ok(size) => size,
+                Err(haul_store::Error::BlobNotFound { .. }) if is_layer => {
+                    let layer = image.layers.iter().find(|l| &l.digest == digest);
+                    return Err(Error::MissingLayerBlob {
+                        reference: shown,
+                        diff_id: layer
+                            .map(|l| l.diff_id.clone())
+                            .expect("a layer of the image"),
+                        blob: digest.clone(),
+                    });
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if !blobs.iter().any(|(d, _)| d == digest) {
+                blobs.push((digest.clone(), size));
+            }
+        }
+        saved.manifest_digest = manifest_digest.clone();
+        for reference in refs {
+            let mut annotations = serde_json::Map::new();
+            annotations.insert(ANNOTATION_IMAGE_NAME.into(), reference.to_string().into());
+            if let (Some(tag), None) = (reference.tag(), reference.digest()) {
+                annotations.insert(ANNOTATION_REF_NAME.into(), tag.into());
+            }
+            let mut entry = json!({
+                "mediaType": manifest_type,
+                "digest": manifest_digest,
+                "size": manifest.len(),
+                "annotations": annotations,
+            });
+            if !image.platform.os.is_empty() && !image.platform.architecture.is_empty() {
+                entry["platform"] =
+                    serde_json::to_value(&image.platform).expect("a platform serialises");
+            }
+            entries.push(entry);
+        }
+    }
+    let index = json!({
+        "schemaVersion": 2,
+        "mediaType": media_type::OCI_INDEX,
+        "manifests": entries,
+    });
+    let mut index_json = serde_json::to_vec(&index).expect("JSON values serialise");
+    index_json.push(b'\n');
+
+    let as_tar = output
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().ends_with(".tar"));
+    let out = if as_tar {
+        Output::file(output)?
+    } else {
+        Output::dir(output)?
+    };
+    let mut writer: Box<dyn LayoutWriter> = if as_tar {
+        Box::new(TarLayout(TarWriter::new(out.open_file()?, out.path())))
+    } else {
+        Box::new(DirLayout(out.path().to_path_buf()))
+    };
+    writer.file("oci-layout", OCI_LAYOUT)?;
+    let mut algorithms: Vec<Algorithm> = Vec::new();
+    let all_digests = documents
+        .iter()
+        .map(|(d, _)| d)
+        .chain(blobs.iter().map(|(d, _)| d));
+    for digest in all_digests {
+        if !algorithms.contains(&digest.algorithm()) {
+            algorithms.push(digest.algorithm());
+        }
+    }
+    writer.directory("blobs")?;
+    for algorithm in algorithms {
+        writer.directory(&format!("blobs/{algorithm}"))?;
+    }
+    for (digest, bytes) in &documents {
+        writer.file(&blob_member(digest), bytes)?;
+    }
+    for (digest, size) in &blobs {
+        let member = blob_member(digest);
+        let file = store.open_blob(digest)?;
+        let path = store.blob_path(digest);
+        let mut hashing = HashingReader::new(file, digest.algorithm());
+        let read_error = |e: io::Error| Error::Io {
+            path: path.clone(),
+            source: e,
+        };
+        writer.stream(&member, &mut hashing, *size, &read_error)?;
+        let actual = hashing.finish();
+        if &actual != digest {
+            return Err(Error::Store(haul_store::Error::DigestMismatch {
+                expected: digest.clone(),
+                actual,
+            }));
+        }
+    }
+    // Last: a layout without it is no layout.
+    writer.file("index.json", &index_json)?;
+    writer.finish()?;
+    out.persist()?;
+    Ok(SaveReport { images: report })
+}
+
+fn blob_member(digest: &Digest) -> String {
+    format!("blobs/{}/{}", digest.algorithm(), digest.hex())
+}
+
+/// Where a layout is written: a directory or a tar.
+trait LayoutWriter {
+    fn directory(&mut self, name: &str) -> Result<()>;
+    fn file(&mut self, name: &str, bytes: &[u8]) -> Result<()>;
+    fn stream(
+        &mut self,
+        name: &str,
+        reader: &mut dyn io::Read,
+        size: u64,
+        read_error: &dyn Fn(io::Error) -> Error,
+    ) -> Result<()>;
+    fn finish(self: Box<Self>) -> Result<()>;
+}
+
+struct TarLayout(TarWriter);
+
+impl LayoutWriter for TarLayout {
+    fn directory(&mut self, name: &str) -> Result<()> {
+        self.0.directory(name)
+    }
+
+    fn file(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        self.0.bytes(name, bytes)
+    }
+
+    fn stream(
+        &mut self,
+        name: &str,
+        reader: &mut dyn io::Read,
+        size: u64,
+        read_error: &dyn Fn(io::Error) -> Error,
+    ) -> Result<()> {
+        self.0
+            .stream(name, reader, Some(size), read_error)
+            .map(drop)
+    }
+
+    fn finish(self: Box<Self>) -> Result<()> {
+        self.0.finish().map(drop)
+    }
+}
+
+struct DirLayout(std::path::PathBuf);
+
+impl LayoutWriter for DirLayout {
+    fn directory(&mut self, name: &str) -> Result<()> {
+        let path = self.0.join(name);
+        fs::create_dir_all(&path).at(&path)
+    }
+
+    fn file(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        let path = self.0.join(name);
+        let mut file = fs::File::create(&path).at(&path)?;
+        file.write_all(bytes).at(&path)?;
+        file.sync_all().at(&path)
+    }
+
+    fn stream(
+        &mut self,
+        name: &str,
+        reader: &mut dyn io::Read,
+        size: u64,
+        read_error: &dyn Fn(io::Error) -> Error,
+    ) -> Result<()> {
+        let path = self.0.join(name);
+        let mut file =
+            io::BufWriter::with_capacity(COPY_BUFFER, fs::File::create(&path).at(&path)?);
+        let mut buffer = vec![0u8; COPY_BUFFER];
+        let mut written = 0u64;
+        loop {
+            let n = match reader.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(read_error(e)),
+            };
+            file.write_all(&buffer[..n]).at(&path)?;
+            written += n as u64;
+        }
+        if written != size {
+            return Err(Error::SizeMismatch {
+                member: name.to_owned(),
+                expected: size,
+                actual: written,
+            });
+        }
+        let file = file.into_inner().map_err(|e| e.into_error()).at(&path)?;
+        file.sync_all().at(&path)
+    }
+
+    fn finish(self: Box<Self>) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The reference an `index.json` entry names (see the [module
+/// docs](super)): `io.containerd.image.name`, else a `ref.name` that is a
+/// full reference, else `REPOSITORY:REF.NAME` when `ref.name` is a tag.
+fn entry_reference(
+    annotations: Option<&HashMap<String, String>>,
+    repository: &Reference,
+    n: usize,
+) -> Result<Option<Reference>> {
+    let Some(annotations) = annotations else {
+        return Ok(None);
+    };
+    if let Some(name) = annotations.get(ANNOTATION_IMAGE_NAME) {
+        if let Ok(reference) = Reference::parse(name) {
+            return Ok(Some(reference));
+        }
+    }
+    let Some(name) = annotations.get(ANNOTATION_REF_NAME) else {
+        return Ok(None);
+    };
+    let invalid = |e: haul_oci::Error| Error::Invalid {
+        what: "index.json".into(),
+        reason: format!("manifests[{n}]: {ANNOTATION_REF_NAME} {name:?}: {e}"),
+    };
+    if name.contains(['/', ':', '@']) {
+        return Reference::parse(name).map(Some).map_err(invalid);
+    }
+    repository
+        .without_tag()
+        .without_digest()
+        .with_tag(name)
+        .map(Some)
+        .map_err(invalid)
+}
+
+/// Reads a blob of the layout into memory, checking its digest and size.
+fn read_blob(source: &dyn Source, digest: &Digest, size: u64, limit: u64) -> Result<Vec<u8>> {
+    let member = blob_member(digest);
+    if size > limit {
+        return Err(Error::Invalid {
+            what: member,
+            reason: format!("it is {size} bytes, over the limit of {limit}"),
+        });
+    }
+    let bytes = read_small(source, &member, limit)?;
+    let actual = Digest::of(digest.algorithm(), &bytes);
+    if &actual != digest {
+        return Err(Error::DigestMismatch {
+            member,
+            expected: digest.clone(),
+            actual,
+        });
+    }
+    if bytes.len() as u64 != size {
+        return Err(Error::SizeMismatch {
+            member,
+            expected: size,
+            actual: bytes.len() as u64,
+        });
+    }
+    Ok(bytes)
+}
+
+/// Reads the images the `index.json` of the layout in `source` names into
+/// `pending`; of an image index, the manifest for `platform`.
+pub(crate) fn read(
+    source: &dyn Source,
+    pending: &mut Pending<'_>,
+    repository: &Reference,
+    platform: &Platform,
+) -> Result<()> {
+    if source.contains("oci-layout") {
+        let bytes = read_small(source, "oci-layout", METADATA_LIMIT)?;
+        let layout: Value = serde_json::from_slice(&bytes).map_err(|e| Error::Invalid {
+            what: "oci-layout".into(),
+            reason: e.to_string(),
+        })?;
+        let version = layout["imageLayoutVersion"].as_str().unwrap_or("");
+        if !version.starts_with("1.") {
+            return Err(Error::UnsupportedArchive(format!(
+                "OCI image layout version {version:?} (1.x is supported)"
+            )));
+        }
+    }
+    let bytes = read_small(source, "index.json", METADATA_LIMIT)?;
+    let index = parse_manifest(bytes, Some(media_type::OCI_INDEX))
+        .map_err(|e| Error::from(e).in_member("index.json"))?;
+    let Manifest::Index(index) = index.manifest() else {
+        unreachable!("parsed as an index");
+    };
+    if index.manifests().is_empty() {
+        return Err(Error::Invalid {
+            what: "index.json".into(),
+            reason: "it lists no image".into(),
+        });
+    }
+    for (n, entry) in index.manifests().iter().enumerate() {
+        let reference = entry_reference(entry.annotations().as_ref(), repository, n)?;
+        let mut descriptor = entry.clone();
+        let mut index_digest = None;
+        if media_type::is_index(descriptor.media_type().as_ref()) {
+            let digest = Digest::try_from(descriptor.digest())?;
+            let bytes = read_blob(source, &digest, descriptor.size(), MANIFEST_LIMIT)?;
+            let nested = parse_manifest(bytes.clone(), Some(descriptor.media_type().as_ref()))
+                .map_err(|e| Error::from(e).in_member(&blob_member(&digest)))?;
+            let Manifest::Index(nested_index) = nested.manifest() else {
+                unreachable!("parsed as an index");
+            };
+            descriptor = select_manifest(nested_index, platform)
+                .map_err(|e| Error::from(e).in_member(&blob_member(&digest)))?
+                .clone();
+            pending.add_document(&digest, bytes);
+            index_digest = Some(digest);
+        }
+        let media = descriptor.media_type().to_string();
+        if !media_type::is_manifest(&media) || media_type::is_schema1(&media) {
+            return Err(Error::UnsupportedArchive(format!(
+                "index.json manifests[{n}] is a {media}, not an image manifest"
+            )));
+        }
+        let manifest_digest = Digest::try_from(descriptor.digest())?;
+        let manifest_bytes =
+            read_blob(source, &manifest_digest, descriptor.size(), MANIFEST_LIMIT)?;
+        let manifest_member = blob_member(&manifest_digest);
+        let manifest = parse_manifest(manifest_bytes.clone(), Some(&media))
+            .map_err(|e| Error::from(e).in_member(&manifest_member))?;
+        let config_descriptor = manifest.manifest().config().ok_or_else(|| {
+            Error::UnsupportedArchive(format!("{manifest_member} is not an image manifest"))
+        })?;
+        let config_digest = Digest::try_from(config_descriptor.digest())?;
+        let config_bytes = read_blob(
+            source,
+            &config_digest,
+            config_descriptor.size(),
+            CONFIG_LIMIT,
+        )?;
+        let config = parse_image_config(config_bytes.clone())
+            .map_err(|e| Error::from(e).in_member(&blob_member(&config_digest)))?;
+        let mut image = ImageRecord::from_parts(&manifest, &config)?;
+        image.index_digest = index_digest;
+
+        let mut parent: Option<Digest> = None;
+        for layer in &image.layers {
+            let member = blob_member(&layer.digest);
+            if media_type::is_foreign(&layer.media_type) && !source.contains(&member) {
+                return Err(Error::UnsupportedArchive(format!(
+                    "layer {} of {manifest_member} is a foreign layer, not in the layout",
+                    layer.digest
+                )));
+            }
+            let compression =
+                media_type::layer_compression(&layer.media_type).ok_or_else(|| {
+                    Error::UnsupportedArchive(format!(
+                        "layer {} of {manifest_member} has media type {}, not a layer",
+                        layer.digest, layer.media_type
+                    ))
+                })?;
+            let opened = source.open(&member)?;
+            pending.add_layer(LayerInput {
+                member,
+                reader: opened.reader,
+                blob: LayerBlob::Exact {
+                    digest: layer.digest.clone(),
+                    size: layer.size,
+                    compression,
+                },
+                diff_id: layer.diff_id.clone(),
+                parent: parent.clone(),
+            })?;
+            parent = Some(layer.chain_id.clone());
+        }
+        pending.add_document(&config_digest, config_bytes);
+        pending.add_document(&manifest_digest, manifest_bytes);
+        let references = match reference {
+            Some(r) => vec![r],
+            None => vec![repository
+                .without_tag()
+                .without_digest()
+                .with_digest(manifest_digest.clone())],
+        };
+        pending.add_image(image, references);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn annotations(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn entries_are_named_by_image_name_full_ref_name_or_tag() {
+        let repo = Reference::parse_raw("localhost/app").unwrap();
+        let name = |pairs: &[(&str, &str)]| {
+            entry_reference(Some(&annotations(pairs)), &repo, 0)
+                .unwrap()
+                .map(|r| r.to_string())
+        };
+        assert_eq!(
+            name(&[
+                (ANNOTATION_IMAGE_NAME, "alpine:3"),
+                (ANNOTATION_REF_NAME, "3")
+            ])
+            .as_deref(),
+            Some("docker.io/library/alpine:3")
+        );
+        assert_eq!(
+            name(&[(ANNOTATION_REF_NAME, "docker.io/library/alpine:latest")]).as_deref(),
+            Some("docker.io/library/alpine:latest")
+        );
+        assert_eq!(
+            name(&[(ANNOTATION_REF_NAME, "1.0")]).as_deref(),
+            Some("localhost/app:1.0")
+        );
+        assert_eq!(name(&[]), None);
+        assert!(entry_reference(
+            Some(&annotations(&[(ANNOTATION_REF_NAME, "bad tag!")])),
+            &repo,
+            0
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn docker_media_types_map_to_oci() {
+        assert_eq!(
+            oci_media_type(media_type::DOCKER_LAYER_GZIP),
+            media_type::OCI_LAYER_GZIP
+        );
+        assert_eq!(
+            oci_media_type(media_type::DOCKER_CONFIG),
+            media_type::OCI_CONFIG
+        );
+        assert_eq!(oci_media_type(media_type::OCI_LAYER), media_type::OCI_LAYER);
+    }
+}
