@@ -129,6 +129,6 @@ mod tests {
             Endpoint::DockerArchive("/tmp/a.tar".into())
         );
         assert!(parse_endpoint("oci:").is_err());
-        assert!(parse_endpoint("docker://UPPER/case").is_err());
+        assert!(parse_endpoint("docker://library/UPPER").is_err());
     }
 }

@@ -4,24 +4,14 @@ mod common;
 
 use common::*;
 use haul_testkit::fault_proxy::FaultProxy;
-use haul_testkit::{sample_image, sample_platform_images, Registry, RegistryConfig};
+use haul_testkit::{sample_image, Registry, RegistryConfig};
 
 #[test]
 fn copy_of_an_index_keeps_every_platform_and_the_digest() {
     let Some(env) = Env::start(RegistryConfig::no_auth()) else {
         return;
     };
-    let layout = env.dir("index");
-    let built =
-        haul_testkit::image::write_oci_index_layout(&layout, "t", &sample_platform_images())
-            .unwrap();
-    haul_testkit::skopeo::push_oci_layout_with_skopeo(
-        &layout,
-        "t",
-        &env.registry,
-        "library/multi:1",
-    )
-    .unwrap();
+    let built = env.put_index("library/multi:1");
     let target = Registry::start(RegistryConfig::token()).unwrap();
     let user = target.credentials().unwrap();
     let login = haul_command(
@@ -74,17 +64,7 @@ fn copy_without_all_platforms_takes_the_requested_platform() {
     let Some(env) = Env::start(RegistryConfig::no_auth()) else {
         return;
     };
-    let layout = env.dir("index");
-    let built =
-        haul_testkit::image::write_oci_index_layout(&layout, "t", &sample_platform_images())
-            .unwrap();
-    haul_testkit::skopeo::push_oci_layout_with_skopeo(
-        &layout,
-        "t",
-        &env.registry,
-        "library/multi:1",
-    )
-    .unwrap();
+    let built = env.put_index("library/multi:1");
     let out = env.haul(&[
         "--platform",
         "linux/arm64",

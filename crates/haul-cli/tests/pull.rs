@@ -209,20 +209,7 @@ fn platform_is_chosen_from_an_index_and_all_platforms_can_be_pulled() {
     let Some(env) = Env::start(RegistryConfig::no_auth()) else {
         return;
     };
-    let layout = env.dir("index-layout");
-    let built = haul_testkit::image::write_oci_index_layout(
-        &layout,
-        "t",
-        &haul_testkit::sample_platform_images(),
-    )
-    .unwrap();
-    haul_testkit::skopeo::push_oci_layout_with_skopeo(
-        &layout,
-        "t",
-        &env.registry,
-        "library/multi:1",
-    )
-    .unwrap();
+    let built = env.put_index("library/multi:1");
     let reference = env.reference("library/multi:1");
 
     let out = env.haul(&["--platform", "linux/arm64", "pull", &reference]);
@@ -461,4 +448,75 @@ fn rmi_then_gc_frees_the_space() {
         assert_eq!(remaining_blobs, 0, "gc left blobs behind: {}", stdout(&out));
         assert_eq!(remaining_layers, 0, "gc left layers behind");
     }
+}
+
+#[test]
+fn schema1_manifests_from_old_registries_are_pulled() {
+    let Some(env) = Env::start(RegistryConfig::no_auth().with_schema1()) else {
+        return;
+    };
+    let image = haul_testkit::ImageBuilder::new()
+        .layer(LayerSpec::gzip(vec![
+            Entry::dir("etc", 0o755),
+            Entry::file("etc/old", 0o644, "schema 1\n"),
+            Entry::file("etc/gone", 0o644, "removed above\n"),
+        ]))
+        .layer(LayerSpec::gzip(vec![
+            Entry::whiteout("etc/gone"),
+            Entry::random("bin/tool", 0o755, 50_000, 4),
+        ]));
+    let layout = env.dir("s1-layout");
+    image.write_oci_layout(&layout, "t").unwrap();
+    // Docker schema 2 in the registry, which converts it to a signed
+    // schema 1 manifest for a client that asks only for that.
+    let mut args: Vec<std::ffi::OsString> = vec!["copy".into(), "--format".into(), "v2s2".into()];
+    args.extend(haul_testkit::skopeo::registry_flags(&env.registry, "dest-"));
+    args.push(format!("oci:{}:t", layout.display()).into());
+    args.push(format!("docker://{}", env.reference("library/s1:src")).into());
+    haul_testkit::skopeo::run_skopeo(args).unwrap();
+    let agent = env.registry.http_agent();
+    let url = |tag: &str| format!("{}/v2/library/s1/manifests/{tag}", env.registry.url());
+    let schema1 = haul_testkit::http::send(
+        agent
+            .get(&url("src"))
+            .set("Accept", "application/vnd.docker.distribution.manifest.v1+prettyjws"),
+    )
+    .unwrap();
+    assert_eq!(
+        schema1.content_type(),
+        "application/vnd.docker.distribution.manifest.v1+prettyjws"
+    );
+    let bytes = schema1.into_string().unwrap();
+    let stored = haul_testkit::http::send_bytes(
+        agent.put(&url("old")).set(
+            "Content-Type",
+            "application/vnd.docker.distribution.manifest.v1+prettyjws",
+        ),
+        bytes.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(stored.status(), 201, "the registry keeps the schema 1 manifest");
+    let digest = stored.header("Docker-Content-Digest").unwrap().to_string();
+
+    let reference = env.reference("library/s1:old");
+    let out = env.haul(&["--progress", "plain", "pull", &reference]);
+    assert_ok(&out);
+    assert!(stdout(&out).contains(&format!("Digest: {digest}")), "{}", stdout(&out));
+    let exported = env.dir("s1-export");
+    assert_ok(&env.haul(&["export", &reference, exported.to_str().unwrap()]));
+    let differences = image
+        .expected_rootfs()
+        .diff(&Rootfs::read_dir(&exported).unwrap(), running_as_root());
+    assert!(differences.is_empty(), "{differences:#?}");
+    let out = env.haul(&["inspect", &reference]);
+    let inspected: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let built = image.write_oci_layout(&env.dir("again"), "t").unwrap();
+    let diff_ids: Vec<&str> = inspected["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["diffID"].as_str().unwrap())
+        .collect();
+    let want: Vec<&str> = built.layers.iter().map(|l| l.diff_id.as_str()).collect();
+    assert_eq!(diff_ids, want, "the same layers, recognised by their diffIDs");
 }

@@ -5,6 +5,7 @@
 //! chunks flow through small bounded channels to two blocking threads.
 
 use std::io::Read;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -18,6 +19,10 @@ use crate::error::{Error, Result};
 
 /// Chunks in flight between the network and each blocking consumer.
 const CHANNEL_DEPTH: usize = 32;
+
+/// Longest single wait for the ingest lock another writer (maybe another
+/// process) holds, before the cancellation is looked at again.
+const LOCK_WAIT_SLICE: Duration = Duration::from_millis(250);
 
 /// What a layer fetch needs to know about the blob.
 #[derive(Debug, Clone)]
@@ -67,11 +72,7 @@ pub(crate) async fn fetch_layer(
     cancel: &CancellationToken,
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<Fetched> {
-    let outcome = {
-        let store = store.clone();
-        let digest = blob.digest.clone();
-        blocking(move || store.ingest(&digest).map_err(Error::from)).await?
-    };
+    let outcome = open_ingest(store, &blob.digest, cancel).await?;
     let mut ingest = match outcome {
         IngestOutcome::Present { .. } => {
             progress(blob.size);
@@ -185,6 +186,34 @@ pub(crate) async fn fetch_layer(
         staged,
         transferred,
     })
+}
+
+/// Opens the ingest of `digest`, waiting while another writer holds it,
+/// but never past a cancellation: the wait is a blocking `flock` that the
+/// runtime cannot interrupt (and would wait for at shutdown), so it goes
+/// in slices with the token checked in between.
+async fn open_ingest(
+    store: &Store,
+    digest: &Digest,
+    cancel: &CancellationToken,
+) -> Result<IngestOutcome> {
+    loop {
+        if cancel.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        let store = store.clone();
+        let digest = digest.clone();
+        let opened = blocking(move || {
+            store
+                .ingest_with_timeout(&digest, Some(LOCK_WAIT_SLICE))
+                .map_err(Error::from)
+        })
+        .await;
+        match opened {
+            Err(Error::Store(haul_store::Error::LockTimeout { .. })) => continue,
+            other => return other,
+        }
+    }
 }
 
 /// Stages the layer of a blob that is already in the store.

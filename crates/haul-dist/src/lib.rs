@@ -11,6 +11,7 @@ mod pull;
 mod pull_layer;
 mod push;
 mod resolve;
+mod schema1;
 mod store_layers;
 
 pub use copy::{Copier, CopyOptions, CopyReport};

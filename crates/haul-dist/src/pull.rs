@@ -120,13 +120,10 @@ impl Puller {
         let shown = manifest_reference(reference);
         output.message(&shown, &format!("Pulling from {}", reference.repository()));
 
-        let resolved = resolve(
-            &repo,
-            reference,
-            options.platform.as_ref(),
-            options.all_platforms,
-        )
-        .await?;
+        let resolved = tokio::select! {
+            resolved = resolve(&repo, reference, options.platform.as_ref(), options.all_platforms) => resolved?,
+            _ = cancel.cancelled() => return Err(Error::Cancelled),
+        };
         let store = self.store.clone();
         // Holding a lease keeps gc from collecting blobs and layers that no
         // image names yet.
@@ -146,13 +143,38 @@ impl Puller {
         let transferred = Arc::new(AtomicU64::new(0));
         let mut images = Vec::new();
         for (manifest, _platform) in &resolved.images {
-            let config = self.fetch_config(&repo, manifest).await?;
-            self.put_blob(manifest.bytes().to_vec(), manifest.digest())
-                .await?;
-            let mut record = ImageRecord::from_parts(manifest, &config)?;
+            let mut record = match manifest.manifest() {
+                haul_oci::Manifest::Schema1(schema1) => {
+                    self.pull_schema1(&repo, reference, schema1, &output, &cancel, &transferred)
+                        .await?
+                }
+                _ => {
+                    let config = tokio::select! {
+                        config = self.fetch_config(&repo, manifest) => config?,
+                        _ = cancel.cancelled() => return Err(Error::Cancelled),
+                    };
+                    self.put_blob(manifest.bytes().to_vec(), manifest.digest())
+                        .await?;
+                    let record = ImageRecord::from_parts(manifest, &config)?;
+                    let layers = record
+                        .layers
+                        .iter()
+                        .map(|l| (blob_info(&l.digest, l.size, &l.media_type), Some(l.diff_id.clone())))
+                        .collect();
+                    let diff_ids = self
+                        .download_layers(repo.clone(), reference, layers, &output, &cancel, &transferred)
+                        .await?;
+                    if diff_ids != config.diff_ids() {
+                        return Err(Error::Inconsistent {
+                            reference: reference.to_string(),
+                            message: "the layers' content does not match the diffIDs of the image config"
+                                .into(),
+                        });
+                    }
+                    record
+                }
+            };
             record.index_digest = index_digest.clone();
-            self.fetch_layers(&repo, reference, &record, &output, &cancel, &transferred)
-                .await?;
             let store = self.store.clone();
             let to_put = record.clone();
             let source = format!("{}/{}", reference.registry(), reference.repository());
@@ -284,40 +306,26 @@ impl Puller {
         Ok(parse_image_config(bytes)?)
     }
 
-    async fn fetch_layers(
+    /// Downloads (and, unpacking, registers) layers through the shared
+    /// download manager; returns their diffIDs, bottom first.
+    async fn download_layers(
         &self,
-        repo: &Repository,
+        repo: Repository,
         reference: &Reference,
-        record: &ImageRecord,
+        layers: Vec<(LayerBlobInfo, Option<Digest>)>,
         output: &Arc<dyn ProgressOutput>,
         cancel: &CancellationToken,
         transferred: &Arc<AtomicU64>,
-    ) -> Result<()> {
-        for layer in &record.layers {
-            if media_type::is_foreign(&layer.media_type) {
-                return Err(Error::Unsupported {
-                    reference: reference.to_string(),
-                    message: format!(
-                        "layer {} is a foreign (non-distributable) layer",
-                        layer.digest
-                    ),
-                });
-            }
-        }
-        let descriptors: Vec<Arc<PullLayer>> = record
-            .layers
-            .iter()
-            .map(|layer| {
+    ) -> Result<Vec<Digest>> {
+        let descriptors: Vec<Arc<PullLayer>> = layers
+            .into_iter()
+            .map(|(blob, diff_id)| {
                 Arc::new(PullLayer {
                     repo: repo.clone(),
                     store: self.store.clone(),
                     layers: Arc::clone(&self.layers),
-                    blob: LayerBlobInfo {
-                        digest: layer.digest.clone(),
-                        size: layer.size,
-                        compression: media_type::layer_compression(&layer.media_type),
-                    },
-                    diff_id: Some(layer.diff_id.clone()),
+                    blob,
+                    diff_id,
                     transferred: Arc::clone(transferred),
                 })
             })
@@ -326,20 +334,63 @@ impl Puller {
             .downloads
             .download(cancel, &descriptors, Arc::clone(output))
             .await?;
-        let expected: Vec<String> = record
-            .layers
-            .iter()
-            .map(|l| l.diff_id.to_string())
-            .collect();
-        let got: Vec<String> = diff_ids.iter().map(|d| d.to_string()).collect();
         release.release().await;
-        if expected != got {
-            return Err(Error::Inconsistent {
+        diff_ids
+            .iter()
+            .map(|d| Digest::parse(d.as_str()))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::Inconsistent {
                 reference: reference.to_string(),
-                message: "the layers' content does not match the diffIDs of the image config"
-                    .into(),
-            });
+                message: format!("a layer store returned a bad diffID: {e}"),
+            })
+    }
+
+    /// A schema 1 image: its layers first (their diffIDs are learnt by
+    /// unpacking them), then the config and a schema 2 manifest made from
+    /// its history, as Docker does.
+    async fn pull_schema1(
+        &self,
+        repo: &Repository,
+        reference: &Reference,
+        manifest: &haul_oci::Schema1Manifest,
+        output: &Arc<dyn ProgressOutput>,
+        cancel: &CancellationToken,
+        transferred: &Arc<AtomicU64>,
+    ) -> Result<ImageRecord> {
+        let plan = crate::schema1::plan(manifest, &reference.to_string())?;
+        let mut layers = Vec::with_capacity(plan.layers.len());
+        for digest in &plan.layers {
+            let size = repo.head_blob(digest).await?.ok_or_else(|| {
+                haul_registry::Error::BlobNotFound {
+                    repository: format!("{}/{}", repo.registry(), repo.name()),
+                    digest: digest.to_string(),
+                    message: None,
+                }
+            })?;
+            layers.push((blob_info(digest, size, media_type::DOCKER_LAYER_GZIP), None));
         }
-        Ok(())
+        let sizes: Vec<(Digest, u64)> = layers.iter().map(|(b, _)| (b.digest.clone(), b.size)).collect();
+        let diff_ids = self
+            .download_layers(repo.clone(), reference, layers, output, cancel, transferred)
+            .await?;
+        let config_bytes = plan.config(&diff_ids)?;
+        let config_digest = Digest::sha256_of(&config_bytes);
+        let manifest_bytes =
+            crate::schema1::schema2_manifest((&config_digest, config_bytes.len()), &sizes);
+        let config = parse_image_config(config_bytes.clone())?;
+        let parsed = haul_oci::parse_manifest(manifest_bytes.clone(), Some(media_type::DOCKER_MANIFEST))?;
+        self.put_blob(config_bytes, &config_digest).await?;
+        self.put_blob(manifest_bytes, parsed.digest()).await?;
+        Ok(ImageRecord::from_parts(&parsed, &config)?)
+    }
+
+}
+
+/// What a layer fetch needs to know of a layer blob.
+fn blob_info(digest: &Digest, size: u64, media_type: &str) -> LayerBlobInfo {
+    LayerBlobInfo {
+        digest: digest.clone(),
+        size,
+        compression: media_type::layer_compression(media_type),
     }
 }

@@ -81,12 +81,7 @@ pub async fn resolve(
             }
             images
         }
-        Manifest::Schema1(_) => {
-            return Err(Error::Unsupported {
-                reference: reference.to_string(),
-                message: "Docker schema 1 manifests are not supported yet".into(),
-            });
-        }
+        Manifest::Schema1(_) => vec![(top.clone(), None)],
     };
     Ok(Resolved { top, images })
 }

@@ -17,7 +17,7 @@ use crate::digest::{Algorithm, Digest};
 use crate::error::{Error, Result};
 use crate::media_type::{self as mt, essence, is_generic, same};
 
-pub use schema1::{FsLayer, Schema1Manifest, V1History};
+pub use schema1::{signed_payload, FsLayer, Schema1Manifest, V1History};
 
 /// The largest manifest (and image config) read into memory by default:
 /// 4 MiB, as the distribution registry and containerd use.
@@ -203,8 +203,14 @@ pub fn parse_manifest_with_limit(
     };
 
     let manifest = decode(&bytes, media_type)?;
+    let digest = match &manifest {
+        // A signed schema 1 manifest is known by the digest of its payload
+        // without the signatures, as registries compute it.
+        Manifest::Schema1(m) if m.is_signed() => Digest::sha256_of(&schema1::signed_payload(&bytes)?),
+        _ => Digest::sha256_of(&bytes),
+    };
     Ok(ParsedManifest {
-        digest: Digest::sha256_of(&bytes),
+        digest,
         bytes,
         media_type: media_type.to_owned(),
         manifest,

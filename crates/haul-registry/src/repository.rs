@@ -157,9 +157,17 @@ impl Repository {
             Ok(d) => Some(d),
             Err(_) => declared.as_deref().and_then(|d| Digest::parse(d).ok()),
         };
+        // A signed schema 1 manifest is known by its payload's digest.
+        let signed_schema1 = media_type.as_deref().is_some_and(media_type::is_schema1)
+            && bytes.windows(12).any(|w| w == b"\"signatures\"");
+        let hashed = if signed_schema1 {
+            haul_oci::manifest::signed_payload(&bytes)?
+        } else {
+            bytes.clone()
+        };
         let digest = match &expected {
-            Some(e) => Digest::of(e.algorithm(), &bytes),
-            None => Digest::sha256_of(&bytes),
+            Some(e) => Digest::of(e.algorithm(), &hashed),
+            None => Digest::sha256_of(&hashed),
         };
         if let Some(expected) = expected {
             if expected != digest {

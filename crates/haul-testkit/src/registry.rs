@@ -65,6 +65,10 @@ pub struct RegistryConfig {
     pub token: TokenOptions,
     /// How long to wait for the registry to answer.
     pub start_timeout: Duration,
+    /// Accept Docker schema 1 manifests, and convert schema 2 ones to
+    /// signed schema 1 for clients that ask only for that (the registry
+    /// signs with a key it makes at start).
+    pub schema1: bool,
 }
 
 impl Default for RegistryConfig {
@@ -75,6 +79,7 @@ impl Default for RegistryConfig {
             users: vec![Credentials::new("testuser", "testpass")],
             token: TokenOptions::default(),
             start_timeout: Duration::from_secs(30),
+            schema1: false,
         }
     }
 }
@@ -110,6 +115,12 @@ impl RegistryConfig {
     /// Replaces the users.
     pub fn with_users(mut self, users: Vec<Credentials>) -> Self {
         self.users = users;
+        self
+    }
+
+    /// Accepts and serves Docker schema 1 manifests.
+    pub fn with_schema1(mut self) -> Self {
+        self.schema1 = true;
         self
     }
 
@@ -216,6 +227,9 @@ impl Registry {
         let mut last_error = None;
         for _ in 0..BIND_ATTEMPTS {
             let port = free_port()?;
+            if config.schema1 {
+                auth_yaml.push_str("compatibility:\n  schema1:\n    enabled: true\n");
+            }
             let yaml = config_yaml(port, &storage_dir, tls.as_ref(), &auth_yaml);
             std::fs::write(&config_path, yaml).ctx(|| "writing registry config".into())?;
             let mut child = spawn(&binary, &config_path, &log_path)?;

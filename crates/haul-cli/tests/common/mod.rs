@@ -46,6 +46,24 @@ impl Env {
         built
     }
 
+    /// Builds the testkit's two-platform index and pushes it with skopeo
+    /// as `name` (`repo:tag`).
+    pub fn put_index(&self, name: &str) -> haul_testkit::image::BuiltIndex {
+        let layout = self
+            .scratch
+            .path()
+            .join(format!("index-{}", name.replace([':', '/'], "_")));
+        let built = haul_testkit::image::write_oci_index_layout(
+            &layout,
+            "t",
+            &haul_testkit::sample_platform_images(),
+        )
+        .unwrap();
+        haul_testkit::skopeo::push_oci_layout_with_skopeo(&layout, "t", &self.registry, name)
+            .unwrap();
+        built
+    }
+
     /// Runs haul with this store.
     pub fn haul(&self, args: &[&str]) -> Output {
         haul_in(self.root.path(), args)

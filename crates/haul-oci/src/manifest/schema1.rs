@@ -83,3 +83,68 @@ impl Schema1Manifest {
         self.fs_layers.iter().rev().map(|l| &l.blob_sum).collect()
     }
 }
+
+/// The payload of a signed (JWS, "prettyjws") schema 1 manifest: the bytes
+/// that were signed, which is what registries hash for its digest. The
+/// first signature's protected header says how many leading bytes of the
+/// document belong to it (`formatLength`) and which bytes close it
+/// (`formatTail`, base64url).
+pub fn signed_payload(bytes: &[u8]) -> Result<Vec<u8>> {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+    let fail = |reason: &str| Error::InvalidDocument {
+        what: "signed schema 1 manifest",
+        reason: reason.to_string(),
+    };
+    #[derive(Deserialize)]
+    struct Signed {
+        signatures: Vec<Signature>,
+    }
+    #[derive(Deserialize)]
+    struct Signature {
+        protected: String,
+    }
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Protected {
+        format_length: usize,
+        format_tail: String,
+    }
+    let signed: Signed = serde_json::from_slice(bytes).map_err(|_| fail("no signatures"))?;
+    let first = signed.signatures.first().ok_or_else(|| fail("no signatures"))?;
+    let decode = |text: &str| URL_SAFE_NO_PAD.decode(text.trim_end_matches('='));
+    let protected = decode(&first.protected).map_err(|_| fail("protected header is not base64url"))?;
+    let protected: Protected =
+        serde_json::from_slice(&protected).map_err(|_| fail("unreadable protected header"))?;
+    let tail = decode(&protected.format_tail).map_err(|_| fail("formatTail is not base64url"))?;
+    let head = bytes
+        .get(..protected.format_length)
+        .ok_or_else(|| fail("formatLength is past the end of the document"))?;
+    let mut payload = head.to_vec();
+    payload.extend_from_slice(&tail);
+    Ok(payload)
+}
+
+#[cfg(test)]
+mod payload_tests {
+    use super::*;
+
+    #[test]
+    fn signed_payload_is_the_head_plus_the_tail() {
+        use base64::Engine;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let payload = b"{\n   \"schemaVersion\": 1,\n   \"name\": \"a\"\n}";
+        let head_len = payload.len() - 2; // "\n}" closes the document
+        let tail = URL_SAFE_NO_PAD.encode(&payload[head_len..]);
+        let protected = URL_SAFE_NO_PAD.encode(format!(
+            r#"{{"formatLength":{head_len},"formatTail":"{tail}","time":"2016-01-01T00:00:00Z"}}"#
+        ));
+        let signed = format!(
+            "{},\n   \"signatures\": [{{\"header\": {{}}, \"signature\": \"x\", \"protected\": \"{protected}\"}}]\n}}",
+            std::str::from_utf8(&payload[..head_len]).unwrap()
+        );
+        assert_eq!(signed_payload(signed.as_bytes()).unwrap(), payload.to_vec());
+        assert!(signed_payload(b"{\"signatures\":[]}").is_err());
+    }
+}
