@@ -79,11 +79,20 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// Transfer settings of a push.
+/// Transfer settings of a push (and copy). The hidden
+/// `HAUL_PUSH_CHUNK_BYTES` sends blobs above that size in chunks of that
+/// size (for tests).
 pub fn push_settings(cli: &Cli) -> PushSettings {
+    let defaults = PushSettings::default();
     PushSettings {
         max_concurrent_uploads: cli.global.max_concurrent_uploads,
-        ..PushSettings::default()
+        retry_tick: env_number("HAUL_RETRY_TICK_MS").map_or(defaults.retry_tick, Duration::from_millis),
+        chunking: env_number("HAUL_PUSH_CHUNK_BYTES").map_or(defaults.chunking, |n| {
+            haul_dist::Chunking {
+                above: n,
+                size: n as usize,
+            }
+        }),
     }
 }
 

@@ -12,10 +12,10 @@ use tokio::io::AsyncRead;
 
 use crate::error::Result;
 
-/// Blobs above this size are sent in chunks.
-pub(crate) const CHUNKED_ABOVE: u64 = 64 * 1024 * 1024;
-/// Size of one chunk (held in memory while it is sent).
-pub(crate) const CHUNK_SIZE: usize = 8 * 1024 * 1024;
+/// Blobs above this size are sent in chunks, by default.
+pub const DEFAULT_CHUNKED_ABOVE: u64 = 64 * 1024 * 1024;
+/// Size of one chunk (held in memory while it is sent), by default.
+pub const DEFAULT_CHUNK_SIZE: usize = 8 * 1024 * 1024;
 
 /// A blob source that reports "Pushing" progress as it is read.
 pub(crate) struct ProgressSource<'a> {
@@ -38,6 +38,24 @@ impl BlobSource for ProgressSource<'_> {
     }
 }
 
+/// When blobs are chunked, and how big the chunks are.
+#[derive(Debug, Clone, Copy)]
+pub struct Chunking {
+    /// Blobs larger than this go in chunks.
+    pub above: u64,
+    /// Bytes per chunk.
+    pub size: usize,
+}
+
+impl Default for Chunking {
+    fn default() -> Self {
+        Self {
+            above: DEFAULT_CHUNKED_ABOVE,
+            size: DEFAULT_CHUNK_SIZE,
+        }
+    }
+}
+
 /// Uploads `size` bytes of `source` as blob `digest`, continuing `session`
 /// when the caller has one (a mount that fell back to an upload).
 pub(crate) async fn upload_blob(
@@ -46,14 +64,15 @@ pub(crate) async fn upload_blob(
     size: u64,
     source: &dyn BlobSource,
     session: Option<UploadSession>,
+    chunking: Chunking,
 ) -> Result<()> {
     match session {
         Some(session) => {
-            repo.continue_chunked(session, digest, size, source, CHUNK_SIZE)
+            repo.continue_chunked(session, digest, size, source, chunking.size)
                 .await?
         }
-        None if size > CHUNKED_ABOVE => {
-            repo.upload_chunked(digest, size, source, CHUNK_SIZE)
+        None if size > chunking.above => {
+            repo.upload_chunked(digest, size, source, chunking.size)
                 .await?
         }
         None => repo.upload_monolithic(digest, size, source).await?,

@@ -17,7 +17,7 @@ use haul_xfer::{
 use tokio::io::AsyncRead;
 use tokio_util::sync::CancellationToken;
 
-use crate::blob_upload::{upload_blob, ProgressSource};
+use crate::blob_upload::{upload_blob, Chunking, ProgressSource};
 use crate::error::{Error, Result};
 use crate::pull_layer::into_transfer_error;
 use crate::push::PushSettings;
@@ -45,6 +45,7 @@ pub struct CopyReport {
 pub struct Copier {
     client: RegistryClient,
     uploads: UploadManager,
+    chunking: Chunking,
 }
 
 impl Copier {
@@ -53,7 +54,11 @@ impl Copier {
         let uploads = UploadManager::new()
             .with_concurrency(settings.max_concurrent_uploads)
             .with_retry_policy(RetryPolicy::default().with_tick(settings.retry_tick));
-        Self { client, uploads }
+        Self {
+            client,
+            uploads,
+            chunking: settings.chunking,
+        }
     }
 
     /// Copies `source` to `target`.
@@ -149,6 +154,7 @@ impl Copier {
                 digest: Digest::try_from(blob.digest())?,
                 size: blob.size(),
                 media_type: blob.media_type().to_string(),
+                chunking: self.chunking,
             }));
         }
         self.uploads
@@ -166,6 +172,7 @@ struct CopyBlob {
     digest: Digest,
     size: u64,
     media_type: String,
+    chunking: Chunking,
 }
 
 /// A blob read from a registry, from any offset, unverified: the target
@@ -219,7 +226,7 @@ impl CopyBlob {
             id: id.clone(),
             size: self.size,
         };
-        upload_blob(&self.to, &self.digest, self.size, &source, session).await?;
+        upload_blob(&self.to, &self.digest, self.size, &source, session, self.chunking).await?;
         progress.update(&id, "Pushed");
         Ok(remote)
     }

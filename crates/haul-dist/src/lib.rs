@@ -14,6 +14,7 @@ mod resolve;
 mod schema1;
 mod store_layers;
 
+pub use blob_upload::Chunking;
 pub use copy::{Copier, CopyOptions, CopyReport};
 pub use error::{Error, Result};
 pub use pull::{PullOptions, PullReport, PullSettings, Puller};

@@ -21,7 +21,7 @@ use haul_xfer::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::blob_upload::{upload_blob, ProgressSource};
+use crate::blob_upload::{upload_blob, Chunking, ProgressSource};
 use crate::error::{Error, Result};
 use crate::layer_fetch::blocking;
 use crate::pull_layer::into_transfer_error;
@@ -33,6 +33,8 @@ pub struct PushSettings {
     pub max_concurrent_uploads: usize,
     /// One tick of the retry countdown (1 s; tests use less).
     pub retry_tick: Duration,
+    /// When blobs go in chunks.
+    pub chunking: Chunking,
 }
 
 impl Default for PushSettings {
@@ -40,6 +42,7 @@ impl Default for PushSettings {
         Self {
             max_concurrent_uploads: 5,
             retry_tick: Duration::from_secs(1),
+            chunking: Chunking::default(),
         }
     }
 }
@@ -58,6 +61,7 @@ pub struct Pusher {
     client: RegistryClient,
     store: Store,
     uploads: UploadManager,
+    chunking: Chunking,
 }
 
 impl Pusher {
@@ -70,6 +74,7 @@ impl Pusher {
             client,
             store,
             uploads,
+            chunking: settings.chunking,
         }
     }
 
@@ -207,6 +212,7 @@ impl Pusher {
                     store: self.store.clone(),
                     layer: layer.clone(),
                     target: target.clone(),
+                    chunking: self.chunking,
                 })
             })
             .collect();
@@ -256,6 +262,7 @@ struct PushLayer {
     layer: ImageLayer,
     /// `registry/repository` pushed to.
     target: String,
+    chunking: Chunking,
 }
 
 impl PushLayer {
@@ -338,7 +345,7 @@ impl PushLayer {
             id: id.clone(),
             size: self.layer.size,
         };
-        upload_blob(&self.repo, digest, self.layer.size, &source, session).await?;
+        upload_blob(&self.repo, digest, self.layer.size, &source, session, self.chunking).await?;
         progress.update(&id, "Pushed");
         self.record_source().await;
         Ok(self.remote())

@@ -179,6 +179,7 @@ pub struct Rule {
     matcher: Match,
     fault: Fault,
     times: Option<usize>,
+    skip: usize,
 }
 
 impl Rule {
@@ -188,7 +189,15 @@ impl Rule {
             matcher,
             fault,
             times: None,
+            skip: 0,
         }
+    }
+
+    /// Lets the first `n` matching requests through untouched before the
+    /// fault applies (to hit, say, the third chunk of an upload).
+    pub fn after(mut self, n: usize) -> Self {
+        self.skip = n;
+        self
     }
 
     /// Applies the fault to the first `n` matching requests only; the rule is
@@ -375,7 +384,11 @@ impl FaultProxy {
     /// Adds a rule after the existing ones. For each request the first rule
     /// that matches and is not spent applies (one fault per request).
     pub fn add_rule(&self, rule: Rule) {
-        lock(&self.shared.rules).push(ActiveRule { rule, used: 0 });
+        lock(&self.shared.rules).push(ActiveRule {
+            rule,
+            used: 0,
+            skipped: 0,
+        });
     }
 
     /// Removes every rule: from now on requests are forwarded unchanged.
@@ -555,6 +568,10 @@ impl Shared {
         let rule = rules.iter_mut().find(|r| {
             r.rule.times.is_none_or(|t| r.used < t) && r.rule.matcher.matches(method, path)
         })?;
+        if rule.skipped < rule.rule.skip {
+            rule.skipped += 1;
+            return None;
+        }
         rule.used += 1;
         Some(rule.rule.fault.clone())
     }
@@ -563,6 +580,8 @@ impl Shared {
 struct ActiveRule {
     rule: Rule,
     used: usize,
+    /// Matching requests let through before the rule applies.
+    skipped: usize,
 }
 
 /// The original request of a [`Fault::RedirectBlob`], kept for the storage
