@@ -110,7 +110,11 @@ pub(crate) async fn fetch_layer(
                     compression.unwrap_or(Compression::Uncompressed),
                 )
                 .map_err(|e| Error::Decompress(e.to_string()))?;
-                Ok(store.stage_layer(reader, expected.as_ref(), &options)?)
+                Ok(store.stage_layer(
+                    haul_store::read_ahead(reader),
+                    expected.as_ref(),
+                    &options,
+                )?)
             });
             (Some(tx), Some(task))
         }
@@ -233,7 +237,7 @@ pub(crate) async fn stage_from_store(
             blob.compression.unwrap_or(Compression::Uncompressed),
         )
         .map_err(|e| Error::Decompress(e.to_string()))?;
-        Ok(store.stage_layer(reader, expected.as_ref(), &options)?)
+        Ok(store.stage_layer(haul_store::read_ahead(reader), expected.as_ref(), &options)?)
     })
     .await
 }

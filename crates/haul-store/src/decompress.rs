@@ -60,6 +60,84 @@ where
     })
 }
 
+/// Chunks a [`read_ahead`] reader keeps ready.
+const READ_AHEAD_CHUNKS: usize = 8;
+/// Size of one read-ahead chunk.
+const READ_AHEAD_CHUNK: usize = 256 * 1024;
+
+/// Runs `reader` on a thread of its own, a few chunks ahead of whoever
+/// reads the result. Unpacking a layer is then two pipelined stages, the
+/// decompressor on one core and the diffID hash plus file writes on
+/// another, instead of one core doing both. Errors arrive in order; the
+/// thread stops when the result is dropped.
+pub fn read_ahead<R: Read + Send + 'static>(reader: R) -> ReadAhead {
+    let (sender, receiver) = std::sync::mpsc::sync_channel(READ_AHEAD_CHUNKS);
+    std::thread::spawn(move || {
+        let mut reader = reader;
+        loop {
+            let mut chunk = vec![0u8; READ_AHEAD_CHUNK];
+            let result = loop {
+                match reader.read(&mut chunk) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    other => break other,
+                }
+            };
+            let done = !matches!(result, Ok(n) if n > 0);
+            let message = result.map(|n| {
+                chunk.truncate(n);
+                chunk
+            });
+            if sender.send(message).is_err() || done {
+                return;
+            }
+        }
+    });
+    ReadAhead {
+        receiver,
+        current: Vec::new(),
+        position: 0,
+        finished: false,
+    }
+}
+
+/// The reading end of [`read_ahead`].
+#[derive(Debug)]
+pub struct ReadAhead {
+    receiver: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    current: Vec<u8>,
+    position: usize,
+    finished: bool,
+}
+
+impl Read for ReadAhead {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.position == self.current.len() {
+            if self.finished {
+                return Ok(0);
+            }
+            match self.receiver.recv() {
+                Ok(Ok(chunk)) if chunk.is_empty() => self.finished = true,
+                Ok(Ok(chunk)) => {
+                    self.current = chunk;
+                    self.position = 0;
+                }
+                Ok(Err(e)) => {
+                    self.finished = true;
+                    return Err(e);
+                }
+                Err(_) => {
+                    self.finished = true;
+                    return Err(io::Error::other("the read-ahead thread stopped"));
+                }
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.position);
+        buf[..n].copy_from_slice(&self.current[self.position..self.position + n]);
+        self.position += n;
+        Ok(n)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,5 +207,34 @@ mod tests {
     fn empty_stream_is_empty() {
         let out = read_all(decompressing_reader(&b""[..], Compression::Uncompressed).unwrap());
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn read_ahead_delivers_every_byte_in_order_and_then_errors() {
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let mut out = Vec::new();
+        read_ahead(io::Cursor::new(data.clone()))
+            .read_to_end(&mut out)
+            .unwrap();
+        assert_eq!(out, data);
+
+        struct Failing(usize);
+        impl Read for Failing {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                if self.0 == 0 {
+                    return Err(io::Error::other("broken"));
+                }
+                let n = self.0.min(buf.len());
+                self.0 -= n;
+                buf[..n].fill(7);
+                Ok(n)
+            }
+        }
+        let mut out = Vec::new();
+        let err = read_ahead(Failing(600_000))
+            .read_to_end(&mut out)
+            .unwrap_err();
+        assert_eq!(err.to_string(), "broken");
+        assert_eq!(out.len(), 600_000);
     }
 }

@@ -97,7 +97,7 @@ pub mod unpack;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use decompress::{decompressing_reader, detect_compression};
+pub use decompress::{decompressing_reader, detect_compression, read_ahead, ReadAhead};
 pub use distribution::DistributionSource;
 pub use error::{Error, Result};
 pub use export::{ExportOptions, ExportReport};
