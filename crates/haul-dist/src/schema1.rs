@@ -4,8 +4,8 @@
 //! top layer's v1 JSON and the history, and a schema 2 manifest over the
 //! same layer blobs.
 
-use haul_oci::{Digest, Schema1Manifest, media_type};
-use serde_json::{Map, Value, json};
+use haul_oci::{media_type, Digest, Schema1Manifest};
+use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
 
@@ -31,9 +31,14 @@ pub(crate) fn plan(manifest: &Schema1Manifest, reference: &str) -> Result<Schema
         let v1: Value = serde_json::from_str(&entry.v1_compatibility)
             .map_err(|e| invalid(format!("unreadable v1Compatibility: {e}")))?;
         let Value::Object(v1) = v1 else {
-            return Err(invalid("a v1Compatibility entry is not a JSON object".into()));
+            return Err(invalid(
+                "a v1Compatibility entry is not a JSON object".into(),
+            ));
         };
-        let throwaway = v1.get("throwaway").and_then(Value::as_bool).unwrap_or(false);
+        let throwaway = v1
+            .get("throwaway")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
         if !throwaway {
             layers.push(layer.blob_sum.clone());
         }
@@ -45,7 +50,10 @@ pub(crate) fn plan(manifest: &Schema1Manifest, reference: &str) -> Result<Schema
 impl Schema1Plan {
     /// The image config, with the layers' diffIDs (bottom first).
     pub(crate) fn config(&self, diff_ids: &[Digest]) -> Result<Vec<u8>> {
-        let (top, _) = self.history.last().ok_or_else(|| Error::Internal("empty schema 1 history".into()))?;
+        let (top, _) = self
+            .history
+            .last()
+            .ok_or_else(|| Error::Internal("empty schema 1 history".into()))?;
         let mut config = top.clone();
         for field in ["id", "parent", "Size", "parent_id", "layer_id", "throwaway"] {
             config.remove(field);
@@ -83,7 +91,7 @@ impl Schema1Plan {
             json!({"type": "layers", "diff_ids": diff_ids.iter().map(ToString::to_string).collect::<Vec<_>>()}),
         );
         config.insert("history".into(), Value::Array(history));
-        Ok(serde_json::to_vec(&Value::Object(config)).map_err(|e| Error::Internal(e.to_string()))?)
+        serde_json::to_vec(&Value::Object(config)).map_err(|e| Error::Internal(e.to_string()))
     }
 }
 

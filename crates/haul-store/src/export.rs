@@ -241,7 +241,7 @@ impl Exporter<'_> {
                 std::os::unix::fs::lchown(to, Some(meta.uid()), Some(meta.gid())).at(to)?;
             }
             copy_xattrs(from, to);
-            set_times_nofollow(to, meta.mtime().max(0) as u64).at(to)?;
+            set_times_nofollow(to, mtime_of(meta)).at(to)?;
         } else if file_type.is_fifo()
             || ((file_type.is_char_device() || file_type.is_block_device()) && self.options.as_root)
         {
@@ -266,7 +266,7 @@ impl Exporter<'_> {
             }
             copy_xattrs(from, to);
             fs::set_permissions(to, fs::Permissions::from_mode(meta.mode() & 0o7777)).at(to)?;
-            set_times_nofollow(to, meta.mtime().max(0) as u64).at(to)?;
+            set_times_nofollow(to, mtime_of(meta)).at(to)?;
         } else {
             self.report.skipped += 1;
             return Ok(());
@@ -285,7 +285,7 @@ impl Exporter<'_> {
         }
         copy_xattrs_fd(from, file);
         file.set_permissions(fs::Permissions::from_mode(meta.mode() & 0o7777))?;
-        let mtime = UNIX_EPOCH + Duration::from_secs(meta.mtime().max(0) as u64);
+        let mtime = UNIX_EPOCH + mtime_of(meta);
         let atime = UNIX_EPOCH + Duration::from_secs(meta.atime().max(0) as u64);
         file.set_times(fs::FileTimes::new().set_accessed(atime).set_modified(mtime))
     }
@@ -314,7 +314,7 @@ impl Exporter<'_> {
                 }
                 Err(e) => return Err(e).at(&path),
             };
-            let mtime = UNIX_EPOCH + Duration::from_secs(meta.mtime().max(0) as u64);
+            let mtime = UNIX_EPOCH + mtime_of(&meta);
             if self.options.as_root {
                 std::os::unix::fs::fchown(&dir, Some(meta.uid()), Some(meta.gid())).at(&path)?;
             }
@@ -369,4 +369,13 @@ fn list_xattrs(path: &Path) -> Vec<(std::ffi::OsString, Vec<u8>)> {
         }
     }
     out
+}
+
+/// A file's modification time since the epoch, nanoseconds included.
+fn mtime_of(meta: &fs::Metadata) -> Duration {
+    use std::os::unix::fs::MetadataExt;
+    Duration::new(
+        meta.mtime().max(0) as u64,
+        meta.mtime_nsec().clamp(0, 999_999_999) as u32,
+    )
 }

@@ -182,7 +182,8 @@ struct Meta {
     mode: u32,
     uid: u64,
     gid: u64,
-    mtime: u64,
+    /// Modification time since the epoch (sub-second from a PAX record).
+    mtime: Duration,
     xattrs: Vec<(OsString, Vec<u8>)>,
 }
 
@@ -255,6 +256,7 @@ impl Unpacker<'_> {
         };
         let is_marker = rel.file_name().is_some_and(is_whiteout_name);
         let kind = if is_marker { Kind::Marker } else { kind };
+        let pax_mtime = pax_mtime(entry)?;
         let header = entry.header();
         let meta = Meta {
             mode: header.mode().map_err(tar_error)? & 0o7777,
@@ -262,7 +264,7 @@ impl Unpacker<'_> {
             // archive/tar; the header checksum already vouches for the rest.
             uid: header.uid().unwrap_or(0),
             gid: header.gid().unwrap_or(0),
-            mtime: header.mtime().unwrap_or(0),
+            mtime: pax_mtime.unwrap_or(Duration::from_secs(header.mtime().unwrap_or(0))),
             xattrs: if self.options.xattrs {
                 xattrs_of(entry)?
             } else {
@@ -467,7 +469,7 @@ impl Unpacker<'_> {
             }
         }
         file.set_permissions(fs::Permissions::from_mode(meta.mode))?;
-        let time = UNIX_EPOCH + Duration::from_secs(meta.mtime);
+        let time = UNIX_EPOCH + meta.mtime;
         file.set_times(fs::FileTimes::new().set_accessed(time).set_modified(time))
     }
 
@@ -550,10 +552,10 @@ pub(crate) fn create_file(path: &Path) -> io::Result<File> {
 }
 
 /// Sets atime and mtime of `path` (a symlink itself, not its target).
-pub(crate) fn set_times_nofollow(path: &Path, mtime: u64) -> io::Result<()> {
+pub(crate) fn set_times_nofollow(path: &Path, mtime: Duration) -> io::Result<()> {
     let ts = Timespec {
-        tv_sec: mtime as i64,
-        tv_nsec: 0,
+        tv_sec: mtime.as_secs() as i64,
+        tv_nsec: mtime.subsec_nanos().into(),
     };
     let times = Timestamps {
         last_access: ts,
@@ -572,6 +574,32 @@ fn copy_content<R: Read>(from: &mut R, to: &mut File, buffer: &mut [u8]) -> io::
         };
         to.write_all(&buffer[..n])?;
     }
+}
+
+/// The PAX `mtime` record (`SECONDS[.FRACTION]`), which keeps what the
+/// ustar field cannot: sub-second precision and large values.
+fn pax_mtime<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Option<Duration>> {
+    let Some(extensions) = entry.pax_extensions().map_err(tar_error)? else {
+        return Ok(None);
+    };
+    for extension in extensions {
+        let extension = extension.map_err(tar_error)?;
+        if extension.key_bytes() == b"mtime" {
+            let text = String::from_utf8_lossy(extension.value_bytes());
+            let (seconds, fraction) = text.split_once('.').unwrap_or((&text, ""));
+            let Ok(seconds) = seconds.parse::<u64>() else {
+                return Ok(None); // negative or garbled: keep the ustar field
+            };
+            let digits: String = fraction.chars().take(9).collect();
+            let nanos = if digits.is_empty() {
+                0
+            } else {
+                digits.parse::<u32>().unwrap_or(0) * 10u32.pow(9 - digits.len() as u32)
+            };
+            return Ok(Some(Duration::new(seconds, nanos)));
+        }
+    }
+    Ok(None)
 }
 
 fn xattrs_of<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Vec<(OsString, Vec<u8>)>> {

@@ -547,3 +547,24 @@ fn a_staged_layer_dropped_uncommitted_leaves_nothing() {
     assert!(leftovers(&store).is_empty(), "{:?}", leftovers(&store));
     assert!(store.list_layers().unwrap().is_empty());
 }
+
+#[test]
+fn pax_mtime_keeps_sub_second_precision() {
+    let mut builder = tar::Builder::new(Vec::new());
+    builder
+        .append_pax_extensions([("mtime", &b"1000.75"[..])])
+        .unwrap();
+    let mut header = tar::Header::new_ustar();
+    header.set_path("precise").unwrap();
+    header.set_size(2);
+    header.set_mode(0o644);
+    header.set_mtime(1000);
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_cksum();
+    builder.append(&header, &b"hi"[..]).unwrap();
+    let tar = builder.into_inner().unwrap();
+    let (_dir, store) = new_store();
+    let layer = store.register_layer(&tar[..], None, None).unwrap();
+    let meta = std::fs::metadata(store.layer_diff_dir(&layer.chain_id).join("precise")).unwrap();
+    assert_eq!((meta.mtime(), meta.mtime_nsec()), (1000, 750_000_000));
+}
