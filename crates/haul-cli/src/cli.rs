@@ -31,6 +31,17 @@ pub enum ProgressMode {
     Json,
 }
 
+/// Which registry protocol `pull` and `push` speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Protocol {
+    /// The OCI distribution API (Docker registry v2).
+    V2,
+    /// The legacy Docker registry v1 protocol.
+    V1,
+    /// v2 when the registry answers `/v2/`, else v1 (as Docker 1.x fell back).
+    Auto,
+}
+
 /// Options shared by all commands.
 #[derive(Debug, Args)]
 pub struct GlobalOptions {
@@ -88,12 +99,20 @@ pub enum Command {
         /// Keep only the blobs; do not unpack layers.
         #[arg(long)]
         no_unpack: bool,
+        /// Registry protocol: v2, the legacy v1, or auto (v2 when the
+        /// registry answers /v2/, else v1).
+        #[arg(long, value_enum, default_value_t = Protocol::Auto)]
+        protocol: Protocol,
     },
     /// Upload a local image to a registry.
     Push {
         /// The local image reference to push.
         #[arg(value_name = "REF")]
         reference: String,
+        /// Registry protocol: v2, the legacy v1, or auto (v2 when the
+        /// registry answers /v2/, else v1).
+        #[arg(long, value_enum, default_value_t = Protocol::Auto)]
+        protocol: Protocol,
     },
     /// Copy an image between registries, OCI layouts and docker archives.
     Copy {

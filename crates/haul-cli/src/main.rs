@@ -5,6 +5,7 @@ mod cli;
 mod copy;
 mod local;
 mod login;
+mod protocol;
 mod pull;
 mod push;
 mod render;
@@ -54,8 +55,12 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             references,
             all_platforms,
             no_unpack,
-        } => pull::run(cli, references, *all_platforms, *no_unpack),
-        Command::Push { reference } => push::run(cli, reference),
+            protocol,
+        } => pull::run(cli, references, *all_platforms, *no_unpack, *protocol),
+        Command::Push {
+            reference,
+            protocol,
+        } => push::run(cli, reference, *protocol),
         Command::Copy {
             source,
             destination,

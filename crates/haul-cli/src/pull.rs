@@ -8,9 +8,9 @@ use anyhow::Context;
 use haul_dist::oci::{Platform, Reference};
 use haul_dist::registry::RegistryClient;
 use haul_dist::xfer::{ChannelOutput, ProgressOutput};
-use haul_dist::{PullOptions, Puller};
+use haul_dist::{PullOptions, Puller, V1Puller};
 
-use crate::cli::Cli;
+use crate::cli::{Cli, Protocol};
 use crate::render;
 use crate::settings;
 
@@ -20,6 +20,7 @@ pub fn run(
     references: &[String],
     all_platforms: bool,
     no_unpack: bool,
+    protocol: Protocol,
 ) -> anyhow::Result<()> {
     let references = references
         .iter()
@@ -45,7 +46,9 @@ pub fn run(
     );
 
     runtime.block_on(async {
-        let puller = Puller::new(client, store, &settings::pull_settings(cli, !no_unpack));
+        let pull_settings = settings::pull_settings(cli, !no_unpack);
+        let v1_puller = V1Puller::new(client.clone(), store.clone(), &pull_settings);
+        let puller = Puller::new(client.clone(), store, &pull_settings);
         let (output, receiver) = ChannelOutput::new();
         let renderer = tokio::task::spawn_blocking(move || {
             render::render_blocking(kind, receiver, std::io::stdout().lock())
@@ -54,10 +57,19 @@ pub fn run(
         let output: Arc<dyn ProgressOutput> = Arc::new(output);
         let pulls = references.iter().map(|reference| {
             let output = Arc::clone(&output);
-            let puller = &puller;
+            let (puller, v1_puller, client) = (&puller, &v1_puller, &client);
             let options = &options;
             let cancel = cancel.clone();
-            async move { puller.pull(reference, options, output, cancel).await }
+            async move {
+                let v1 = crate::protocol::use_v1(client, reference.registry(), protocol, &output)
+                    .await
+                    .map_err(|e| haul_dist::Error::Internal(format!("{e:#}")));
+                match v1 {
+                    Ok(true) => v1_puller.pull(reference, output, cancel).await,
+                    Ok(false) => puller.pull(reference, options, output, cancel).await,
+                    Err(e) => Err(e),
+                }
+            }
         });
         let results = futures::future::join_all(pulls).await;
         drop(output);

@@ -7,17 +7,24 @@ use anyhow::Context;
 use haul_dist::oci::Reference;
 use haul_dist::registry::RegistryClient;
 use haul_dist::xfer::{ChannelOutput, ProgressOutput};
-use haul_dist::Pusher;
+use haul_dist::{Pusher, V1Pusher};
 
-use crate::cli::Cli;
+use crate::cli::{Cli, Protocol};
 use crate::render;
 use crate::settings;
 
 /// Runs `haul push`.
-pub fn run(cli: &Cli, reference: &str) -> anyhow::Result<()> {
+pub fn run(cli: &Cli, reference: &str, protocol: Protocol) -> anyhow::Result<()> {
     let reference =
         Reference::parse(reference).with_context(|| format!("invalid reference {reference:?}"))?;
     let store = settings::open_store(cli)?;
+    // A missing image is said before any registry is asked anything.
+    if store.resolve(&reference)?.is_none() {
+        return Err(anyhow::Error::from(haul_dist::Error::NotLocal(
+            reference.familiar(),
+        )))
+        .with_context(|| format!("failed to push {}", reference.familiar()));
+    }
     let client = RegistryClient::new(settings::client_config(cli))?;
     let kind = render::choose(
         cli.global.progress,
@@ -25,18 +32,42 @@ pub fn run(cli: &Cli, reference: &str) -> anyhow::Result<()> {
         std::io::stdout().is_terminal(),
     );
     settings::runtime()?.block_on(async {
-        let pusher = Pusher::new(client, store, &settings::push_settings(cli));
         let (output, receiver) = ChannelOutput::new();
         let renderer = tokio::task::spawn_blocking(move || {
             render::render_blocking(kind, receiver, std::io::stdout().lock())
         });
         let cancel = settings::cancel_on_interrupt();
         let output: Arc<dyn ProgressOutput> = Arc::new(output);
-        let result = pusher.push(&reference, output, cancel.clone()).await;
+        let v1 = crate::protocol::use_v1(&client, reference.registry(), protocol, &output).await;
+        let result = match v1 {
+            Ok(true) => {
+                let pusher = V1Pusher::new(client, store, &settings::push_settings(cli));
+                pusher
+                    .push(&reference, output, cancel.clone())
+                    .await
+                    .map(|_| None)
+                    .map_err(anyhow::Error::from)
+            }
+            Ok(false) => {
+                let pusher = Pusher::new(client, store, &settings::push_settings(cli));
+                pusher
+                    .push(&reference, output, cancel.clone())
+                    .await
+                    .map(|r| Some(r.digest))
+                    .map_err(anyhow::Error::from)
+            }
+            Err(e) => {
+                drop(output);
+                Err(e)
+            }
+        };
         let _ = renderer.await;
-        let report = result.with_context(|| format!("failed to push {}", reference.familiar()))?;
+        let digest = result.with_context(|| format!("failed to push {}", reference.familiar()))?;
         if cli.global.quiet {
-            println!("{}", reference.with_digest(report.digest));
+            match digest {
+                Some(digest) => println!("{}", reference.with_digest(digest)),
+                None => println!("{reference}"),
+            }
         }
         Ok(())
     })

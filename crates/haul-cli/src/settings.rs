@@ -86,7 +86,8 @@ pub fn push_settings(cli: &Cli) -> PushSettings {
     let defaults = PushSettings::default();
     PushSettings {
         max_concurrent_uploads: cli.global.max_concurrent_uploads,
-        retry_tick: env_number("HAUL_RETRY_TICK_MS").map_or(defaults.retry_tick, Duration::from_millis),
+        retry_tick: env_number("HAUL_RETRY_TICK_MS")
+            .map_or(defaults.retry_tick, Duration::from_millis),
         chunking: env_number("HAUL_PUSH_CHUNK_BYTES").map_or(defaults.chunking, |n| {
             haul_dist::Chunking {
                 above: n,

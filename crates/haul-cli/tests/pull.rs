@@ -476,11 +476,10 @@ fn schema1_manifests_from_old_registries_are_pulled() {
     haul_testkit::skopeo::run_skopeo(args).unwrap();
     let agent = env.registry.http_agent();
     let url = |tag: &str| format!("{}/v2/library/s1/manifests/{tag}", env.registry.url());
-    let schema1 = haul_testkit::http::send(
-        agent
-            .get(&url("src"))
-            .set("Accept", "application/vnd.docker.distribution.manifest.v1+prettyjws"),
-    )
+    let schema1 = haul_testkit::http::send(agent.get(&url("src")).set(
+        "Accept",
+        "application/vnd.docker.distribution.manifest.v1+prettyjws",
+    ))
     .unwrap();
     assert_eq!(
         schema1.content_type(),
@@ -495,13 +494,21 @@ fn schema1_manifests_from_old_registries_are_pulled() {
         bytes.as_bytes(),
     )
     .unwrap();
-    assert_eq!(stored.status(), 201, "the registry keeps the schema 1 manifest");
+    assert_eq!(
+        stored.status(),
+        201,
+        "the registry keeps the schema 1 manifest"
+    );
     let digest = stored.header("Docker-Content-Digest").unwrap().to_string();
 
     let reference = env.reference("library/s1:old");
     let out = env.haul(&["--progress", "plain", "pull", &reference]);
     assert_ok(&out);
-    assert!(stdout(&out).contains(&format!("Digest: {digest}")), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains(&format!("Digest: {digest}")),
+        "{}",
+        stdout(&out)
+    );
     let exported = env.dir("s1-export");
     assert_ok(&env.haul(&["export", &reference, exported.to_str().unwrap()]));
     let differences = image
@@ -518,5 +525,8 @@ fn schema1_manifests_from_old_registries_are_pulled() {
         .map(|l| l["diffID"].as_str().unwrap())
         .collect();
     let want: Vec<&str> = built.layers.iter().map(|l| l.diff_id.as_str()).collect();
-    assert_eq!(diff_ids, want, "the same layers, recognised by their diffIDs");
+    assert_eq!(
+        diff_ids, want,
+        "the same layers, recognised by their diffIDs"
+    );
 }

@@ -181,7 +181,9 @@ fn pushing_a_missing_image_names_it() {
 /// a fault proxy, and the proxy.
 fn pulled_big_image(env: &Env) -> (haul_testkit::image::BuiltImage, FaultProxy) {
     use haul_testkit::{Entry, LayerSpec};
-    let image = sample_image().layer(LayerSpec::gzip(vec![Entry::random("big", 0o644, 3_000_000, 8)]));
+    let image = sample_image().layer(LayerSpec::gzip(vec![Entry::random(
+        "big", 0o644, 3_000_000, 8,
+    )]));
     let built = env.put_image(&image, "library/big:1");
     let proxy = FaultProxy::start(&env.registry.host()).unwrap();
     assert_ok(&env.haul(&["pull", &format!("{}/library/big:1", proxy.authority())]));
@@ -191,24 +193,36 @@ fn pulled_big_image(env: &Env) -> (haul_testkit::image::BuiltImage, FaultProxy) 
 #[test]
 fn interrupted_chunked_push_resends_only_the_refused_chunk() {
     use haul_testkit::fault_proxy::{Fault, Match, Rule};
-    let Some(env) = Env::start(RegistryConfig::no_auth()) else { return };
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
     let (built, proxy) = pulled_big_image(&env);
     let target = Registry::start(RegistryConfig::no_auth()).unwrap();
     let target_proxy = FaultProxy::start(&target.host()).unwrap();
     let reference = format!("{}/library/big:1", target_proxy.authority());
-    assert_ok(&env.haul(&["tag", &format!("{}/library/big:1", proxy.authority()), &reference]));
+    assert_ok(&env.haul(&[
+        "tag",
+        &format!("{}/library/big:1", proxy.authority()),
+        &reference,
+    ]));
     let chunk: u64 = 500_000;
     // The third chunk of the big layer is refused twice, then accepted.
     let big = built.layers.last().unwrap();
     target_proxy.add_rule(
-        Rule::new(Match::path_contains("/blobs/uploads/").method("PATCH"), Fault::status(502))
-            .after(2)
-            .times(2),
+        Rule::new(
+            Match::path_contains("/blobs/uploads/").method("PATCH"),
+            Fault::status(502),
+        )
+        .after(2)
+        .times(2),
     );
-    let out = haul_command(env.root.path(), &["--max-concurrent-uploads", "1", "push", &reference])
-        .env("HAUL_PUSH_CHUNK_BYTES", chunk.to_string())
-        .output()
-        .unwrap();
+    let out = haul_command(
+        env.root.path(),
+        &["--max-concurrent-uploads", "1", "push", &reference],
+    )
+    .env("HAUL_PUSH_CHUNK_BYTES", chunk.to_string())
+    .output()
+    .unwrap();
     assert_ok(&out);
     let patched = target_proxy.request_bytes_matching("PATCH", "/blobs/uploads/");
     let chunked_total: u64 = built
@@ -231,19 +245,27 @@ fn interrupted_chunked_push_resends_only_the_refused_chunk() {
 #[test]
 fn rate_limited_push_waits_and_succeeds() {
     use haul_testkit::fault_proxy::{Fault, Match, Rule};
-    let Some(env) = Env::start(RegistryConfig::no_auth()) else { return };
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
     let (built, proxy) = pulled_big_image(&env);
     let target = Registry::start(RegistryConfig::no_auth()).unwrap();
     let target_proxy = FaultProxy::start(&target.host()).unwrap();
     let reference = format!("{}/library/big:1", target_proxy.authority());
-    assert_ok(&env.haul(&["tag", &format!("{}/library/big:1", proxy.authority()), &reference]));
-    target_proxy.add_rule(
-        Rule::new(Match::path_contains("/blobs/"), Fault::too_many_requests(1)).times(2),
-    );
+    assert_ok(&env.haul(&[
+        "tag",
+        &format!("{}/library/big:1", proxy.authority()),
+        &reference,
+    ]));
+    target_proxy
+        .add_rule(Rule::new(Match::path_contains("/blobs/"), Fault::too_many_requests(1)).times(2));
     let started = std::time::Instant::now();
     let out = env.haul(&["push", &reference]);
     assert_ok(&out);
-    assert!(started.elapsed() >= std::time::Duration::from_secs(1), "Retry-After was not waited out");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(1),
+        "Retry-After was not waited out"
+    );
     let inspected = haul_testkit::skopeo::skopeo_inspect(&target, "library/big:1").unwrap();
     assert_eq!(inspected["Digest"], built.manifest.digest.as_str());
 }

@@ -226,7 +226,15 @@ impl CopyBlob {
             id: id.clone(),
             size: self.size,
         };
-        upload_blob(&self.to, &self.digest, self.size, &source, session, self.chunking).await?;
+        upload_blob(
+            &self.to,
+            &self.digest,
+            self.size,
+            &source,
+            session,
+            self.chunking,
+        )
+        .await?;
         progress.update(&id, "Pushed");
         Ok(remote)
     }

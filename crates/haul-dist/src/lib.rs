@@ -13,6 +13,8 @@ mod push;
 mod resolve;
 mod schema1;
 mod store_layers;
+mod v1_pull;
+mod v1_push;
 
 pub use blob_upload::Chunking;
 pub use copy::{Copier, CopyOptions, CopyReport};
@@ -21,6 +23,8 @@ pub use pull::{PullOptions, PullReport, PullSettings, Puller};
 pub use push::{PushReport, PushSettings, Pusher};
 pub use resolve::{fetch_manifest, manifest_reference, resolve, Resolved};
 pub use store_layers::{StoreLayer, StoreLayers};
+pub use v1_pull::V1Puller;
+pub use v1_push::{V1PushReport, V1Pusher};
 
 pub use haul_oci as oci;
 pub use haul_registry as registry;

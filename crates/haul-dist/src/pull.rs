@@ -159,16 +159,29 @@ impl Puller {
                     let layers = record
                         .layers
                         .iter()
-                        .map(|l| (blob_info(&l.digest, l.size, &l.media_type), Some(l.diff_id.clone())))
+                        .map(|l| {
+                            (
+                                blob_info(&l.digest, l.size, &l.media_type),
+                                Some(l.diff_id.clone()),
+                            )
+                        })
                         .collect();
                     let diff_ids = self
-                        .download_layers(repo.clone(), reference, layers, &output, &cancel, &transferred)
+                        .download_layers(
+                            repo.clone(),
+                            reference,
+                            layers,
+                            &output,
+                            &cancel,
+                            &transferred,
+                        )
                         .await?;
                     if diff_ids != config.diff_ids() {
                         return Err(Error::Inconsistent {
                             reference: reference.to_string(),
-                            message: "the layers' content does not match the diffIDs of the image config"
-                                .into(),
+                            message:
+                                "the layers' content does not match the diffIDs of the image config"
+                                    .into(),
                         });
                     }
                     record
@@ -369,7 +382,10 @@ impl Puller {
             })?;
             layers.push((blob_info(digest, size, media_type::DOCKER_LAYER_GZIP), None));
         }
-        let sizes: Vec<(Digest, u64)> = layers.iter().map(|(b, _)| (b.digest.clone(), b.size)).collect();
+        let sizes: Vec<(Digest, u64)> = layers
+            .iter()
+            .map(|(b, _)| (b.digest.clone(), b.size))
+            .collect();
         let diff_ids = self
             .download_layers(repo.clone(), reference, layers, output, cancel, transferred)
             .await?;
@@ -378,12 +394,12 @@ impl Puller {
         let manifest_bytes =
             crate::schema1::schema2_manifest((&config_digest, config_bytes.len()), &sizes);
         let config = parse_image_config(config_bytes.clone())?;
-        let parsed = haul_oci::parse_manifest(manifest_bytes.clone(), Some(media_type::DOCKER_MANIFEST))?;
+        let parsed =
+            haul_oci::parse_manifest(manifest_bytes.clone(), Some(media_type::DOCKER_MANIFEST))?;
         self.put_blob(config_bytes, &config_digest).await?;
         self.put_blob(manifest_bytes, parsed.digest()).await?;
         Ok(ImageRecord::from_parts(&parsed, &config)?)
     }
-
 }
 
 /// What a layer fetch needs to know of a layer blob.

@@ -345,7 +345,15 @@ impl PushLayer {
             id: id.clone(),
             size: self.layer.size,
         };
-        upload_blob(&self.repo, digest, self.layer.size, &source, session, self.chunking).await?;
+        upload_blob(
+            &self.repo,
+            digest,
+            self.layer.size,
+            &source,
+            session,
+            self.chunking,
+        )
+        .await?;
         progress.update(&id, "Pushed");
         self.record_source().await;
         Ok(self.remote())

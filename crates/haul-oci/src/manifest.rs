@@ -206,7 +206,9 @@ pub fn parse_manifest_with_limit(
     let digest = match &manifest {
         // A signed schema 1 manifest is known by the digest of its payload
         // without the signatures, as registries compute it.
-        Manifest::Schema1(m) if m.is_signed() => Digest::sha256_of(&schema1::signed_payload(&bytes)?),
+        Manifest::Schema1(m) if m.is_signed() => {
+            Digest::sha256_of(&schema1::signed_payload(&bytes)?)
+        }
         _ => Digest::sha256_of(&bytes),
     };
     Ok(ParsedManifest {

@@ -118,6 +118,18 @@ impl RegistryClient {
         host.authenticate_to_base().await
     }
 
+    /// The credentials used for `registry`: those set with
+    /// [`RegistryClient::set_credentials`], else the stored ones.
+    pub(crate) fn credentials_for(&self, registry: &str) -> Result<Option<Credentials>> {
+        if let Some(c) = lock(&self.inner.static_credentials).get(registry) {
+            return Ok(Some(c.clone()));
+        }
+        match &self.inner.config.credentials {
+            Some(store) => store.get(registry),
+            None => Ok(None),
+        }
+    }
+
     fn host(&self, registry: &str) -> Result<Arc<Host>> {
         if let Some(host) = lock(&self.inner.hosts).get(registry) {
             return Ok(host.clone());

@@ -29,6 +29,7 @@ mod referrers;
 mod repository;
 mod tls;
 mod upload;
+pub mod v1;
 
 pub use blob::{BlobBody, ByteStream};
 pub use client::RegistryClient;

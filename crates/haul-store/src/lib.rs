@@ -93,6 +93,7 @@ mod layout;
 mod lock;
 mod refs;
 pub mod unpack;
+mod v1meta;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -109,6 +110,7 @@ pub use layout::{ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME};
 pub use lock::Lease;
 pub use refs::RemovedImage;
 pub use unpack::{UnpackOptions, UnpackReport};
+pub use v1meta::V1Layer;
 
 use crate::error::IoContext;
 use crate::fsutil::create_dirs;

@@ -21,6 +21,7 @@ pub mod skopeo;
 pub mod tls;
 pub mod token_server;
 pub mod umoci;
+pub mod v1_registry;
 
 pub use error::{Error, Result};
 pub use fault_proxy::{Fault, FaultProxy, Match, RequestRecord, Rule, StorageRequest};

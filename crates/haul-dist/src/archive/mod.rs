@@ -154,7 +154,6 @@ const COPY_BUFFER: usize = 256 * 1024;
 
 pub use crate::error::{Error, Result};
 
-
 pub(crate) trait IoContext<T> {
     fn at(self, path: &Path) -> Result<T>;
 }

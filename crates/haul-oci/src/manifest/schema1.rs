@@ -90,8 +90,8 @@ impl Schema1Manifest {
 /// document belong to it (`formatLength`) and which bytes close it
 /// (`formatTail`, base64url).
 pub fn signed_payload(bytes: &[u8]) -> Result<Vec<u8>> {
-    use base64::Engine;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
 
     let fail = |reason: &str| Error::InvalidDocument {
         what: "signed schema 1 manifest",
@@ -112,9 +112,13 @@ pub fn signed_payload(bytes: &[u8]) -> Result<Vec<u8>> {
         format_tail: String,
     }
     let signed: Signed = serde_json::from_slice(bytes).map_err(|_| fail("no signatures"))?;
-    let first = signed.signatures.first().ok_or_else(|| fail("no signatures"))?;
+    let first = signed
+        .signatures
+        .first()
+        .ok_or_else(|| fail("no signatures"))?;
     let decode = |text: &str| URL_SAFE_NO_PAD.decode(text.trim_end_matches('='));
-    let protected = decode(&first.protected).map_err(|_| fail("protected header is not base64url"))?;
+    let protected =
+        decode(&first.protected).map_err(|_| fail("protected header is not base64url"))?;
     let protected: Protected =
         serde_json::from_slice(&protected).map_err(|_| fail("unreadable protected header"))?;
     let tail = decode(&protected.format_tail).map_err(|_| fail("formatTail is not base64url"))?;
@@ -132,8 +136,8 @@ mod payload_tests {
 
     #[test]
     fn signed_payload_is_the_head_plus_the_tail() {
-        use base64::Engine;
         use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use base64::Engine;
         let payload = b"{\n   \"schemaVersion\": 1,\n   \"name\": \"a\"\n}";
         let head_len = payload.len() - 2; // "\n}" closes the document
         let tail = URL_SAFE_NO_PAD.encode(&payload[head_len..]);
