@@ -2,14 +2,16 @@
 //! `docker-archive:` endpoints go through a temporary store.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
+use haul_dist::archive::{self, LoadOptions};
 use haul_dist::oci::{Platform, Reference};
 use haul_dist::registry::RegistryClient;
+use haul_dist::store::Store;
 use haul_dist::xfer::{ChannelOutput, ProgressOutput};
-use haul_dist::{Copier, CopyOptions};
+use haul_dist::{Copier, CopyOptions, PullOptions, Puller, Pusher};
 
 use crate::cli::Cli;
 use crate::render;
@@ -57,9 +59,6 @@ pub fn parse_endpoint(text: &str) -> anyhow::Result<Endpoint> {
 pub fn run(cli: &Cli, source: &str, destination: &str, all_platforms: bool) -> anyhow::Result<()> {
     let source = parse_endpoint(source)?;
     let destination = parse_endpoint(destination)?;
-    let (Endpoint::Registry(from), Endpoint::Registry(to)) = (&source, &destination) else {
-        bail!("copying to or from oci: and docker-archive: is not available in this build yet");
-    };
     let platform = cli
         .global
         .platform
@@ -72,27 +71,156 @@ pub fn run(cli: &Cli, source: &str, destination: &str, all_platforms: bool) -> a
         cli.global.quiet,
         std::io::stdout().is_terminal(),
     );
-    let options = CopyOptions {
-        platform,
-        all_platforms,
-    };
     settings::runtime()?.block_on(async {
-        let copier = Copier::new(client, &settings::push_settings(cli));
         let (output, receiver) = ChannelOutput::new();
         let renderer = tokio::task::spawn_blocking(move || {
             render::render_blocking(kind, receiver, std::io::stdout().lock())
         });
         let output: Arc<dyn ProgressOutput> = Arc::new(output);
-        let result = copier
-            .copy(from, to, &options, output, settings::cancel_on_interrupt())
-            .await;
+        let result = match (&source, &destination) {
+            (Endpoint::Registry(from), Endpoint::Registry(to)) => {
+                let copier = Copier::new(client, &settings::push_settings(cli));
+                let options = CopyOptions {
+                    platform,
+                    all_platforms,
+                };
+                copier
+                    .copy(from, to, &options, output, settings::cancel_on_interrupt())
+                    .await
+                    .map(|report| Some(to.with_digest(report.digest)))
+                    .map_err(anyhow::Error::from)
+            }
+            _ => via_temporary_store(cli, client, &source, &destination, platform, output).await,
+        };
         let _ = renderer.await;
-        let report = result
-            .with_context(|| format!("failed to copy {} to {}", from.familiar(), to.familiar()))?;
-        if cli.global.quiet {
-            println!("{}", to.with_digest(report.digest));
+        let done = result.with_context(|| {
+            format!(
+                "failed to copy {} to {}",
+                shown(&source),
+                shown(&destination)
+            )
+        })?;
+        if let (true, Some(reference)) = (cli.global.quiet, done) {
+            println!("{reference}");
         }
         Ok(())
+    })
+}
+
+/// How an endpoint is named in messages.
+fn shown(endpoint: &Endpoint) -> String {
+    match endpoint {
+        Endpoint::Registry(r) => r.familiar(),
+        Endpoint::Oci {
+            dir,
+            tag: Some(tag),
+        } => format!("oci:{}:{tag}", dir.display()),
+        Endpoint::Oci { dir, tag: None } => format!("oci:{}", dir.display()),
+        Endpoint::DockerArchive(file) => format!("docker-archive:{}", file.display()),
+    }
+}
+
+/// Copies to or from `oci:` and `docker-archive:` through a store in a
+/// temporary directory (never the user's): the source is pulled (blobs
+/// only) or loaded into it, then pushed or saved from it.
+async fn via_temporary_store(
+    cli: &Cli,
+    client: RegistryClient,
+    source: &Endpoint,
+    destination: &Endpoint,
+    platform: Option<Platform>,
+    output: Arc<dyn ProgressOutput>,
+) -> anyhow::Result<Option<Reference>> {
+    let scratch = tempfile::Builder::new().prefix("haul-copy-").tempdir()?;
+    let store = Store::open(scratch.path())?;
+    let cancel = settings::cancel_on_interrupt();
+    // 1. The source into the scratch store, under one reference.
+    let image = match source {
+        Endpoint::Registry(from) => {
+            let puller = Puller::new(
+                client.clone(),
+                store.clone(),
+                &settings::pull_settings(cli, false),
+            );
+            let options = PullOptions {
+                platform: platform.clone(),
+                all_platforms: false,
+            };
+            puller
+                .pull(from, &options, Arc::clone(&output), cancel.clone())
+                .await?;
+            from.clone()
+        }
+        Endpoint::Oci { dir, tag } => load_one(&store, dir, tag.as_deref(), platform.clone())?,
+        Endpoint::DockerArchive(file) => load_one(&store, file, None, platform.clone())?,
+    };
+    // 2. From there to the destination.
+    match destination {
+        Endpoint::Registry(to) => {
+            let record = store
+                .resolve(&image)?
+                .with_context(|| format!("{} vanished from the scratch store", image.familiar()))?;
+            store.tag(to, &record.id)?;
+            let pusher = Pusher::new(client, store.clone(), &settings::push_settings(cli));
+            let report = pusher.push(to, output, cancel).await?;
+            Ok(Some(to.with_digest(report.digest)))
+        }
+        Endpoint::Oci { dir, tag } => {
+            let named = match tag {
+                Some(tag) => {
+                    let renamed = image.without_digest().with_tag(tag)?;
+                    let record = store
+                        .resolve(&image)?
+                        .context("the copied image vanished")?;
+                    store.tag(&renamed, &record.id)?;
+                    renamed
+                }
+                None => image,
+            };
+            drop(output);
+            archive::save_oci_layout(&store, std::slice::from_ref(&named), dir)?;
+            Ok(None)
+        }
+        Endpoint::DockerArchive(file) => {
+            drop(output);
+            archive::save_docker_archive(&store, std::slice::from_ref(&image), file)?;
+            Ok(None)
+        }
+    }
+}
+
+/// Loads an archive or layout into `store` and returns the reference of
+/// the image `tag` names (or its only image).
+fn load_one(
+    store: &Store,
+    input: &Path,
+    tag: Option<&str>,
+    platform: Option<Platform>,
+) -> anyhow::Result<Reference> {
+    let options = LoadOptions {
+        platform,
+        ..LoadOptions::default()
+    };
+    let report = archive::load(store, input, &options)?;
+    let references: Vec<&Reference> = report
+        .images
+        .iter()
+        .flat_map(|i| i.references.iter().map(|(r, _)| r))
+        .collect();
+    let chosen = match tag {
+        Some(tag) => references.iter().find(|r| r.tag() == Some(tag)),
+        None if report.images.len() == 1 => references.first(),
+        None => bail!(
+            "{} holds several images: name one with :TAG",
+            input.display()
+        ),
+    };
+    chosen.map(|r| (*r).clone()).with_context(|| {
+        format!(
+            "{} has no image tagged {}",
+            input.display(),
+            tag.unwrap_or("")
+        )
     })
 }
 

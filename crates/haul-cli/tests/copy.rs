@@ -139,3 +139,81 @@ fn copy_between_registries_streams_every_blob_once() {
     let inspected = haul_testkit::skopeo::skopeo_inspect(&target, "library/dst:1").unwrap();
     assert_eq!(inspected["Digest"], built.manifest.digest.as_str());
 }
+
+#[test]
+fn copy_to_and_from_oci_layouts_and_docker_archives() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let built = env.put_image(&sample_image(), "library/src:1");
+    let layout = env.dir("copied-layout");
+    let out = env.haul(&[
+        "copy",
+        &env.reference("library/src:1"),
+        &format!("oci:{}:v1", layout.display()),
+    ]);
+    assert_ok(&out);
+    let raw = haul_testkit::skopeo::run_skopeo([
+        "inspect",
+        "--raw",
+        &format!("oci:{}:v1", layout.display()),
+    ])
+    .unwrap();
+    assert_eq!(
+        raw, built.manifest_bytes,
+        "the OCI layout holds the same manifest"
+    );
+
+    // From the layout to a registry: the same digest arrives.
+    let out = env.haul(&[
+        "copy",
+        &format!("oci:{}:v1", layout.display()),
+        &env.reference("library/from-oci:1"),
+    ]);
+    assert_ok(&out);
+    let inspected =
+        haul_testkit::skopeo::skopeo_inspect(&env.registry, "library/from-oci:1").unwrap();
+    assert_eq!(inspected["Digest"], built.manifest.digest.as_str());
+
+    // A docker-archive written by haul copy is read by skopeo, and copied
+    // back to a registry with the same layers.
+    let archive = env.dir("copied.tar");
+    assert_ok(&env.haul(&[
+        "copy",
+        &env.reference("library/src:1"),
+        &format!("docker-archive:{}", archive.display()),
+    ]));
+    let from_archive = haul_testkit::skopeo::run_skopeo([
+        "inspect",
+        &format!("docker-archive:{}", archive.display()),
+    ])
+    .unwrap();
+    let from_archive: serde_json::Value = serde_json::from_slice(&from_archive).unwrap();
+    let diff_ids: Vec<&str> = built.layers.iter().map(|l| l.diff_id.as_str()).collect();
+    let layers: Vec<&str> = from_archive["Layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        layers, diff_ids,
+        "docker-archive layers are the uncompressed diffs"
+    );
+    assert_ok(&env.haul(&[
+        "copy",
+        &format!("docker-archive:{}", archive.display()),
+        &env.reference("library/from-archive:1"),
+    ]));
+    let config =
+        haul_testkit::skopeo::skopeo_inspect_config(&env.registry, "library/from-archive:1")
+            .unwrap();
+    assert_eq!(
+        config, built.config_bytes,
+        "the image config survives the round trip"
+    );
+    assert!(
+        !env.root.path().join("content").exists(),
+        "copy wrote to the local store"
+    );
+}
