@@ -87,13 +87,7 @@ impl Puller {
     /// A puller writing into `store`.
     pub fn new(client: RegistryClient, store: Store, settings: &PullSettings) -> Self {
         let unpack = settings.unpack.then(UnpackOptions::default);
-        let layers = Arc::new(StoreLayers::new(store.clone(), unpack));
-        let retry = RetryPolicy::default()
-            .with_max_attempts(settings.max_download_attempts)
-            .with_tick(settings.retry_tick);
-        let downloads = DownloadManager::new(Arc::clone(&layers))
-            .with_concurrency(settings.max_concurrent_downloads)
-            .with_retry_policy(retry);
+        let (layers, downloads) = layer_downloads(&store, unpack, settings);
         Self {
             client,
             store,
@@ -400,6 +394,23 @@ impl Puller {
         self.put_blob(manifest_bytes, parsed.digest()).await?;
         Ok(ImageRecord::from_parts(&parsed, &config)?)
     }
+}
+
+/// The layers of `store` as the download manager sees them, and a download
+/// manager over them with the settings' limit and retry policy.
+pub(crate) fn layer_downloads(
+    store: &Store,
+    unpack: Option<UnpackOptions>,
+    settings: &PullSettings,
+) -> (SharedLayers, DownloadManager<StoreLayers>) {
+    let layers = Arc::new(StoreLayers::new(store.clone(), unpack));
+    let retry = RetryPolicy::default()
+        .with_max_attempts(settings.max_download_attempts)
+        .with_tick(settings.retry_tick);
+    let downloads = DownloadManager::new(Arc::clone(&layers))
+        .with_concurrency(settings.max_concurrent_downloads)
+        .with_retry_policy(retry);
+    (layers, downloads)
 }
 
 /// What a layer fetch needs to know of a layer blob.

@@ -50,49 +50,68 @@ pub(crate) fn plan(manifest: &Schema1Manifest, reference: &str) -> Result<Schema
 impl Schema1Plan {
     /// The image config, with the layers' diffIDs (bottom first).
     pub(crate) fn config(&self, diff_ids: &[Digest]) -> Result<Vec<u8>> {
-        let (top, _) = self
-            .history
-            .last()
-            .ok_or_else(|| Error::Internal("empty schema 1 history".into()))?;
-        let mut config = top.clone();
-        for field in ["id", "parent", "Size", "parent_id", "layer_id", "throwaway"] {
-            config.remove(field);
-        }
-        let history: Vec<Value> = self
-            .history
-            .iter()
-            .map(|(v1, throwaway)| {
-                let created_by = v1
-                    .get("container_config")
-                    .and_then(|c| c.get("Cmd"))
-                    .and_then(Value::as_array)
-                    .map(|cmd| {
-                        cmd.iter()
-                            .filter_map(Value::as_str)
-                            .collect::<Vec<_>>()
-                            .join(" ")
-                    })
-                    .unwrap_or_default();
-                let mut entry = Map::new();
-                for field in ["created", "author", "comment"] {
-                    if let Some(v) = v1.get(field).filter(|v| !v.is_null() && *v != "") {
-                        entry.insert(field.into(), v.clone());
-                    }
-                }
-                entry.insert("created_by".into(), Value::String(created_by));
-                if *throwaway {
-                    entry.insert("empty_layer".into(), Value::Bool(true));
-                }
-                Value::Object(entry)
-            })
-            .collect();
-        config.insert(
-            "rootfs".into(),
-            json!({"type": "layers", "diff_ids": diff_ids.iter().map(ToString::to_string).collect::<Vec<_>>()}),
-        );
-        config.insert("history".into(), Value::Array(history));
-        serde_json::to_vec(&Value::Object(config)).map_err(|e| Error::Internal(e.to_string()))
+        config_from_v1_chain(&self.history, diff_ids)
     }
+}
+
+/// Docker's `MakeConfigFromV1Config` with `HistoryFromConfig`: the top v1
+/// image JSON without its v1-only fields, with `rootfs` (the diffIDs) and
+/// one history entry per v1 image of the chain (`history`: bottom first,
+/// each with whether it adds no layer). Used for schema 1 manifests and for
+/// the v1 protocol, whose images are the same v1 JSON chain.
+pub(crate) fn config_from_v1_chain(
+    history: &[(Map<String, Value>, bool)],
+    diff_ids: &[Digest],
+) -> Result<Vec<u8>> {
+    let (top, _) = history
+        .last()
+        .ok_or_else(|| Error::Internal("an image without any v1 history".into()))?;
+    let mut config = top.clone();
+    for field in ["id", "parent", "Size", "parent_id", "layer_id", "throwaway"] {
+        config.remove(field);
+    }
+    let entries: Vec<Value> = history
+        .iter()
+        .map(|(v1, throwaway)| {
+            let mut entry = Map::new();
+            for field in ["created", "author", "comment"] {
+                if let Some(v) = v1
+                    .get(field)
+                    .filter(|v| v.as_str().is_some_and(|s| !s.is_empty()))
+                {
+                    entry.insert(field.into(), v.clone());
+                }
+            }
+            let created_by = v1
+                .get("container_config")
+                .and_then(|c| c.get("Cmd"))
+                .and_then(Value::as_array)
+                .map(|cmd| {
+                    cmd.iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default();
+            if !created_by.is_empty() {
+                entry.insert("created_by".into(), Value::String(created_by));
+            }
+            if *throwaway {
+                entry.insert("empty_layer".into(), Value::Bool(true));
+            }
+            Value::Object(entry)
+        })
+        .collect();
+    config.insert(
+        "rootfs".into(),
+        json!({"type": "layers", "diff_ids": diff_ids.iter().map(ToString::to_string).collect::<Vec<_>>()}),
+    );
+    config.insert("history".into(), Value::Array(entries));
+    config
+        .entry("architecture")
+        .or_insert_with(|| "amd64".into());
+    config.entry("os").or_insert_with(|| "linux".into());
+    serde_json::to_vec(&Value::Object(config)).map_err(|e| Error::Internal(e.to_string()))
 }
 
 /// A Docker schema 2 manifest over a config and layer blobs (digest, size).

@@ -27,7 +27,6 @@ use haul_registry::RegistryClient;
 use haul_store::{ImageRecord, IngestOutcome, Store, UnpackOptions, V1Layer};
 use haul_xfer::{
     short_id, DiffId, DownloadDescriptor, DownloadManager, LayerBlob, Progress, ProgressOutput,
-    RetryPolicy,
 };
 use serde_json::{json, Map, Value};
 use tokio::io::AsyncWriteExt;
@@ -55,16 +54,8 @@ impl V1Puller {
     /// A puller writing into `store`. v1 layers are always unpacked: their
     /// diffIDs are known only that way.
     pub fn new(client: RegistryClient, store: Store, settings: &PullSettings) -> Self {
-        let layers = Arc::new(StoreLayers::new(
-            store.clone(),
-            Some(UnpackOptions::default()),
-        ));
-        let retry = RetryPolicy::default()
-            .with_max_attempts(settings.max_download_attempts)
-            .with_tick(settings.retry_tick);
-        let downloads = DownloadManager::new(Arc::clone(&layers))
-            .with_concurrency(settings.max_concurrent_downloads)
-            .with_retry_policy(retry);
+        let (layers, downloads) =
+            crate::pull::layer_downloads(&store, Some(UnpackOptions::default()), settings);
         Self {
             client,
             store,
@@ -321,60 +312,14 @@ fn layer_media_type(store: &Store, blob: &Digest) -> &'static str {
     }
 }
 
-/// Docker's `MakeConfigFromV1Config` with `HistoryFromConfig`: the top
-/// image's JSON without the v1-only fields, with `rootfs` (the diffIDs)
-/// and one history entry per v1 image of the chain (root first).
+/// The config of a v1 chain (root first), as for schema 1 manifests.
 fn config_from_v1(chain: &[&[u8]], diff_ids: &[Digest]) -> std::result::Result<Vec<u8>, String> {
-    let mut history = Vec::with_capacity(chain.len());
-    let mut top = Map::new();
-    for (i, raw) in chain.iter().enumerate() {
-        let map: Map<String, Value> = serde_json::from_slice(raw).map_err(|e| e.to_string())?;
-        let mut entry = Map::new();
-        for (from, to) in [
-            ("created", "created"),
-            ("author", "author"),
-            ("comment", "comment"),
-        ] {
-            if let Some(v) = map
-                .get(from)
-                .filter(|v| v.as_str().is_some_and(|s| !s.is_empty()))
-            {
-                entry.insert(to.into(), v.clone());
-            }
-        }
-        let created_by = map
-            .get("container_config")
-            .and_then(|c| c.get("Cmd"))
-            .and_then(Value::as_array)
-            .map(|cmd| {
-                cmd.iter()
-                    .filter_map(Value::as_str)
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            })
-            .unwrap_or_default();
-        if !created_by.is_empty() {
-            entry.insert("created_by".into(), created_by.into());
-        }
-        history.push(Value::Object(entry));
-        if i + 1 == chain.len() {
-            top = map;
-        }
-    }
-    for key in ["id", "parent", "Size", "parent_id", "layer_id", "throwaway"] {
-        top.remove(key);
-    }
-    top.insert(
-        "rootfs".into(),
-        json!({
-            "type": "layers",
-            "diff_ids": diff_ids.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
-        }),
-    );
-    top.insert("history".into(), Value::Array(history));
-    top.entry("architecture").or_insert_with(|| "amd64".into());
-    top.entry("os").or_insert_with(|| "linux".into());
-    serde_json::to_vec(&top).map_err(|e| e.to_string())
+    let history = chain
+        .iter()
+        .map(|raw| serde_json::from_slice::<Map<String, Value>>(raw).map(|m| (m, false)))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    crate::schema1::config_from_v1_chain(&history, diff_ids).map_err(|e| e.to_string())
 }
 
 /// One v1 image's layer, as the download manager sees it.
