@@ -13,9 +13,11 @@ use tokio::io::AsyncRead;
 use crate::error::Result;
 
 /// Blobs above this size are sent in chunks, by default.
-pub const DEFAULT_CHUNKED_ABOVE: u64 = 64 * 1024 * 1024;
-/// Size of one chunk (held in memory while it is sent), by default.
-pub const DEFAULT_CHUNK_SIZE: usize = 8 * 1024 * 1024;
+pub const DEFAULT_CHUNKED_ABOVE: u64 = 256 * 1024 * 1024;
+/// Size of one chunk, by default. Chunks stream from the source, so their
+/// size costs no memory; each costs a round trip, and an interrupted upload
+/// goes on from the last chunk the registry took.
+pub const DEFAULT_CHUNK_SIZE: usize = 256 * 1024 * 1024;
 
 /// A blob source that reports "Pushing" progress as it is read.
 pub(crate) struct ProgressSource<'a> {

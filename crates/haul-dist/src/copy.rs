@@ -207,12 +207,15 @@ impl CopyBlob {
         }
         let mut session = None;
         if self.from.registry() == self.to.registry() {
-            match self.to.mount_blob(&self.digest, self.from.name()).await? {
-                MountOutcome::Mounted => {
+            // A refused mount (no pull right on the source, say) is not
+            // fatal: the blob is then streamed like any other.
+            match self.to.mount_blob(&self.digest, self.from.name()).await {
+                Ok(MountOutcome::Mounted) => {
                     progress.update(&id, &format!("Mounted from {}", self.from.name()));
                     return Ok(remote);
                 }
-                MountOutcome::Upload(s) => session = Some(s),
+                Ok(MountOutcome::Upload(s)) => session = Some(s),
+                Err(e) => tracing::debug!("mount of {} failed, streaming it: {e}", self.digest),
             }
         }
         let source = RegistrySource {

@@ -245,6 +245,9 @@ pub(crate) struct Host {
     credentials: Option<Credentials>,
     challenge: Mutex<Option<Challenge>>,
     tokens: TokenCache,
+    /// Held while a token is fetched, so concurrent requests needing one
+    /// wait for the first fetch and use its token instead of each asking.
+    token_fetch: tokio::sync::Mutex<()>,
     retry: RetryPolicy,
 }
 
@@ -271,6 +274,7 @@ impl Host {
             credentials,
             challenge: Mutex::new(None),
             tokens: TokenCache::default(),
+            token_fetch: tokio::sync::Mutex::new(()),
             retry: config.retry.clone(),
         })
     }
@@ -436,6 +440,10 @@ impl Host {
         match challenge {
             None => Ok(None),
             Some(c) if c.is_bearer() => {
+                if let Some(t) = self.tokens.get(&scope_key(scopes)) {
+                    return Ok(Some(format!("Bearer {t}")));
+                }
+                let _fetching = self.token_fetch.lock().await;
                 if let Some(t) = self.tokens.get(&scope_key(scopes)) {
                     return Ok(Some(format!("Bearer {t}")));
                 }

@@ -372,34 +372,15 @@ impl Repository {
         source: &dyn BlobSource,
         chunk_size: usize,
     ) -> Result<()> {
-        let chunk_size = chunk_size.max(1);
+        let chunk_size = chunk_size.max(1) as u64;
         let max_attempts = self.client.config().retry.max_attempts;
         let mut failures = 0;
-        let io = |e: std::io::Error| Error::Io {
-            path: format!("blob {digest}"),
-            source: e,
-        };
-        let mut reader = source.open(session.offset).map_err(io)?;
-        let mut reader_at = session.offset;
         while session.offset < size {
-            if reader_at != session.offset {
-                reader = source.open(session.offset).map_err(io)?;
-                reader_at = session.offset;
-            }
-            let want = chunk_size.min((size - session.offset) as usize);
-            let chunk = read_chunk(&mut reader, want).await.map_err(io)?;
-            reader_at += chunk.len() as u64;
-            if chunk.len() != want {
-                let _ = self.cancel_upload(session).await;
-                return Err(Error::Io {
-                    path: format!("blob {digest}"),
-                    source: std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        format!("the source ended before its size of {size} bytes"),
-                    ),
-                });
-            }
-            match self.upload_chunk(&mut session, chunk).await {
+            let length = chunk_size.min(size - session.offset);
+            match self
+                .upload_chunk_from(&mut session, source, length, digest)
+                .await
+            {
                 Ok(()) => failures = 0,
                 Err(e) if e.is_retryable() && failures + 1 < max_attempts => {
                     failures += 1;
@@ -418,24 +399,45 @@ impl Repository {
         }
         self.finish_upload(session, digest, None).await
     }
-}
 
-async fn read_chunk(
-    reader: &mut Pin<Box<dyn AsyncRead + Send>>,
-    want: usize,
-) -> std::io::Result<Bytes> {
-    let mut buf = BytesMut::with_capacity(want);
-    while buf.len() < want {
-        let n = reader
-            .as_mut()
-            .take((want - buf.len()) as u64)
-            .read_buf(&mut buf)
+    /// Sends the next `length` bytes of `source` (from the session's
+    /// offset) as one chunk, streamed from the source, never held whole in
+    /// memory: chunks can be large, so a big blob costs few round trips
+    /// and still resumes at a chunk boundary.
+    async fn upload_chunk_from(
+        &self,
+        session: &mut UploadSession,
+        source: &dyn BlobSource,
+        length: u64,
+        digest: &Digest,
+    ) -> Result<()> {
+        let op = self.upload_op(None, "PATCH upload chunk", self.push_scope());
+        let start = session.offset;
+        let end = start + length - 1;
+        let url = session.location.clone();
+        let resp = self
+            .host
+            .send(&op, &|http| {
+                let reader = source.open(start).map_err(|e| Error::Io {
+                    path: format!("blob {digest}"),
+                    source: e,
+                })?;
+                let body =
+                    Body::wrap_stream(tokio_util_reader_stream(Box::pin(reader.take(length))));
+                Ok(http
+                    .patch(url.clone())
+                    .header(CONTENT_TYPE, "application/octet-stream")
+                    .header(CONTENT_RANGE, format!("{start}-{end}"))
+                    .header(CONTENT_LENGTH, length)
+                    .body(body))
+            })
             .await?;
-        if n == 0 {
-            break;
+        if resp.status() != StatusCode::ACCEPTED {
+            return Err(self.host.status_error(&op, resp).await);
         }
+        *session = self.session_from(&resp, end + 1).await?;
+        Ok(())
     }
-    Ok(buf.freeze())
 }
 
 /// `Range: 0-N` (or `bytes=0-N`) of an upload session -> N+1 bytes held.
