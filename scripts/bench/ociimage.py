@@ -1,6 +1,6 @@
 """Build benchmark images of real file trees as OCI image layouts.
 
-Used by scripts/bench-pull (and meant to be reused by other benches). Python 3
+Used by scripts/bench-pull and scripts/bench-push (through imageset.py). Python 3
 standard library only; `pigz` is used for compression when installed (it is
 much faster on several cores), else `gzip`, both at level 1 with -n so that
 the output does not depend on file names or times.
