@@ -106,21 +106,7 @@ impl Repository {
         let registry = host.name.clone();
         let (start, total) = match resp.status() {
             StatusCode::PARTIAL_CONTENT if offset > 0 => {
-                let range = header_str(resp.headers(), CONTENT_RANGE.as_str()).unwrap_or_default();
-                let (first, total) =
-                    parse_content_range(&range).ok_or_else(|| Error::Protocol {
-                        registry: registry.clone(),
-                        message: format!("blob {digest}: unusable Content-Range {range:?}"),
-                    })?;
-                if first != offset {
-                    return Err(Error::Protocol {
-                        registry,
-                        message: format!(
-                            "blob {digest}: asked for bytes from {offset}, got a range starting at {first}"
-                        ),
-                    });
-                }
-                (first, total)
+                checked_range(resp.headers(), offset, &format!("blob {digest}"), &registry)?
             }
             StatusCode::OK => (0, resp.content_length()),
             StatusCode::RANGE_NOT_SATISFIABLE => {
@@ -203,12 +189,42 @@ impl Repository {
     }
 }
 
-/// `bytes START-END/TOTAL` -> (START, TOTAL if known).
+/// `bytes START-END/TOTAL` -> (START, TOTAL if known). The `bytes` unit is
+/// optional: the original v1 registry leaves it out.
 fn parse_content_range(value: &str) -> Option<(u64, Option<u64>)> {
-    let rest = value.trim().strip_prefix("bytes")?.trim_start();
+    let value = value.trim();
+    let rest = value
+        .strip_prefix("bytes")
+        .map(str::trim_start)
+        .unwrap_or(value);
     let (range, total) = rest.split_once('/')?;
     let (first, _last) = range.split_once('-')?;
     Some((first.trim().parse().ok()?, total.trim().parse().ok()))
+}
+
+/// Checks a 206 answer to a request for bytes from `offset` on: its
+/// `Content-Range` must be readable and start at `offset`. Returns the
+/// start and the whole size, when given.
+pub(crate) fn checked_range(
+    headers: &reqwest::header::HeaderMap,
+    offset: u64,
+    what: &str,
+    registry: &str,
+) -> Result<(u64, Option<u64>)> {
+    let value = header_str(headers, CONTENT_RANGE.as_str()).unwrap_or_default();
+    let (first, total) = parse_content_range(&value).ok_or_else(|| Error::Protocol {
+        registry: registry.to_string(),
+        message: format!("{what}: unusable Content-Range {value:?}"),
+    })?;
+    if first != offset {
+        return Err(Error::Protocol {
+            registry: registry.to_string(),
+            message: format!(
+                "{what}: asked for bytes from {offset}, got a range starting at {first}"
+            ),
+        });
+    }
+    Ok((first, total))
 }
 
 struct ResumeState {
@@ -350,7 +366,7 @@ mod tests {
             Some((100, Some(200)))
         );
         assert_eq!(parse_content_range("bytes 5-9/*"), Some((5, None)));
-        assert_eq!(parse_content_range("items 1-2/3"), None);
+        assert_eq!(parse_content_range("5-9/10"), Some((5, Some(10))));
         assert_eq!(parse_content_range("bytes x-2/3"), None);
     }
 }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use futures::{Stream, TryStreamExt};
-use reqwest::header::{CONTENT_RANGE, CONTENT_TYPE, RANGE};
+use reqwest::header::{CONTENT_TYPE, RANGE};
 use reqwest::StatusCode;
 use url::Url;
 
@@ -260,20 +260,12 @@ impl V1Session {
         let registry = self.registry.name().to_string();
         let (start, total) = match resp.status() {
             StatusCode::PARTIAL_CONTENT if offset > 0 => {
-                let value = header(resp.headers(), CONTENT_RANGE.as_str()).unwrap_or_default();
-                let (first, total) =
-                    parse_v1_content_range(&value).ok_or_else(|| Error::Protocol {
-                        registry: registry.clone(),
-                        message: format!("layer of {id}: unusable Content-Range {value:?}"),
-                    })?;
-                if first != offset {
-                    return Err(Error::Protocol {
-                        registry,
-                        message: format!(
-                            "layer of {id}: asked for bytes from {offset}, got a range starting at {first}"
-                        ),
-                    });
-                }
+                let (first, total) = crate::blob::checked_range(
+                    resp.headers(),
+                    offset,
+                    &format!("layer of {id}"),
+                    &registry,
+                )?;
                 (first, total.or(size))
             }
             s if s.is_success() => (0, resp.content_length().or(size)),
@@ -414,33 +406,5 @@ fn rebuild_error(
             status: s.as_u16(),
             message,
         },
-    }
-}
-
-/// `bytes N-M/SIZE` or the Python registry's `N-M/SIZE` -> (N, SIZE).
-fn parse_v1_content_range(value: &str) -> Option<(u64, Option<u64>)> {
-    let value = value.trim();
-    let rest = value
-        .strip_prefix("bytes")
-        .map(str::trim_start)
-        .unwrap_or(value);
-    let (range, total) = rest.split_once('/')?;
-    let (first, _last) = range.split_once('-')?;
-    Some((first.trim().parse().ok()?, total.trim().parse().ok()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn content_range_with_or_without_unit_is_read() {
-        assert_eq!(
-            parse_v1_content_range("bytes 10-19/20"),
-            Some((10, Some(20)))
-        );
-        assert_eq!(parse_v1_content_range("10-19/20"), Some((10, Some(20))));
-        assert_eq!(parse_v1_content_range("10-19/*"), Some((10, None)));
-        assert_eq!(parse_v1_content_range("x"), None);
     }
 }
