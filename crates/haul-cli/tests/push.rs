@@ -269,3 +269,69 @@ fn rate_limited_push_waits_and_succeeds() {
     let inspected = haul_testkit::skopeo::skopeo_inspect(&target, "library/big:1").unwrap();
     assert_eq!(inspected["Digest"], built.manifest.digest.as_str());
 }
+
+#[test]
+fn a_push_outliving_its_token_gets_a_new_one() {
+    use haul_testkit::fault_proxy::{Fault, Match, Rule};
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let (_built, proxy) = pulled_big_image(&env);
+    // The registry refuses a token after 2 s while the token server says
+    // 300 s, so haul keeps using it until the registry answers 401.
+    let mut config = RegistryConfig::token().with_token_lifetime(2);
+    config.token.exact_expiry = true;
+    config.token.advertised_lifetime_secs = Some(300);
+    let target = Registry::start(config).unwrap();
+    let target_proxy = FaultProxy::start(&target.host()).unwrap();
+    let user = target.credentials().unwrap();
+    assert_ok(
+        &haul_command(
+            env.root.path(),
+            &[
+                "login",
+                &target_proxy.authority(),
+                "-u",
+                &user.username,
+                "-p",
+                &user.password,
+            ],
+        )
+        .output()
+        .unwrap(),
+    );
+    let reference = format!("{}/slow/big:1", target_proxy.authority());
+    assert_ok(&env.haul(&[
+        "tag",
+        &format!("{}/library/big:1", proxy.authority()),
+        &reference,
+    ]));
+    // Each layer's existence check is answered 429 (Retry-After: 1) once,
+    // one layer at a time: the push lasts well past the token's 2 s.
+    target_proxy.add_rule(
+        Rule::new(
+            Match::path_contains("/blobs/sha256:").method("HEAD"),
+            Fault::too_many_requests(1),
+        )
+        .times(4),
+    );
+    let out = env.haul(&["--max-concurrent-uploads", "1", "push", &reference]);
+    assert_ok(&out);
+    // Tokens are cached for the 300 s announced: a scope asked for twice
+    // means the registry refused its token mid-push and haul got a new one.
+    let scopes: Vec<Vec<String>> = target
+        .token_server()
+        .unwrap()
+        .issued_tokens()
+        .into_iter()
+        .map(|t| t.requested_scopes)
+        .filter(|s| s.iter().any(|s| s.contains("slow/big")))
+        .collect();
+    let mut distinct = scopes.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert!(
+        scopes.len() > distinct.len(),
+        "no token was fetched again after expiring: {scopes:?}"
+    );
+}
