@@ -29,6 +29,29 @@ fn big_blob(built: &BuiltImage) -> &BlobRef {
     &built.layers.last().expect("the image has layers").blob
 }
 
+/// The big image in the registry, behind a fault proxy whose first GET of
+/// the big blob stalls for `stall` after `after_bytes`: the image, what was
+/// built, the proxy and the reference to pull through it.
+fn stalled_big_image(
+    env: &Env,
+    size: u64,
+    after_bytes: u64,
+    stall: Duration,
+) -> (ImageBuilder, BuiltImage, FaultProxy, String) {
+    let image = big_image(size);
+    let built = env.put_image(&image, "library/big:1");
+    let proxy = FaultProxy::start(&env.registry.host()).unwrap();
+    proxy.add_rule(
+        Rule::new(
+            Match::path_ends_with(big_blob(&built).digest.as_str()).method("GET"),
+            Fault::stall(after_bytes, stall),
+        )
+        .once(),
+    );
+    let reference = format!("{}/library/big:1", proxy.authority());
+    (image, built, proxy, reference)
+}
+
 /// Polls `condition` every 10 ms until it holds, failing the test after
 /// `timeout`.
 #[track_caller]
@@ -242,20 +265,10 @@ fn two_processes_pulling_one_image_fetch_each_blob_once() {
     let Some(env) = Env::start(RegistryConfig::no_auth()) else {
         return;
     };
-    let image = big_image(BIG);
-    let built = env.put_image(&image, "library/big:1");
-    let big = big_blob(&built);
-    let proxy = FaultProxy::start(&env.registry.host()).unwrap();
     // Whoever gets the big blob first holds its ingest lock for a while,
     // so the other process surely asks for it meanwhile.
-    proxy.add_rule(
-        Rule::new(
-            Match::path_ends_with(big.digest.as_str()).method("GET"),
-            Fault::stall(1_000_000, Duration::from_secs(2)),
-        )
-        .once(),
-    );
-    let reference = format!("{}/library/big:1", proxy.authority());
+    let (image, built, proxy, reference) =
+        stalled_big_image(&env, BIG, 1_000_000, Duration::from_secs(2));
     let args = ["--progress", "plain", "pull", reference.as_str()];
     let outputs = env.dir("out");
     let mut a = Running::spawn(haul_command(env.root.path(), &args), &outputs, "a");
@@ -295,18 +308,9 @@ fn stalled_connection_times_out_and_the_download_resumes() {
     let Some(env) = Env::start(RegistryConfig::no_auth()) else {
         return;
     };
-    let image = big_image(3_000_000);
-    let built = env.put_image(&image, "library/big:1");
+    let (image, built, proxy, reference) =
+        stalled_big_image(&env, 3_000_000, 1_000_000, Duration::from_secs(20));
     let big = big_blob(&built);
-    let proxy = FaultProxy::start(&env.registry.host()).unwrap();
-    proxy.add_rule(
-        Rule::new(
-            Match::path_ends_with(big.digest.as_str()).method("GET"),
-            Fault::stall(1_000_000, Duration::from_secs(20)),
-        )
-        .once(),
-    );
-    let reference = format!("{}/library/big:1", proxy.authority());
 
     let start = Instant::now();
     let out = haul_command(env.root.path(), &["pull", &reference])
@@ -527,18 +531,9 @@ fn interrupt_reaches_a_pull_waiting_for_another_process() {
     let Some(env) = Env::start(RegistryConfig::no_auth()) else {
         return;
     };
-    let image = big_image(3_000_000);
-    let built = env.put_image(&image, "library/big:1");
+    let (_image, built, proxy, reference) =
+        stalled_big_image(&env, 3_000_000, 1_000_000, Duration::from_secs(30));
     let big = big_blob(&built);
-    let proxy = FaultProxy::start(&env.registry.host()).unwrap();
-    proxy.add_rule(
-        Rule::new(
-            Match::path_ends_with(big.digest.as_str()).method("GET"),
-            Fault::stall(1_000_000, Duration::from_secs(30)),
-        )
-        .once(),
-    );
-    let reference = format!("{}/library/big:1", proxy.authority());
     let args = ["--progress", "plain", "pull", reference.as_str()];
     let outputs = env.dir("out");
 
@@ -586,18 +581,9 @@ fn a_pull_waiting_for_a_killed_process_resumes_its_partial() {
     let Some(env) = Env::start(RegistryConfig::no_auth()) else {
         return;
     };
-    let image = big_image(3_000_000);
-    let built = env.put_image(&image, "library/big:1");
+    let (image, built, proxy, reference) =
+        stalled_big_image(&env, 3_000_000, 1_000_000, Duration::from_secs(30));
     let big = big_blob(&built);
-    let proxy = FaultProxy::start(&env.registry.host()).unwrap();
-    proxy.add_rule(
-        Rule::new(
-            Match::path_ends_with(big.digest.as_str()).method("GET"),
-            Fault::stall(1_000_000, Duration::from_secs(30)),
-        )
-        .once(),
-    );
-    let reference = format!("{}/library/big:1", proxy.authority());
     let args = ["--progress", "plain", "pull", reference.as_str()];
     let outputs = env.dir("out");
 

@@ -190,6 +190,24 @@ fn pulled_big_image(env: &Env) -> (haul_testkit::image::BuiltImage, FaultProxy) 
     (built, proxy)
 }
 
+/// Tags the pulled big image for `target` (reached through a new fault
+/// proxy, returned with the reference).
+fn tagged_for(
+    env: &Env,
+    source: &FaultProxy,
+    target: &Registry,
+    name: &str,
+) -> (FaultProxy, String) {
+    let target_proxy = FaultProxy::start(&target.host()).unwrap();
+    let reference = format!("{}/{name}", target_proxy.authority());
+    assert_ok(&env.haul(&[
+        "tag",
+        &format!("{}/library/big:1", source.authority()),
+        &reference,
+    ]));
+    (target_proxy, reference)
+}
+
 #[test]
 fn interrupted_chunked_push_resends_only_the_refused_chunk() {
     use haul_testkit::fault_proxy::{Fault, Match, Rule};
@@ -198,13 +216,7 @@ fn interrupted_chunked_push_resends_only_the_refused_chunk() {
     };
     let (built, proxy) = pulled_big_image(&env);
     let target = Registry::start(RegistryConfig::no_auth()).unwrap();
-    let target_proxy = FaultProxy::start(&target.host()).unwrap();
-    let reference = format!("{}/library/big:1", target_proxy.authority());
-    assert_ok(&env.haul(&[
-        "tag",
-        &format!("{}/library/big:1", proxy.authority()),
-        &reference,
-    ]));
+    let (target_proxy, reference) = tagged_for(&env, &proxy, &target, "library/big:1");
     let chunk: u64 = 500_000;
     // The third chunk of the big layer is refused twice, then accepted.
     let big = built.layers.last().unwrap();
@@ -250,13 +262,7 @@ fn rate_limited_push_waits_and_succeeds() {
     };
     let (built, proxy) = pulled_big_image(&env);
     let target = Registry::start(RegistryConfig::no_auth()).unwrap();
-    let target_proxy = FaultProxy::start(&target.host()).unwrap();
-    let reference = format!("{}/library/big:1", target_proxy.authority());
-    assert_ok(&env.haul(&[
-        "tag",
-        &format!("{}/library/big:1", proxy.authority()),
-        &reference,
-    ]));
+    let (target_proxy, reference) = tagged_for(&env, &proxy, &target, "library/big:1");
     target_proxy
         .add_rule(Rule::new(Match::path_contains("/blobs/"), Fault::too_many_requests(1)).times(2));
     let started = std::time::Instant::now();
@@ -283,7 +289,7 @@ fn a_push_outliving_its_token_gets_a_new_one() {
     config.token.exact_expiry = true;
     config.token.advertised_lifetime_secs = Some(300);
     let target = Registry::start(config).unwrap();
-    let target_proxy = FaultProxy::start(&target.host()).unwrap();
+    let (target_proxy, reference) = tagged_for(&env, &proxy, &target, "slow/big:1");
     let user = target.credentials().unwrap();
     assert_ok(
         &haul_command(
@@ -300,12 +306,6 @@ fn a_push_outliving_its_token_gets_a_new_one() {
         .output()
         .unwrap(),
     );
-    let reference = format!("{}/slow/big:1", target_proxy.authority());
-    assert_ok(&env.haul(&[
-        "tag",
-        &format!("{}/library/big:1", proxy.authority()),
-        &reference,
-    ]));
     // Each layer's existence check is answered 429 (Retry-After: 1) once,
     // one layer at a time: the push lasts well past the token's 2 s.
     target_proxy.add_rule(
