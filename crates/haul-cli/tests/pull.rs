@@ -430,24 +430,44 @@ fn rmi_then_gc_frees_the_space() {
     let blobs = env.root.path().join("content/blobs/sha256");
     assert!(std::fs::read_dir(&blobs).unwrap().count() > 0);
     assert_ok(&env.haul(&["rmi", "local/copy:2"]));
-    // The digest reference still names it; remove that too.
-    let out = env.haul(&["images", "--format", "json"]);
-    let images: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // The pull also named the image by digest: while that stays, gc keeps it.
+    let by_digest = env.haul(&["images", "--format", "json"]);
+    let images: serde_json::Value = serde_json::from_slice(&by_digest.stdout).unwrap();
+    assert_eq!(images.as_array().unwrap().len(), 1, "{images}");
     assert!(
-        images.as_array().unwrap().is_empty() || images[0]["tag"].is_null(),
-        "{images}"
+        images[0]["tag"].is_null(),
+        "only the digest reference is left: {images}"
     );
+    let digest = images[0]["digest"].as_str().unwrap().to_string();
+    assert_ok(&env.haul(&["gc"]));
+    assert!(
+        std::fs::read_dir(&blobs).unwrap().count() > 0,
+        "a named image was collected"
+    );
+    let digest_reference = format!("{}@{digest}", env.reference("library/sample"));
+    assert_ok(&env.haul(&["rmi", &digest_reference]));
+
     let out = env.haul(&["gc"]);
     assert_ok(&out);
-    let layers = env.root.path().join("layers/sha256");
-    let remaining_layers = std::fs::read_dir(&layers).map(|d| d.count()).unwrap_or(0);
-    let remaining_blobs = std::fs::read_dir(&blobs).map(|d| d.count()).unwrap_or(0);
-    let out_images = env.haul(&["images", "--format", "json"]);
-    let images: serde_json::Value = serde_json::from_slice(&out_images.stdout).unwrap();
-    if images.as_array().unwrap().is_empty() {
-        assert_eq!(remaining_blobs, 0, "gc left blobs behind: {}", stdout(&out));
-        assert_eq!(remaining_layers, 0, "gc left layers behind");
-    }
+    let count = |dir: &str| {
+        std::fs::read_dir(env.root.path().join(dir))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    assert_eq!(
+        count("content/blobs/sha256"),
+        0,
+        "gc left blobs behind: {}",
+        stdout(&out)
+    );
+    assert_eq!(
+        count("layers/sha256"),
+        0,
+        "gc left layers behind: {}",
+        stdout(&out)
+    );
+    let images = env.haul(&["images", "--format", "json"]);
+    assert_eq!(stdout(&images).trim(), "[]");
 }
 
 #[test]
