@@ -195,7 +195,7 @@ pub enum Command {
     },
     /// Forget the credentials stored for a registry.
     Logout {
-        /// Registry host[:port] [default: docker.io].
+        /// Registry as HOST or HOST:PORT (default: docker.io).
         registry: Option<String>,
     },
     /// Print version information.
