@@ -198,8 +198,15 @@ pub enum Command {
         /// Registry as HOST or HOST:PORT (default: docker.io).
         registry: Option<String>,
     },
-    /// Print version information.
+    /// Print version information (with the commit it was built from).
     Version,
+    /// Print a shell completion script: `haul completion bash > /etc/bash_completion.d/haul`.
+    Completion {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Print haul's manual page (roff): `haul manpage | man -l -`.
+    Manpage,
 }
 
 /// Output format of listings.
@@ -238,6 +245,8 @@ impl Command {
             Command::Login { .. } => "login",
             Command::Logout { .. } => "logout",
             Command::Version => "version",
+            Command::Completion { .. } => "completion",
+            Command::Manpage => "manpage",
         }
     }
 }

@@ -33,7 +33,24 @@ fn main() -> ExitCode {
 fn run(cli: &Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Version => {
-            println!("haul {}", env!("CARGO_PKG_VERSION"));
+            println!(
+                "haul {} (commit {})",
+                env!("CARGO_PKG_VERSION"),
+                env!("HAUL_COMMIT")
+            );
+            Ok(())
+        }
+        Command::Completion { shell } => {
+            // Rendered first: clap_complete panics on a failed write.
+            let mut command = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut command, "haul", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout(), &script)?;
+            Ok(())
+        }
+        Command::Manpage => {
+            let command = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(command).render(&mut std::io::stdout())?;
             Ok(())
         }
         Command::Login {

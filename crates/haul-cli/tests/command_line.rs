@@ -57,17 +57,52 @@ fn help_lists_the_global_options() {
 }
 
 #[test]
-fn version_command_prints_name_and_crate_version() {
+fn version_command_prints_name_crate_version_and_commit() {
     let out = haul(&["version"]);
     assert!(
         out.status.success(),
         "haul version failed: {}",
         stderr(&out)
     );
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("git runs");
+    assert!(head.status.success(), "the tests run from a git checkout");
+    let commit = String::from_utf8_lossy(&head.stdout).trim().to_owned();
     assert_eq!(
         stdout(&out).trim(),
-        format!("haul {}", env!("CARGO_PKG_VERSION"))
+        format!("haul {} (commit {commit})", env!("CARGO_PKG_VERSION"))
     );
+}
+
+#[test]
+fn completion_scripts_name_every_command() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = haul(&["completion", shell]);
+        assert!(out.status.success(), "completion {shell}: {}", stderr(&out));
+        let script = stdout(&out);
+        for command in ["pull", "push", "copy", "save", "load", "login"] {
+            assert!(
+                script.contains(command),
+                "the {shell} completion lacks `{command}`"
+            );
+        }
+    }
+    let out = haul(&["completion", "tcsh"]);
+    assert_eq!(out.status.code(), Some(2), "an unknown shell is a usage error");
+}
+
+#[test]
+fn manpage_is_roff_naming_the_commands() {
+    let out = haul(&["manpage"]);
+    assert!(out.status.success(), "manpage: {}", stderr(&out));
+    let page = stdout(&out);
+    assert!(page.contains(".TH haul 1"), "not a roff man page:\n{page}");
+    for command in ["pull", "push", "copy", "export"] {
+        assert!(page.contains(command), "the man page lacks `{command}`");
+    }
 }
 
 #[test]
