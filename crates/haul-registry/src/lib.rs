@@ -1,6 +1,6 @@
 //! HTTP client for container registries: the OCI distribution API (Docker
-//! registry HTTP API v2). The legacy v1 protocol will sit beside it as its
-//! own module.
+//! registry HTTP API v2), and in the [`v1`] module the legacy Docker
+//! registry v1 protocol for registries that predate it.
 //!
 //! A [`RegistryClient`] holds what is learnt per registry: whether it speaks
 //! HTTPS or (loopback and insecure registries only) plain HTTP, the auth

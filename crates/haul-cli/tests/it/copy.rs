@@ -1,0 +1,217 @@
+//! `haul copy` between real registries, checked with skopeo.
+
+use crate::common::*;
+use haul_testkit::fault_proxy::FaultProxy;
+use haul_testkit::{sample_image, Registry, RegistryConfig};
+
+#[test]
+fn copy_of_an_index_keeps_every_platform_and_the_digest() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let built = env.put_index("library/multi:1");
+    let target = Registry::start(RegistryConfig::token()).unwrap();
+    let user = target.credentials().unwrap();
+    let login = haul_command(
+        env.root.path(),
+        &[
+            "login",
+            &target.host(),
+            "-u",
+            &user.username,
+            "-p",
+            &user.password,
+        ],
+    )
+    .output()
+    .unwrap();
+    assert_ok(&login);
+
+    let out = env.haul(&[
+        "--progress",
+        "plain",
+        "copy",
+        "--all-platforms",
+        &format!("docker://{}", env.reference("library/multi:1")),
+        &target.reference("copies/multi:1"),
+    ]);
+    assert_ok(&out);
+    let raw = haul_testkit::skopeo::skopeo_inspect_raw(&target, "copies/multi:1").unwrap();
+    assert_eq!(raw, built.index_bytes, "the index arrives byte for byte");
+    for image in &built.images {
+        let manifest = haul_testkit::skopeo::skopeo_inspect_raw(
+            &target,
+            &format!("copies/multi@{}", image.manifest.digest),
+        )
+        .unwrap();
+        assert_eq!(manifest, image.manifest_bytes);
+    }
+    assert!(
+        stdout(&out).contains(&format!("1: digest: {}", built.index.digest)),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        !env.root.path().join("content").exists(),
+        "copy wrote to the local store"
+    );
+}
+
+#[test]
+fn copy_without_all_platforms_takes_the_requested_platform() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let built = env.put_index("library/multi:1");
+    let out = env.haul(&[
+        "--platform",
+        "linux/arm64",
+        "copy",
+        &env.reference("library/multi:1"),
+        &env.reference("library/arm:1"),
+    ]);
+    assert_ok(&out);
+    let arm = built
+        .images
+        .iter()
+        .find(|i| i.platform.architecture == "arm64")
+        .unwrap();
+    let raw = haul_testkit::skopeo::skopeo_inspect_raw(&env.registry, "library/arm:1").unwrap();
+    assert_eq!(raw, arm.manifest_bytes);
+}
+
+#[test]
+fn copy_within_one_registry_moves_no_blob_bytes() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let built = env.put_image(&sample_image(), "library/src:1");
+    let proxy = FaultProxy::start(&env.registry.host()).unwrap();
+    let host = proxy.authority();
+    let out = env.haul(&[
+        "--progress",
+        "plain",
+        "copy",
+        &format!("{host}/library/src:1"),
+        &format!("{host}/other/dst:1"),
+    ]);
+    assert_ok(&out);
+    for layer in &built.layers {
+        assert!(
+            stdout(&out).contains(&format!(
+                "{}: Mounted from library/src",
+                short(&layer.blob.digest)
+            )),
+            "{}",
+            stdout(&out)
+        );
+    }
+    let moved = proxy.request_bytes_matching("PUT", "/blobs/")
+        + proxy.request_bytes_matching("PATCH", "/blobs/")
+        + proxy.response_bytes_matching("GET", "/blobs/");
+    assert_eq!(moved, 0, "a copy within one registry moves no blob bytes");
+    let raw = haul_testkit::skopeo::skopeo_inspect_raw(&env.registry, "other/dst:1").unwrap();
+    assert_eq!(raw, built.manifest_bytes);
+}
+
+#[test]
+fn copy_between_registries_streams_every_blob_once() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let built = env.put_image(&sample_image(), "library/src:1");
+    let target = Registry::start(RegistryConfig::no_auth()).unwrap();
+    let proxy = FaultProxy::start(&env.registry.host()).unwrap();
+    let out = env.haul(&[
+        "copy",
+        &format!("{}/library/src:1", proxy.authority()),
+        &target.reference("library/dst:1"),
+    ]);
+    assert_ok(&out);
+    let total: u64 = built.layers.iter().map(|l| l.blob.size).sum::<u64>() + built.config.size;
+    assert_eq!(
+        proxy.response_bytes_matching("GET", "/blobs/"),
+        total,
+        "each blob read once"
+    );
+    let inspected = haul_testkit::skopeo::skopeo_inspect(&target, "library/dst:1").unwrap();
+    assert_eq!(inspected["Digest"], built.manifest.digest.as_str());
+}
+
+#[test]
+fn copy_to_and_from_oci_layouts_and_docker_archives() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let built = env.put_image(&sample_image(), "library/src:1");
+    let layout = env.dir("copied-layout");
+    let out = env.haul(&[
+        "copy",
+        &env.reference("library/src:1"),
+        &format!("oci:{}:v1", layout.display()),
+    ]);
+    assert_ok(&out);
+    let raw = haul_testkit::skopeo::run_skopeo([
+        "inspect",
+        "--raw",
+        &format!("oci:{}:v1", layout.display()),
+    ])
+    .unwrap();
+    assert_eq!(
+        raw, built.manifest_bytes,
+        "the OCI layout holds the same manifest"
+    );
+
+    // From the layout to a registry: the same digest arrives.
+    let out = env.haul(&[
+        "copy",
+        &format!("oci:{}:v1", layout.display()),
+        &env.reference("library/from-oci:1"),
+    ]);
+    assert_ok(&out);
+    let inspected =
+        haul_testkit::skopeo::skopeo_inspect(&env.registry, "library/from-oci:1").unwrap();
+    assert_eq!(inspected["Digest"], built.manifest.digest.as_str());
+
+    // A docker-archive written by haul copy is read by skopeo, and copied
+    // back to a registry with the same layers.
+    let archive = env.dir("copied.tar");
+    assert_ok(&env.haul(&[
+        "copy",
+        &env.reference("library/src:1"),
+        &format!("docker-archive:{}", archive.display()),
+    ]));
+    let from_archive = haul_testkit::skopeo::run_skopeo([
+        "inspect",
+        &format!("docker-archive:{}", archive.display()),
+    ])
+    .unwrap();
+    let from_archive: serde_json::Value = serde_json::from_slice(&from_archive).unwrap();
+    let diff_ids: Vec<&str> = built.layers.iter().map(|l| l.diff_id.as_str()).collect();
+    let layers: Vec<&str> = from_archive["Layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        layers, diff_ids,
+        "docker-archive layers are the uncompressed diffs"
+    );
+    assert_ok(&env.haul(&[
+        "copy",
+        &format!("docker-archive:{}", archive.display()),
+        &env.reference("library/from-archive:1"),
+    ]));
+    let config =
+        haul_testkit::skopeo::skopeo_inspect_config(&env.registry, "library/from-archive:1")
+            .unwrap();
+    assert_eq!(
+        config, built.config_bytes,
+        "the image config survives the round trip"
+    );
+    assert!(
+        !env.root.path().join("content").exists(),
+        "copy wrote to the local store"
+    );
+}

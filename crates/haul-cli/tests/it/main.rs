@@ -1,0 +1,12 @@
+//! Integration tests of `haul-cli`, linked into one binary (one module per
+//! area) so that a change relinks one test executable, not one per file.
+
+mod command_line;
+mod common;
+mod copy;
+mod login;
+mod pull;
+mod pull_robustness;
+mod push;
+mod save_load;
+mod v1;

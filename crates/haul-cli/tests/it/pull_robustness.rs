@@ -1,0 +1,668 @@
+//! `haul pull` when things go wrong around it: a process killed mid-pull,
+//! two processes pulling the same image into one store, stalled
+//! connections, Ctrl-C, the download concurrency limit and the retry
+//! countdown. Real registry, real processes, faults from the testkit's
+//! proxy; every wait is bounded.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+use haul_testkit::fault_proxy::{Fault, FaultProxy, Match, Rule};
+use haul_testkit::image::{BlobRef, BuiltImage};
+use haul_testkit::{sample_image, Entry, ImageBuilder, LayerSpec, RegistryConfig, Rootfs};
+
+/// Size of the file in the big layer: random bytes do not compress, so
+/// the blob is about as big.
+const BIG: u64 = 8_000_000;
+
+/// The sample image with one more layer holding `size` random bytes.
+fn big_image(size: u64) -> ImageBuilder {
+    sample_image().layer(LayerSpec::gzip(vec![Entry::random("big", 0o644, size, 1)]))
+}
+
+fn big_blob(built: &BuiltImage) -> &BlobRef {
+    &built.layers.last().expect("the image has layers").blob
+}
+
+/// The big image in the registry, behind a fault proxy whose first GET of
+/// the big blob stalls for `stall` after `after_bytes`: the image, what was
+/// built, the proxy and the reference to pull through it.
+fn stalled_big_image(
+    env: &Env,
+    size: u64,
+    after_bytes: u64,
+    stall: Duration,
+) -> (ImageBuilder, BuiltImage, FaultProxy, String) {
+    let image = big_image(size);
+    let built = env.put_image(&image, "library/big:1");
+    let proxy = FaultProxy::start(&env.registry.host()).unwrap();
+    proxy.add_rule(
+        Rule::new(
+            Match::path_ends_with(big_blob(&built).digest.as_str()).method("GET"),
+            Fault::stall(after_bytes, stall),
+        )
+        .once(),
+    );
+    let reference = format!("{}/library/big:1", proxy.authority());
+    (image, built, proxy, reference)
+}
+
+/// Polls `condition` every 10 ms until it holds, failing the test after
+/// `timeout`.
+#[track_caller]
+fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !condition() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The partial file the ingest of `digest` writes under ROOT/ingest/.
+fn partial_path(root: &Path, digest: &str) -> PathBuf {
+    let hex = digest.strip_prefix("sha256:").expect("a sha256 digest");
+    root.join("ingest").join(format!("sha256-{hex}.partial"))
+}
+
+fn file_size(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
+/// A `haul` child process with its output going to files (no pipe to fill
+/// up); killed on drop if still running, so a failing test leaves no
+/// process behind.
+struct Running {
+    child: Child,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Running {
+    fn spawn(mut command: Command, outputs: &Path, name: &str) -> Running {
+        std::fs::create_dir_all(outputs).unwrap();
+        let stdout = outputs.join(format!("{name}.stdout"));
+        let stderr = outputs.join(format!("{name}.stderr"));
+        command
+            .stdin(Stdio::null())
+            .stdout(File::create(&stdout).unwrap())
+            .stderr(File::create(&stderr).unwrap());
+        Running {
+            child: command.spawn().expect("haul starts"),
+            stdout,
+            stderr,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits at most `timeout` for the process to end.
+    fn wait_for(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if start.elapsed() >= timeout {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits at most `timeout` for the process to end; fails the test (and
+    /// kills it) if it does not.
+    #[track_caller]
+    fn finish(&mut self, timeout: Duration) -> ExitStatus {
+        match self.wait_for(timeout) {
+            Some(status) => status,
+            None => panic!(
+                "haul did not end within {timeout:?}\nstdout:\n{}\nstderr:\n{}",
+                self.stdout(),
+                self.stderr()
+            ),
+        }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    #[track_caller]
+    fn assert_ok(&mut self, timeout: Duration) {
+        let status = self.finish(timeout);
+        assert!(
+            status.success(),
+            "haul failed ({status})\nstdout:\n{}\nstderr:\n{}",
+            self.stdout(),
+            self.stderr()
+        );
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.kill();
+        }
+    }
+}
+
+/// The exported tree of `reference` equals what `image` was built from.
+#[track_caller]
+fn assert_exports(env: &Env, reference: &str, image: &ImageBuilder, dir: &str) {
+    let exported = env.dir(dir);
+    assert_ok(&env.haul(&["export", reference, exported.to_str().unwrap()]));
+    let actual = Rootfs::read_dir(&exported).unwrap();
+    let differences = image
+        .expected_rootfs()
+        .diff(&actual, haul_dist::store::running_as_root());
+    assert!(
+        differences.is_empty(),
+        "export differs from the image: {differences:#?}"
+    );
+}
+
+/// The GETs of `digest` the proxy saw, in arrival order.
+fn blob_gets(proxy: &FaultProxy, digest: &str) -> Vec<haul_testkit::RequestRecord> {
+    proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.path.ends_with(digest))
+        .collect()
+}
+
+#[test]
+fn killed_pull_is_resumed_from_its_partial_by_the_next_pull() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let image = big_image(BIG);
+    let built = env.put_image(&image, "library/big:1");
+    let big = big_blob(&built);
+    let proxy = FaultProxy::start(&env.registry.host()).unwrap();
+    proxy.add_rule(Rule::new(
+        Match::path_ends_with(big.digest.as_str()).method("GET"),
+        Fault::Stall {
+            after_bytes: 3_000_000,
+            duration: Duration::from_secs(30),
+            close: false,
+        },
+    ));
+    let reference = format!("{}/library/big:1", proxy.authority());
+
+    let mut first = Running::spawn(
+        haul_command(
+            env.root.path(),
+            &["--progress", "plain", "pull", &reference],
+        ),
+        &env.dir("out"),
+        "first",
+    );
+    wait_until(Duration::from_secs(15), "3 MB of the big blob", || {
+        proxy.response_bytes_matching("GET", &big.digest) >= 3_000_000
+    });
+    // The ingest writes through a buffer: wait for most of what was sent
+    // to reach the partial file.
+    let partial = partial_path(env.root.path(), &big.digest);
+    wait_until(Duration::from_secs(10), "the partial file to grow", || {
+        file_size(&partial) >= 2_000_000
+    });
+    assert_eq!(first.wait_for(Duration::ZERO), None, "the pull is stalled");
+    first.kill(); // SIGKILL: no chance to clean up
+    let kept = file_size(&partial);
+    assert!(
+        (2_000_000..=3_000_000).contains(&kept),
+        "the partial holds {kept} bytes"
+    );
+    let blob_path = env
+        .root
+        .path()
+        .join("content/blobs/sha256")
+        .join(&big.digest["sha256:".len()..]);
+    assert!(!blob_path.exists(), "a killed pull committed the blob");
+
+    proxy.clear_rules();
+    proxy.reset_counters();
+    let out = env.haul(&["--progress", "plain", "pull", &reference]);
+    assert_ok(&out);
+    assert_eq!(stdout(&out).lines().last(), Some(reference.as_str()));
+
+    let gets = blob_gets(&proxy, &big.digest);
+    assert_eq!(gets.len(), 1, "one GET resumes the blob: {gets:#?}");
+    assert_eq!(
+        gets[0].header("range"),
+        Some(format!("bytes={kept}-").as_str()),
+        "the GET asks for the bytes after the partial"
+    );
+    assert_eq!(
+        proxy.response_bytes_matching("GET", &big.digest),
+        big.size - kept,
+        "only the missing bytes were fetched"
+    );
+    assert!(!partial.exists(), "the partial was committed");
+    assert_eq!(file_size(&blob_path), big.size);
+    assert_exports(&env, &reference, &image, "export");
+}
+
+#[test]
+fn two_processes_pulling_one_image_fetch_each_blob_once() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    // Whoever gets the big blob first holds its ingest lock for a while,
+    // so the other process surely asks for it meanwhile.
+    let (image, built, proxy, reference) =
+        stalled_big_image(&env, BIG, 1_000_000, Duration::from_secs(2));
+    let args = ["--progress", "plain", "pull", reference.as_str()];
+    let outputs = env.dir("out");
+    let mut a = Running::spawn(haul_command(env.root.path(), &args), &outputs, "a");
+    let mut b = Running::spawn(haul_command(env.root.path(), &args), &outputs, "b");
+    a.assert_ok(Duration::from_secs(30));
+    b.assert_ok(Duration::from_secs(30));
+
+    for (name, run) in [("a", &a), ("b", &b)] {
+        let text = run.stdout();
+        assert_eq!(
+            text.lines().last(),
+            Some(reference.as_str()),
+            "stdout of {name}:\n{text}"
+        );
+    }
+    assert_eq!(proxy.rule_uses(), [1], "the stall was applied");
+    for layer in &built.layers {
+        let gets = blob_gets(&proxy, &layer.blob.digest);
+        assert_eq!(
+            gets.len(),
+            1,
+            "layer {} was fetched by one process only: {gets:#?}",
+            layer.blob.digest
+        );
+        assert_eq!(
+            proxy.response_bytes_matching("GET", &layer.blob.digest),
+            layer.blob.size,
+            "layer {} moved once",
+            layer.blob.digest
+        );
+    }
+    assert_exports(&env, &reference, &image, "export");
+}
+
+#[test]
+fn stalled_connection_times_out_and_the_download_resumes() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let (image, built, proxy, reference) =
+        stalled_big_image(&env, 3_000_000, 1_000_000, Duration::from_secs(20));
+    let big = big_blob(&built);
+
+    let start = Instant::now();
+    let out = haul_command(env.root.path(), &["pull", &reference])
+        .env("HAUL_READ_TIMEOUT_SECS", "1")
+        .output()
+        .expect("haul runs");
+    let took = start.elapsed();
+    assert_ok(&out);
+    assert!(
+        took < Duration::from_secs(10),
+        "the pull waited out the stall ({took:?})"
+    );
+    let gets = blob_gets(&proxy, &big.digest);
+    assert_eq!(gets.len(), 2, "a stalled GET and a resume: {gets:#?}");
+    assert_eq!(gets[0].response_bytes, 1_000_000);
+    assert_eq!(gets[1].header("range"), Some("bytes=1000000-"));
+    assert_eq!(
+        proxy.response_bytes_matching("GET", &big.digest),
+        big.size,
+        "no byte fetched twice"
+    );
+    assert_exports(&env, &reference, &image, "export");
+}
+
+#[test]
+fn interrupt_cancels_a_pull_promptly_and_a_later_pull_completes() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let image = big_image(3_000_000);
+    let built = env.put_image(&image, "library/big:1");
+    let big = big_blob(&built);
+    let proxy = FaultProxy::start(&env.registry.host()).unwrap();
+    proxy.add_rule(Rule::new(
+        Match::path_ends_with(big.digest.as_str()).method("GET"),
+        Fault::stall(1_000_000, Duration::from_secs(30)),
+    ));
+    let reference = format!("{}/library/big:1", proxy.authority());
+
+    let mut pull = Running::spawn(
+        haul_command(
+            env.root.path(),
+            &["--progress", "plain", "pull", &reference],
+        ),
+        &env.dir("out"),
+        "interrupted",
+    );
+    wait_until(Duration::from_secs(15), "the stall", || {
+        proxy.response_bytes_matching("GET", &big.digest) >= 1_000_000
+    });
+    let start = Instant::now();
+    let kill = Command::new("kill")
+        .args(["-INT", &pull.pid().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(kill.success());
+    let status = pull.finish(Duration::from_secs(5));
+    assert!(start.elapsed() < Duration::from_secs(5));
+    // An exit code (not death by the signal): haul caught the interrupt,
+    // cancelled and reported.
+    assert!(
+        status.code().is_some_and(|c| c != 0),
+        "{status}\nstdout:\n{}\nstderr:\n{}",
+        pull.stdout(),
+        pull.stderr()
+    );
+    assert!(
+        !pull.stdout().lines().any(|l| l == reference),
+        "an interrupted pull does not print its reference"
+    );
+
+    // The interrupted download left its partial: the next pull resumes it.
+    let kept = file_size(&partial_path(env.root.path(), &big.digest));
+    assert!(kept > 0, "the interrupted pull kept no partial");
+    proxy.clear_rules();
+    proxy.reset_counters();
+    let out = env.haul(&["pull", &reference]);
+    assert_ok(&out);
+    let gets = blob_gets(&proxy, &big.digest);
+    assert_eq!(gets.len(), 1, "{gets:#?}");
+    assert_eq!(
+        gets[0].header("range"),
+        Some(format!("bytes={kept}-").as_str())
+    );
+    assert_exports(&env, &reference, &image, "export");
+}
+
+#[test]
+fn max_concurrent_downloads_bounds_the_layer_gets_in_flight() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let mut image = ImageBuilder::new();
+    for n in 0..6u64 {
+        image = image.layer(LayerSpec::gzip(vec![Entry::random(
+            &format!("layer{n}"),
+            0o644,
+            100_000,
+            100 + n,
+        )]));
+    }
+    let built = env.put_image(&image, "library/six:1");
+    let proxy = FaultProxy::start(&env.registry.host()).unwrap();
+    for layer in &built.layers {
+        proxy.add_rule(Rule::new(
+            Match::path_ends_with(layer.blob.digest.as_str()).method("GET"),
+            Fault::stall(0, Duration::from_millis(300)),
+        ));
+    }
+    let reference = format!("{}/library/six:1", proxy.authority());
+
+    let mut pull = Running::spawn(
+        haul_command(
+            env.root.path(),
+            &["--max-concurrent-downloads", "2", "pull", &reference],
+        ),
+        &env.dir("out"),
+        "pull",
+    );
+    // A layer GET is in flight from its arrival at the proxy until the
+    // proxy has handed out its last byte (counted before the client can
+    // have it, so a slot is never seen free early).
+    let in_flight = || {
+        proxy
+            .requests()
+            .iter()
+            .filter(|r| r.method == "GET")
+            .filter(|r| {
+                built
+                    .layers
+                    .iter()
+                    .any(|l| r.path.ends_with(&l.blob.digest) && r.response_bytes < l.blob.size)
+            })
+            .count()
+    };
+    let mut most = 0;
+    let start = Instant::now();
+    while pull.wait_for(Duration::ZERO).is_none() {
+        most = most.max(in_flight());
+        assert!(start.elapsed() < Duration::from_secs(30), "the pull hangs");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    pull.assert_ok(Duration::ZERO);
+    assert_eq!(
+        proxy.rule_uses(),
+        [1; 6],
+        "every layer was fetched once, stalled"
+    );
+    assert_eq!(most, 2, "layer GETs in flight at once");
+}
+
+#[test]
+fn retry_countdown_shows_in_plain_progress() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let image = sample_image();
+    let built = env.put_image(&image, "library/sample:1");
+    let victim = &built.layers[0].blob;
+    let proxy = FaultProxy::start(&env.registry.host()).unwrap();
+    // The registry client retries 5xx and broken connections itself (and a
+    // broken body is resumed, not failed); a corrupted blob is what only a
+    // new attempt of the whole layer can fix.
+    proxy.add_rule(
+        Rule::new(
+            Match::path_ends_with(victim.digest.as_str()).method("GET"),
+            Fault::FlipByte { offset: 100 },
+        )
+        .times(2),
+    );
+    let reference = format!("{}/library/sample:1", proxy.authority());
+
+    let start = Instant::now();
+    let out = haul_command(
+        env.root.path(),
+        &[
+            "--progress",
+            "plain",
+            "--max-download-attempts",
+            "5",
+            "pull",
+            &reference,
+        ],
+    )
+    .env("HAUL_RETRY_TICK_MS", "100")
+    .output()
+    .expect("haul runs");
+    let took = start.elapsed();
+    assert_ok(&out);
+    let text = stdout(&out);
+    let id = short(&victim.digest);
+    assert!(
+        text.contains(&format!("{id}: Retrying in 5 seconds\n")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{id}: Retrying in ")))
+            .count()
+            == 2,
+        "two countdowns, one line each: {text}"
+    );
+    assert!(text.contains(&format!("{id}: Pull complete")), "{text}");
+    assert_eq!(
+        blob_gets(&proxy, &victim.digest).len(),
+        3,
+        "two corrupted attempts and a good one"
+    );
+    assert!(
+        took < Duration::from_secs(10),
+        "the countdown took {took:?}: the tick was not shortened"
+    );
+    assert_exports(&env, &reference, &image, "export");
+}
+
+#[test]
+fn interrupt_reaches_a_pull_waiting_for_another_process() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let (_image, built, proxy, reference) =
+        stalled_big_image(&env, 3_000_000, 1_000_000, Duration::from_secs(30));
+    let big = big_blob(&built);
+    let args = ["--progress", "plain", "pull", reference.as_str()];
+    let outputs = env.dir("out");
+
+    // The first process holds the big blob's ingest lock, stalled.
+    let mut holder = Running::spawn(haul_command(env.root.path(), &args), &outputs, "holder");
+    wait_until(Duration::from_secs(15), "the stall", || {
+        proxy.response_bytes_matching("GET", &big.digest) >= 1_000_000
+    });
+    // The second waits for that lock: the other layers are in the store
+    // by now, so it has nothing else to do.
+    let mut waiter = Running::spawn(haul_command(env.root.path(), &args), &outputs, "waiter");
+    wait_until(Duration::from_secs(15), "the waiter to wait", || {
+        waiter
+            .stdout()
+            .contains(&format!("{}: Pulling fs layer", short(&big.digest)))
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(waiter.wait_for(Duration::ZERO), None, "the waiter waits");
+
+    let start = Instant::now();
+    let kill = Command::new("kill")
+        .args(["-INT", &waiter.pid().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(kill.success());
+    let status = waiter.finish(Duration::from_secs(5));
+    assert!(start.elapsed() < Duration::from_secs(5));
+    assert!(
+        status.code().is_some_and(|c| c != 0),
+        "{status}\nstdout:\n{}\nstderr:\n{}",
+        waiter.stdout(),
+        waiter.stderr()
+    );
+    assert_eq!(
+        blob_gets(&proxy, &big.digest).len(),
+        1,
+        "the waiter did not fetch the blob"
+    );
+    assert_eq!(holder.wait_for(Duration::ZERO), None, "the holder goes on");
+    holder.kill();
+}
+
+#[test]
+fn a_pull_waiting_for_a_killed_process_resumes_its_partial() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let (image, built, proxy, reference) =
+        stalled_big_image(&env, 3_000_000, 1_000_000, Duration::from_secs(30));
+    let big = big_blob(&built);
+    let args = ["--progress", "plain", "pull", reference.as_str()];
+    let outputs = env.dir("out");
+
+    let mut holder = Running::spawn(haul_command(env.root.path(), &args), &outputs, "holder");
+    wait_until(Duration::from_secs(15), "the stall", || {
+        proxy.response_bytes_matching("GET", &big.digest) >= 1_000_000
+    });
+    let partial = partial_path(env.root.path(), &big.digest);
+    wait_until(Duration::from_secs(10), "the partial file to grow", || {
+        file_size(&partial) >= 500_000
+    });
+    let mut waiter = Running::spawn(haul_command(env.root.path(), &args), &outputs, "waiter");
+    wait_until(Duration::from_secs(15), "the waiter to wait", || {
+        waiter
+            .stdout()
+            .contains(&format!("{}: Pulling fs layer", short(&big.digest)))
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        blob_gets(&proxy, &big.digest).len(),
+        1,
+        "the waiter waits for the holder's lock instead of fetching"
+    );
+
+    holder.kill(); // SIGKILL: its lock goes with it, its partial stays
+    waiter.assert_ok(Duration::from_secs(15));
+    assert_eq!(
+        waiter.stdout().lines().last(),
+        Some(reference.as_str()),
+        "{}",
+        waiter.stdout()
+    );
+    let gets = blob_gets(&proxy, &big.digest);
+    assert_eq!(gets.len(), 2, "the holder's GET and the resume: {gets:#?}");
+    let from: u64 = gets[1]
+        .header("range")
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|r| r.strip_suffix('-'))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the waiter resumes with a Range: {:#?}", gets[1]));
+    assert!(
+        (500_000..=1_000_000).contains(&from),
+        "resumed from byte {from}"
+    );
+    assert_eq!(gets[1].response_bytes, big.size - from);
+    assert_exports(&env, &reference, &image, "export");
+}
+
+#[test]
+fn interrupt_cancels_a_pull_stalled_on_its_manifest() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    env.put_image(&sample_image(), "library/sample:1");
+    let proxy = FaultProxy::start(&env.registry.host()).unwrap();
+    proxy.add_rule(Rule::new(
+        Match::path_contains("/manifests/").method("GET"),
+        Fault::stall(0, Duration::from_secs(30)),
+    ));
+    let reference = format!("{}/library/sample:1", proxy.authority());
+    let mut pull = Running::spawn(
+        haul_command(
+            env.root.path(),
+            &["--progress", "plain", "pull", &reference],
+        ),
+        &env.dir("out"),
+        "interrupted",
+    );
+    wait_until(Duration::from_secs(15), "the manifest GET", || {
+        proxy.count_matching("GET", "/manifests/") >= 1
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let kill = Command::new("kill")
+        .args(["-INT", &pull.pid().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(kill.success());
+    let status = pull.finish(Duration::from_secs(5));
+    assert!(
+        status.code().is_some_and(|c| c != 0),
+        "{status}\nstderr:\n{}",
+        pull.stderr()
+    );
+}

@@ -1,0 +1,171 @@
+//! `haul save` and `haul load` end to end: images pulled from the real
+//! registry, archives read by skopeo, loaded into fresh stores.
+
+use std::fs;
+use std::path::Path;
+
+use crate::common::*;
+use haul_testkit::skopeo::run_skopeo;
+use haul_testkit::{sample_image, RegistryConfig, Rootfs};
+
+fn running_as_root() -> bool {
+    haul_dist::store::running_as_root()
+}
+
+fn json(bytes: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(bytes).unwrap()
+}
+
+fn arg(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+#[test]
+fn a_saved_image_loads_into_a_fresh_store_identically() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let image = sample_image();
+    let built = env.put_image(&image, "library/sample:1.0");
+    let reference = env.reference("library/sample:1.0");
+    assert_ok(&env.haul(&["pull", &reference]));
+
+    let file = env.dir("sample.tar");
+    let out = env.haul(&["save", &reference, "-o", arg(&file)]);
+    assert_ok(&out);
+    assert_eq!(stdout(&out), "", "save prints nothing");
+
+    // skopeo reads it as a docker-archive with the image's diffIDs.
+    let inspected =
+        json(&run_skopeo(["inspect", &format!("docker-archive:{}", file.display())]).unwrap());
+    let diff_ids: Vec<&str> = built.layers.iter().map(|l| l.diff_id.as_str()).collect();
+    assert_eq!(
+        inspected["Layers"],
+        serde_json::json!(diff_ids),
+        "{inspected}"
+    );
+
+    let fresh = tempfile::tempdir().unwrap();
+    let out = haul_in(fresh.path(), &["load", "-i", arg(&file)]);
+    assert_ok(&out);
+    assert_eq!(stdout(&out), format!("Loaded image: {reference}\n"));
+
+    let out = haul_in(fresh.path(), &["inspect", &reference]);
+    assert_ok(&out);
+    let inspected = json(&out.stdout);
+    assert_eq!(
+        inspected["id"],
+        built.config.digest.as_str(),
+        "same image ID"
+    );
+    let exported = env.dir("export");
+    assert_ok(&haul_in(
+        fresh.path(),
+        &["export", &reference, arg(&exported)],
+    ));
+    let differences = image
+        .expected_rootfs()
+        .diff(&Rootfs::read_dir(&exported).unwrap(), running_as_root());
+    assert!(
+        differences.is_empty(),
+        "export after load differs: {differences:#?}"
+    );
+}
+
+#[test]
+fn saving_a_missing_image_is_a_one_line_error_and_writes_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let out_dir = tempfile::tempdir().unwrap();
+    for format in ["docker", "oci"] {
+        let target = out_dir.path().join("out.tar");
+        let out = haul_in(
+            root.path(),
+            &[
+                "save",
+                "--format",
+                format,
+                "nothing/here:1",
+                "-o",
+                arg(&target),
+            ],
+        );
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        assert_eq!(stderr(&out), "haul: no such image: nothing/here:1\n");
+        let left: Vec<_> = fs::read_dir(out_dir.path()).unwrap().collect();
+        assert!(left.is_empty(), "no output is left: {left:?}");
+    }
+}
+
+#[test]
+fn oci_format_writes_a_layout_skopeo_reads_with_the_same_digest() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let built = env.put_image(&sample_image(), "library/sample:2.0");
+    let reference = env.reference("library/sample:2.0");
+    assert_ok(&env.haul(&["pull", &reference]));
+
+    let dir = env.dir("layout");
+    assert_ok(&env.haul(&["save", "--format", "oci", &reference, "-o", arg(&dir)]));
+    let inspected = json(&run_skopeo(["inspect", &format!("oci:{}:2.0", dir.display())]).unwrap());
+    assert_eq!(
+        inspected["Digest"],
+        built.manifest.digest.as_str(),
+        "{inspected}"
+    );
+
+    let tar = env.dir("layout.tar");
+    assert_ok(&env.haul(&["save", "--format", "oci", &reference, "-o", arg(&tar)]));
+    let inspected =
+        json(&run_skopeo(["inspect", &format!("oci-archive:{}:2.0", tar.display())]).unwrap());
+    assert_eq!(
+        inspected["Digest"],
+        built.manifest.digest.as_str(),
+        "{inspected}"
+    );
+
+    // And haul loads it back under its full name, digests unchanged.
+    let fresh = tempfile::tempdir().unwrap();
+    let out = haul_in(fresh.path(), &["load", "-i", arg(&tar)]);
+    assert_ok(&out);
+    assert_eq!(stdout(&out), format!("Loaded image: {reference}\n"));
+    let out = haul_in(fresh.path(), &["inspect", &reference]);
+    assert_ok(&out);
+    assert_eq!(
+        json(&out.stdout)["manifestDigest"],
+        built.manifest.digest.as_str()
+    );
+}
+
+#[test]
+fn a_corrupted_archive_is_refused_and_nothing_is_loaded() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    env.put_image(&sample_image(), "library/sample:3.0");
+    let reference = env.reference("library/sample:3.0");
+    assert_ok(&env.haul(&["pull", &reference]));
+    let file = env.dir("sample.tar");
+    assert_ok(&env.haul(&["save", &reference, "-o", arg(&file)]));
+
+    // Flip a byte in the middle of the archive: the first layer's tar,
+    // whose 1 MiB file is most of it.
+    let mut bytes = fs::read(&file).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    fs::write(&file, bytes).unwrap();
+
+    let fresh = tempfile::tempdir().unwrap();
+    let out = haul_in(fresh.path(), &["load", "-i", arg(&file)]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let message = stderr(&out);
+    assert_eq!(message.lines().count(), 1, "{message}");
+    assert!(
+        message.starts_with(&format!("haul: cannot load {}: layer ", file.display()))
+            && message.contains("hashes to"),
+        "{message}"
+    );
+    let out = haul_in(fresh.path(), &["images", "--format", "json"]);
+    assert_ok(&out);
+    assert_eq!(json(&out.stdout), serde_json::json!([]));
+}

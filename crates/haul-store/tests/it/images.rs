@@ -1,0 +1,387 @@
+//! Images, references, distribution metadata and garbage collection.
+
+use crate::common;
+
+use std::time::Duration;
+
+use crate::common::{digest, new_store, put_image};
+use haul_oci::{Digest, Reference};
+use haul_store::{Error, GcOptions, IngestOutcome, Store};
+use haul_testkit::{sample_image, Entry, ImageBuilder, LayerSpec};
+
+fn r(s: &str) -> Reference {
+    Reference::parse(s).unwrap()
+}
+
+fn small_image(seed: u64) -> ImageBuilder {
+    ImageBuilder::new()
+        .layer(LayerSpec::gzip(vec![
+            Entry::dir("base", 0o755),
+            Entry::file("base/shared", 0o644, "shared base layer\n"),
+        ]))
+        .layer(LayerSpec::gzip(vec![Entry::random(
+            &format!("own-{seed}"),
+            0o644,
+            10_000,
+            seed,
+        )]))
+        .label("seed", &seed.to_string())
+}
+
+fn index_ref_names(store: &Store) -> Vec<(String, String)> {
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(store.root().join("content/index.json")).unwrap())
+            .unwrap();
+    let mut out: Vec<(String, String)> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["annotations"][haul_store::ANNOTATION_REF_NAME]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+                m["digest"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn image_record_pairs_layers_with_diff_ids() {
+    let (_dir, store) = new_store();
+    let (record, built) = put_image(&store, &sample_image(), "haul/sample:1");
+    assert_eq!(record.id, digest(&built.config.digest));
+    assert_eq!(record.manifest_digest, digest(&built.manifest.digest));
+    assert_eq!(record.manifest_size, built.manifest.size);
+    assert_eq!(record.layers.len(), 3);
+    let chains = built.chain_ids();
+    for (i, layer) in record.layers.iter().enumerate() {
+        assert_eq!(layer.digest.as_str(), built.layers[i].blob.digest);
+        assert_eq!(layer.diff_id.as_str(), built.layers[i].diff_id);
+        assert_eq!(layer.chain_id.as_str(), chains[i]);
+        assert_eq!(layer.size, built.layers[i].blob.size);
+    }
+    assert_eq!(record.platform.os, "linux");
+    assert_eq!(record.platform.architecture, "amd64");
+    assert!(store.missing_blobs(&record).is_empty());
+    assert!(store.missing_layers(&record).unwrap().is_empty());
+    assert_eq!(store.get_image(&record.id).unwrap(), Some(record.clone()));
+    assert!(store
+        .root()
+        .join("images/sha256")
+        .join(format!("{}.json", record.id.hex()))
+        .is_file());
+}
+
+#[test]
+fn put_image_requires_manifest_and_config_blobs() {
+    let (_dir, store) = new_store();
+    let (mut record, _) = put_image(&store, &small_image(1), "a:1");
+    record.manifest_digest = Digest::sha256_of(b"absent manifest");
+    let err = store.put_image(&record).unwrap_err();
+    assert!(matches!(err, Error::BlobNotFound { .. }), "{err}");
+}
+
+#[test]
+fn tag_resolve_untag_and_list() {
+    let (_dir, store) = new_store();
+    let (one, _) = put_image(&store, &small_image(1), "alpine");
+    let (two, _) = put_image(&store, &small_image(2), "localhost:5000/team/app:2.0");
+
+    assert_eq!(
+        store.resolve(&r("alpine:latest")).unwrap(),
+        Some(one.clone())
+    );
+    assert_eq!(
+        store.resolve(&r("docker.io/library/alpine")).unwrap(),
+        Some(one.clone())
+    );
+    assert_eq!(store.resolve(&r("alpine:3")).unwrap(), None);
+
+    // A digest reference of the same repository finds the image by
+    // manifest digest, before and after it is tagged explicitly.
+    let by_digest = r(&format!("alpine@{}", one.manifest_digest));
+    assert_eq!(store.resolve(&by_digest).unwrap(), Some(one.clone()));
+    assert_eq!(
+        store
+            .resolve(&r(&format!("other@{}", one.manifest_digest)))
+            .unwrap(),
+        None
+    );
+    assert_eq!(store.tag(&by_digest, &one.id).unwrap(), None);
+    assert_eq!(store.tag(&r("alpine:edge"), &one.id).unwrap(), None);
+    assert_eq!(
+        store.tag(&r("alpine:edge"), &two.id).unwrap(),
+        Some(one.id.clone()),
+        "retagging returns the previous image"
+    );
+
+    let missing = Digest::sha256_of(b"no image");
+    assert!(matches!(
+        store.tag(&r("x:1"), &missing),
+        Err(Error::ImageNotFound { .. })
+    ));
+
+    let list = store.list_images().unwrap();
+    let shown: Vec<(Vec<String>, Digest)> = list
+        .iter()
+        .map(|(refs, image)| {
+            (
+                refs.iter().map(|r| r.to_string()).collect(),
+                image.id.clone(),
+            )
+        })
+        .collect();
+    // Sorted by first reference: alpine:edge (two) before alpine:latest.
+    assert_eq!(
+        shown,
+        vec![
+            (
+                vec![
+                    "docker.io/library/alpine:edge".to_string(),
+                    "localhost:5000/team/app:2.0".to_string(),
+                ],
+                two.id.clone()
+            ),
+            (
+                vec![
+                    "docker.io/library/alpine:latest".to_string(),
+                    format!("docker.io/library/alpine@{}", one.manifest_digest),
+                ],
+                one.id.clone()
+            ),
+        ]
+    );
+
+    // index.json lists every reference with its full name.
+    assert_eq!(
+        index_ref_names(&store),
+        vec![
+            (
+                "docker.io/library/alpine:edge".to_string(),
+                two.manifest_digest.to_string()
+            ),
+            (
+                "docker.io/library/alpine:latest".to_string(),
+                one.manifest_digest.to_string()
+            ),
+            (
+                format!("docker.io/library/alpine@{}", one.manifest_digest),
+                one.manifest_digest.to_string()
+            ),
+            (
+                "localhost:5000/team/app:2.0".to_string(),
+                two.manifest_digest.to_string()
+            ),
+        ]
+    );
+
+    assert_eq!(
+        store.untag(&r("alpine:edge")).unwrap(),
+        Some(two.id.clone())
+    );
+    assert_eq!(store.untag(&r("alpine:edge")).unwrap(), None);
+    assert_eq!(
+        store.references_of(&two.id).unwrap(),
+        vec![r("localhost:5000/team/app:2.0")]
+    );
+    assert_eq!(index_ref_names(&store).len(), 3);
+}
+
+#[test]
+fn remove_image_drops_the_record_with_its_last_reference() {
+    let (_dir, store) = new_store();
+    let (one, _) = put_image(&store, &small_image(1), "a:1");
+    store.tag(&r("b:1"), &one.id).unwrap();
+
+    let removed = store.remove_image(&r("a:1")).unwrap();
+    assert_eq!(removed.deleted, None, "b:1 still names the image");
+    assert!(store.get_image(&one.id).unwrap().is_some());
+    let removed = store.remove_image(&r("b:1")).unwrap();
+    assert_eq!(removed.deleted, Some(one.id.clone()));
+    assert!(store.get_image(&one.id).unwrap().is_none());
+    assert!(store.list_images().unwrap().is_empty());
+    assert!(matches!(
+        store.remove_image(&r("b:1")),
+        Err(Error::ReferenceNotFound { .. })
+    ));
+
+    let (two, _) = put_image(&store, &small_image(2), "c:1");
+    store.tag(&r("c:2"), &two.id).unwrap();
+    let mut refs = store.delete_image(&two.id).unwrap();
+    refs.sort();
+    assert_eq!(refs, vec![r("c:1"), r("c:2")]);
+    assert!(index_ref_names(&store).is_empty());
+}
+
+#[test]
+fn distribution_sources_are_recorded_per_diff_id() {
+    let (_dir, store) = new_store();
+    let diff = Digest::sha256_of(b"diff");
+    let gz = Digest::sha256_of(b"gzip blob");
+    let zst = Digest::sha256_of(b"zstd blob");
+    assert!(store.distribution_sources(&diff).unwrap().is_empty());
+    assert_eq!(store.diff_id_for_blob(&gz).unwrap(), None);
+    store
+        .add_distribution_source(&diff, &gz, "docker.io/library/alpine")
+        .unwrap();
+    store
+        .add_distribution_source(&diff, &zst, "localhost:5000/mirror")
+        .unwrap();
+    store
+        .add_distribution_source(&diff, &gz, "docker.io/library/alpine")
+        .unwrap();
+    let sources: Vec<(String, String)> = store
+        .distribution_sources(&diff)
+        .unwrap()
+        .into_iter()
+        .map(|s| (s.digest.to_string(), s.repository))
+        .collect();
+    assert_eq!(
+        sources,
+        vec![
+            (zst.to_string(), "localhost:5000/mirror".to_string()),
+            (gz.to_string(), "docker.io/library/alpine".to_string()),
+        ],
+        "deduplicated, most recent last"
+    );
+    assert_eq!(store.diff_id_for_blob(&gz).unwrap(), Some(diff.clone()));
+    assert_eq!(store.diff_id_for_blob(&zst).unwrap(), Some(diff));
+}
+
+#[test]
+fn gc_frees_what_no_reference_reaches_and_keeps_the_rest() {
+    let (_dir, store) = new_store();
+    let (keep, _) = put_image(&store, &small_image(1), "keep:1");
+    let (drop_me, _) = put_image(&store, &small_image(2), "drop:1");
+    for image in [&keep, &drop_me] {
+        for layer in &image.layers {
+            store
+                .add_distribution_source(&layer.diff_id, &layer.digest, "example.com/x")
+                .unwrap();
+        }
+    }
+    // Shared base layer: same blob, same chain.
+    assert_eq!(keep.layers[0], drop_me.layers[0]);
+    // An orphan blob, a stale partial download, a stale registration.
+    let orphan = Digest::sha256_of(b"orphan");
+    store.put_blob_bytes(b"orphan", &orphan).unwrap();
+    let partial = Digest::sha256_of(b"partial download");
+    match store.ingest(&partial).unwrap() {
+        IngestOutcome::Writer(mut w) => w.write_all(b"partial").unwrap(),
+        IngestOutcome::Present { .. } => unreachable!(),
+    }
+    std::fs::create_dir_all(store.root().join("layers/tmp-killed/diff")).unwrap();
+
+    // Nothing is lost while both are tagged (except true garbage).
+    let report = store.gc().unwrap();
+    assert_eq!(report.blobs_removed, 1, "{report:?}");
+    assert_eq!(report.partials_removed, 1, "{report:?}");
+    assert_eq!(report.layers_removed, 0, "{report:?}");
+    assert!(!store.has_blob(&orphan));
+    assert!(store.missing_blobs(&drop_me).is_empty());
+    assert!(!store.root().join("layers/tmp-killed").exists());
+    assert!(common::tree(&store.root().join("ingest")).is_empty());
+
+    store.remove_image(&r("drop:1")).unwrap();
+    let report = store.gc().unwrap();
+    assert_eq!(report.images_removed, 0, "{report:?}");
+    // drop:1's manifest, config and own layer blob; its own layer.
+    assert_eq!(report.blobs_removed, 3, "{report:?}");
+    assert_eq!(report.layers_removed, 1, "{report:?}");
+    assert!(report.bytes_freed > 10_000, "{report:?}");
+
+    assert!(store.missing_blobs(&keep).is_empty(), "keep:1 lost blobs");
+    assert!(
+        store.missing_layers(&keep).unwrap().is_empty(),
+        "keep:1 lost layers"
+    );
+    assert_eq!(
+        store.missing_blobs(&drop_me),
+        vec![
+            drop_me.manifest_digest.clone(),
+            drop_me.id.clone(),
+            drop_me.layers[1].digest.clone()
+        ]
+    );
+    assert_eq!(
+        store.missing_layers(&drop_me).unwrap(),
+        vec![drop_me.layers[1].chain_id.clone()]
+    );
+    assert!(store
+        .distribution_sources(&drop_me.layers[1].diff_id)
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        store
+            .distribution_sources(&keep.layers[1].diff_id)
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        index_ref_names(&store),
+        vec![(
+            "docker.io/library/keep:1".to_string(),
+            keep.manifest_digest.to_string()
+        )]
+    );
+
+    // An untagged image record is garbage too.
+    store.untag(&r("keep:1")).unwrap();
+    let report = store.gc().unwrap();
+    assert_eq!(report.images_removed, 1, "{report:?}");
+    assert_eq!(report.layers_removed, 2, "{report:?}");
+    assert!(store.list_blobs().unwrap().is_empty());
+    assert!(store.list_layers().unwrap().is_empty());
+}
+
+#[test]
+fn gc_waits_for_leases_and_spares_recent_partials_when_asked() {
+    let (_dir, store) = new_store();
+    let lease = store.lease().unwrap();
+    let other = store.clone();
+    let result = std::thread::spawn(move || {
+        other.gc_with(&GcOptions {
+            lock_timeout: Some(Duration::from_millis(50)),
+            ..GcOptions::default()
+        })
+    })
+    .join()
+    .unwrap();
+    assert!(
+        matches!(result, Err(Error::LockTimeout { .. })),
+        "gc must not run while a lease is held, got {result:?}"
+    );
+    drop(lease);
+
+    let d = Digest::sha256_of(b"recent");
+    match store.ingest(&d).unwrap() {
+        IngestOutcome::Writer(mut w) => w.write_all(b"rec").unwrap(),
+        IngestOutcome::Present { .. } => unreachable!(),
+    }
+    let report = store
+        .gc_with(&GcOptions {
+            keep_partials_younger_than: Some(Duration::from_secs(3600)),
+            ..GcOptions::default()
+        })
+        .unwrap();
+    assert_eq!(report.partials_removed, 0);
+    match store.ingest(&d).unwrap() {
+        IngestOutcome::Writer(w) => assert_eq!(w.offset(), 3),
+        IngestOutcome::Present { .. } => unreachable!(),
+    }
+}
+
+#[test]
+fn store_reopens_with_its_content() {
+    let (_dir, store) = new_store();
+    let (one, _) = put_image(&store, &small_image(1), "a:1");
+    let again = Store::open(store.root()).unwrap();
+    assert_eq!(again.resolve(&r("a:1")).unwrap(), Some(one));
+    assert_eq!(index_ref_names(&again).len(), 1);
+}
