@@ -1,6 +1,33 @@
 //! Pull, push and copy: the flows that join the transfer manager
 //! (`haul-xfer`), the registry client (`haul-registry`) and the local store
 //! (`haul-store`).
+//!
+//! An embedder needs only this crate: the other three are re-exported
+//! ([`oci`], [`registry`], [`store`], [`xfer`]), and so is the
+//! [`CancellationToken`] every flow takes. Progress arrives on a
+//! [`xfer::ProgressOutput`] of the caller's; nothing here prints.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use haul_dist::{CancellationToken, PullOptions, PullSettings, Puller};
+//! use haul_dist::{oci::Reference, registry::{ClientConfig, RegistryClient}, store::Store};
+//!
+//! # async fn pull() -> Result<(), Box<dyn std::error::Error>> {
+//! let client = RegistryClient::new(ClientConfig::default())?;
+//! let puller = Puller::new(client, Store::open("/var/lib/app/images")?, &PullSettings::default());
+//! let reference = Reference::parse("127.0.0.1:5000/library/app:1.0")?;
+//! let report = puller
+//!     .pull(&reference, &PullOptions::default(), Arc::new(haul_dist::xfer::DiscardOutput),
+//!           CancellationToken::new())
+//!     .await?;
+//! println!("stored {} as {}", report.reference, report.digest);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! `examples/` holds runnable programs: `pull` (into a store), `copy`
+//! (registry to registry with a progress callback) and `progress` (a custom
+//! [`xfer::ProgressOutput`]).
 
 pub mod archive;
 mod blob_upload;
@@ -25,6 +52,8 @@ pub use resolve::{fetch_manifest, manifest_reference, resolve, Resolved};
 pub use store_layers::{StoreLayer, StoreLayers};
 pub use v1_pull::V1Puller;
 pub use v1_push::{V1PushReport, V1Pusher};
+
+pub use tokio_util::sync::CancellationToken;
 
 pub use haul_oci as oci;
 pub use haul_registry as registry;
