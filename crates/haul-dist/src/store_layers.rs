@@ -29,7 +29,7 @@ impl haul_xfer::Layer for StoreLayer {
 
 /// The [`haul_xfer::LayerStore`] of a pull.
 ///
-/// Descriptors unpack their layer while it downloads ([`StoreLayers::stage`]);
+/// Descriptors unpack their layer while it downloads (`StoreLayers::stage`);
 /// `register` then only puts that staged layer on its parent. A layer that
 /// arrives without a staged copy (the same layer twice in one image) is
 /// unpacked from its stream. With `unpack` off nothing is unpacked and
