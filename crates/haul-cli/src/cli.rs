@@ -1,5 +1,9 @@
 //! The command-line surface of `haul`: global options and commands, as laid
 //! out in DESIGN.md ("The command"). Parsing only; running lives elsewhere.
+//!
+//! Doc comments here are clap's help text, written in usage syntax
+//! (`oci:DIR[:TAG]`), not rustdoc links.
+#![allow(rustdoc::broken_intra_doc_links)]
 
 use std::path::PathBuf;
 
