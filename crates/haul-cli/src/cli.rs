@@ -130,7 +130,14 @@ pub enum Command {
     },
     /// List local images.
     Images {
-        /// Output format.
+        /// Only images of this repository (and tag), e.g. `alpine` or
+        /// `127.0.0.1:5000/team/app:1.0`.
+        #[arg(value_name = "REPOSITORY[:TAG]")]
+        filter: Option<String>,
+        /// Show the manifest digest of each image.
+        #[arg(long)]
+        digests: bool,
+        /// Output format (`-q` prints image IDs only).
         #[arg(long, value_enum, default_value_t = ListFormat::Table)]
         format: ListFormat,
     },
@@ -149,9 +156,14 @@ pub enum Command {
     },
     /// Remove a local image reference (and what only it used).
     Rmi {
-        /// References to remove.
-        #[arg(required = true, value_name = "REF")]
+        /// References or image IDs (full, `sha256:…`, or a unique prefix of
+        /// 12+ hex digits) to remove.
+        #[arg(required = true, value_name = "IMAGE")]
         references: Vec<String>,
+        /// Remove an image named by ID even when several tags or
+        /// repositories name it.
+        #[arg(short, long)]
+        force: bool,
     },
     /// Remove content and layers no reference reaches.
     Gc,
@@ -218,8 +230,11 @@ pub enum Command {
 pub enum ListFormat {
     /// A table like `docker images`.
     Table,
-    /// One JSON array.
+    /// One JSON object per line with Docker's keys (`docker images --format json`).
     Json,
+    /// One JSON array of objects with haul's full details (full IDs,
+    /// references, platform, sizes in bytes).
+    JsonArray,
 }
 
 /// Format of `save` output.

@@ -1,11 +1,12 @@
 //! Commands on the local store only: `images`, `inspect`, `tag`, `rmi`,
 //! `gc`, `export`.
 
+use std::io::Write;
 use std::path::Path;
 
 use anyhow::{bail, Context};
 use haul_dist::oci::Reference;
-use haul_dist::store::{ExportOptions, ImageRecord, Store};
+use haul_dist::store::{ExportOptions, IdMatch, ImageRecord, Store};
 use serde_json::json;
 
 use crate::cli::ListFormat;
@@ -15,13 +16,53 @@ fn parse_reference(text: &str) -> anyhow::Result<Reference> {
     Reference::parse(text).with_context(|| format!("invalid reference {text:?}"))
 }
 
-/// The image a reference names locally, or a clear error.
-pub fn find_image(store: &Store, text: &str) -> anyhow::Result<(Reference, ImageRecord)> {
-    let reference = parse_reference(text)?;
-    match store.resolve(&reference)? {
-        Some(image) => Ok((reference, image)),
-        None => bail!("no such image: {}", reference.familiar()),
+/// An image named on the command line.
+pub struct Found {
+    /// How to call it in messages: the reference as typed (familiar form),
+    /// or the short image ID.
+    pub shown: String,
+    /// The reference it was named by; `None` when named by ID.
+    pub reference: Option<Reference>,
+    /// The image.
+    pub image: ImageRecord,
+}
+
+/// The image `text` names locally, as Docker reads it: a full image ID
+/// (`sha256:HEX` or 64 hex digits), else a reference, else a unique
+/// image-ID prefix of at least 12 hex digits.
+pub fn find_image(store: &Store, text: &str) -> anyhow::Result<Found> {
+    let by_id = |store: &Store| -> anyhow::Result<Option<Found>> {
+        match store.find_image_by_id(text)? {
+            IdMatch::One(image) => Ok(Some(Found {
+                shown: image.id.short_id().to_string(),
+                reference: None,
+                image: *image,
+            })),
+            IdMatch::Ambiguous(ids) => bail!(
+                "{text} is ambiguous: it begins {} image IDs; give more digits",
+                ids.len()
+            ),
+            IdMatch::None => Ok(None),
+        }
+    };
+    let hex = text.strip_prefix("sha256:").unwrap_or(text);
+    if hex.len() == 64 || text.starts_with("sha256:") {
+        return by_id(store)?.ok_or_else(|| anyhow::anyhow!("no such image: {text}"));
     }
+    if let Ok(reference) = Reference::parse(text) {
+        if let Some(image) = store.resolve(&reference)? {
+            return Ok(Found {
+                shown: reference.familiar(),
+                reference: Some(reference),
+                image,
+            });
+        }
+    }
+    if let Some(found) = by_id(store)? {
+        return Ok(found);
+    }
+    let reference = parse_reference(text)?;
+    bail!("no such image: {}", reference.familiar())
 }
 
 /// Unpacked size of an image (its layers' tars), else its compressed size.
@@ -40,60 +81,173 @@ fn image_size(store: &Store, image: &ImageRecord) -> u64 {
     unpacked.unwrap_or_else(|| image.compressed_size())
 }
 
-/// `haul images`.
-pub fn images(store: &Store, format: ListFormat) -> anyhow::Result<()> {
+/// How `haul images` lists.
+pub struct ImagesOptions<'a> {
+    /// `REPOSITORY[:TAG]` to keep.
+    pub filter: Option<&'a str>,
+    /// Add a DIGEST column.
+    pub digests: bool,
+    /// Image IDs only, one per row (`-q`).
+    pub quiet: bool,
+    /// Table or JSON.
+    pub format: ListFormat,
+}
+
+/// One row of `haul images`: a tag of an image, or the image itself when
+/// no tag names it.
+struct ImageRow {
+    reference: Option<Reference>,
+    image: ImageRecord,
+    digest: Option<haul_dist::oci::Digest>,
+    size: u64,
+}
+
+impl ImageRow {
+    fn repository(&self) -> String {
+        self.reference
+            .as_ref()
+            .map_or("<none>".into(), |r| r.familiar_name().to_string())
+    }
+
+    fn tag(&self) -> &str {
+        self.reference
+            .as_ref()
+            .and_then(|r| r.tag())
+            .unwrap_or("<none>")
+    }
+
+    fn digest(&self) -> String {
+        self.digest
+            .as_ref()
+            .map_or("<none>".into(), |d| d.to_string())
+    }
+}
+
+/// Whether `row` passes the `REPOSITORY[:TAG]` filter (the repository in
+/// familiar or full form).
+fn matches_filter(row: &ImageRow, filter: &str) -> bool {
+    let Some(reference) = &row.reference else {
+        return false;
+    };
+    let (repository, tag) = match filter.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => (repo, Some(tag)),
+        _ => (filter, None),
+    };
+    let same_repository = repository == reference.familiar_name()
+        || repository == reference.name()
+        || Reference::parse(repository).is_ok_and(|r| r.name() == reference.name());
+    same_repository && tag.is_none_or(|tag| reference.tag() == Some(tag))
+}
+
+/// The rows of `haul images`, in store order.
+fn image_rows(store: &Store) -> anyhow::Result<Vec<ImageRow>> {
     let mut rows = Vec::new();
     for (references, image) in store.list_images()? {
         let size = image_size(store, &image);
+        let digest_of = |name: Option<&str>| {
+            references
+                .iter()
+                .filter(|r| name.is_none_or(|name| r.name() == name))
+                .find_map(|r| r.digest().cloned())
+                .or_else(|| Some(image.manifest_digest.clone()))
+        };
         let tagged: Vec<&Reference> = references.iter().filter(|r| r.tag().is_some()).collect();
-        let digest = references.iter().find_map(|r| r.digest().cloned());
         if tagged.is_empty() {
-            rows.push((None, image.clone(), digest.clone(), size));
+            // Pulled by digest only: the repository with a <none> tag.
+            let reference = references.first().map(|r| r.without_digest().without_tag());
+            rows.push(ImageRow {
+                digest: digest_of(None),
+                reference,
+                image: image.clone(),
+                size,
+            });
         }
         for reference in tagged {
-            rows.push((Some(reference.clone()), image.clone(), digest.clone(), size));
+            rows.push(ImageRow {
+                digest: digest_of(Some(reference.name())),
+                reference: Some(reference.clone()),
+                image: image.clone(),
+                size,
+            });
         }
     }
-    match format {
+    Ok(rows)
+}
+
+/// `haul images`.
+pub fn images(store: &Store, options: &ImagesOptions<'_>) -> anyhow::Result<()> {
+    let mut rows = image_rows(store)?;
+    if let Some(filter) = options.filter {
+        rows.retain(|row| matches_filter(row, filter));
+    }
+    let mut out = std::io::stdout().lock();
+    if options.quiet {
+        for row in &rows {
+            writeln!(out, "{}", row.image.id.short_id())?;
+        }
+        return Ok(());
+    }
+    match options.format {
         ListFormat::Json => {
+            for row in &rows {
+                let line = json!({
+                    "Containers": "N/A",
+                    "CreatedAt": row.image.created,
+                    "CreatedSince": created_ago(row.image.created.as_deref()),
+                    "Digest": row.digest(),
+                    "ID": row.image.id.short_id().to_string(),
+                    "Repository": row.repository(),
+                    "SharedSize": "N/A",
+                    "Size": human_size(row.size),
+                    "Tag": row.tag(),
+                    "UniqueSize": "N/A",
+                    "VirtualSize": human_size(row.size),
+                });
+                writeln!(out, "{line}")?;
+            }
+        }
+        ListFormat::JsonArray => {
             let list: Vec<_> = rows
                 .iter()
-                .map(|(reference, image, digest, size)| {
+                .map(|row| {
+                    let tagged = row.reference.as_ref().filter(|r| r.tag().is_some());
                     json!({
-                        "repository": reference.as_ref().map(|r| r.familiar_name().to_string()),
-                        "tag": reference.as_ref().and_then(|r| r.tag().map(str::to_string)),
-                        "reference": reference.as_ref().map(|r| r.to_string()),
-                        "id": image.id.to_string(),
-                        "digest": digest.as_ref().map(|d| d.to_string()),
-                        "created": image.created,
-                        "platform": image.platform.to_string(),
-                        "size": size,
+                        "repository": row.reference.as_ref().map(|r| r.familiar_name().to_string()),
+                        "tag": tagged.and_then(|r| r.tag().map(str::to_string)),
+                        "reference": tagged.map(|r| r.to_string()),
+                        "id": row.image.id.to_string(),
+                        "digest": row.digest.as_ref().map(|d| d.to_string()),
+                        "created": row.image.created,
+                        "platform": row.image.platform.to_string(),
+                        "size": row.size,
                     })
                 })
                 .collect();
-            println!("{}", serde_json::to_string_pretty(&list)?);
+            writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
         }
         ListFormat::Table => {
-            let lines: Vec<[String; 5]> = rows
+            let mut header = vec!["REPOSITORY", "TAG"];
+            if options.digests {
+                header.push("DIGEST");
+            }
+            header.extend(["IMAGE ID", "CREATED", "SIZE"]);
+            let lines: Vec<Vec<String>> = rows
                 .iter()
-                .map(|(reference, image, _, size)| {
-                    [
-                        reference
-                            .as_ref()
-                            .map_or("<none>".into(), |r| r.familiar_name().to_string()),
-                        reference
-                            .as_ref()
-                            .and_then(|r| r.tag())
-                            .unwrap_or("<none>")
-                            .to_string(),
-                        image.id.short_id().to_string(),
-                        created_ago(image.created.as_deref()),
-                        human_size(*size),
-                    ]
+                .map(|row| {
+                    let mut line = vec![row.repository(), row.tag().to_string()];
+                    if options.digests {
+                        line.push(row.digest());
+                    }
+                    line.extend([
+                        row.image.id.short_id().to_string(),
+                        created_ago(row.image.created.as_deref()),
+                        human_size(row.size),
+                    ]);
+                    line
                 })
                 .collect();
-            let header = ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"].map(String::from);
-            let widths: Vec<usize> = (0..5)
+            let header: Vec<String> = header.into_iter().map(String::from).collect();
+            let widths: Vec<usize> = (0..header.len())
                 .map(|i| {
                     std::iter::once(&header)
                         .chain(&lines)
@@ -108,7 +262,7 @@ pub fn images(store: &Store, format: ListFormat) -> anyhow::Result<()> {
                     .zip(&widths)
                     .map(|(cell, w)| format!("{cell:<w$}"))
                     .collect();
-                println!("{}", cells.join("   ").trim_end());
+                writeln!(out, "{}", cells.join("   ").trim_end())?;
             }
         }
     }
@@ -166,10 +320,16 @@ fn parse_rfc3339(text: &str) -> Option<i64> {
 
 /// `haul inspect REF`.
 pub fn inspect(store: &Store, text: &str) -> anyhow::Result<()> {
-    let (reference, image) = find_image(store, text)?;
+    let Found {
+        reference, image, ..
+    } = find_image(store, text)?;
     let config_bytes = store.read_blob_limited(&image.id, 8 * 1024 * 1024)?;
     let config: serde_json::Value = serde_json::from_slice(&config_bytes)?;
     let references = store.references_of(&image.id)?;
+    let repository = reference
+        .as_ref()
+        .or(references.first())
+        .map(|r| r.name().to_string());
     let layers: Vec<_> = image
         .layers
         .iter()
@@ -184,7 +344,7 @@ pub fn inspect(store: &Store, text: &str) -> anyhow::Result<()> {
         })
         .collect();
     let out = json!({
-        "repository": reference.name(),
+        "repository": repository,
         "tags": references.iter().filter(|r| r.tag().is_some()).map(|r| r.to_string()).collect::<Vec<_>>(),
         "repoDigests": references.iter().filter(|r| r.digest().is_some()).map(|r| r.to_string()).collect::<Vec<_>>(),
         "id": image.id.to_string(),
@@ -201,7 +361,7 @@ pub fn inspect(store: &Store, text: &str) -> anyhow::Result<()> {
 
 /// `haul tag SRC DST`.
 pub fn tag(store: &Store, source: &str, target: &str) -> anyhow::Result<()> {
-    let (_, image) = find_image(store, source)?;
+    let Found { image, .. } = find_image(store, source)?;
     let target = parse_reference(target)?;
     if target.digest().is_some() {
         bail!("cannot tag with a digest: {target}");
@@ -210,24 +370,76 @@ pub fn tag(store: &Store, source: &str, target: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `haul rmi REF...`: untags, and frees what no image uses any more.
-pub fn rmi(store: &Store, references: &[String]) -> anyhow::Result<()> {
+/// `haul rmi [-f] IMAGE...`, as `docker rmi`: each argument is a
+/// reference or an image ID. A reference is untagged (its repository's
+/// digest references go with its last tag there); an ID removes the image
+/// with its references when only one tag names it, or with `--force`. An
+/// image left without references is deleted and its space freed. Every
+/// argument is tried; each failure is reported, and any failure makes the
+/// exit status 1.
+pub fn rmi(store: &Store, arguments: &[String], force: bool) -> anyhow::Result<()> {
+    let mut failed = false;
     let mut deleted_any = false;
-    for text in references {
-        let reference = parse_reference(text)?;
-        let removed = store
-            .remove_image(&reference)
-            .with_context(|| format!("cannot remove {}", reference.familiar()))?;
-        println!("Untagged: {}", removed.untagged.familiar());
-        if let Some(id) = removed.deleted {
-            println!("Deleted: {id}");
-            deleted_any = true;
+    for text in arguments {
+        match remove_one(store, text, force) {
+            Ok((untagged, deleted)) => {
+                for reference in untagged {
+                    println!("Untagged: {}", reference.familiar());
+                }
+                if let Some(id) = deleted {
+                    println!("Deleted: {id}");
+                    deleted_any = true;
+                }
+            }
+            Err(err) => {
+                eprintln!("haul: {}", crate::error_sentence(&err));
+                failed = true;
+            }
         }
     }
     if deleted_any {
         store.gc()?;
     }
+    if failed {
+        return Err(crate::Reported.into());
+    }
     Ok(())
+}
+
+/// Removes what one `rmi` argument names: the references untagged and the
+/// image deleted, if any.
+fn remove_one(
+    store: &Store,
+    text: &str,
+    force: bool,
+) -> anyhow::Result<(Vec<Reference>, Option<haul_dist::oci::Digest>)> {
+    let found = find_image(store, text)?;
+    if let Some(reference) = found.reference {
+        let removed = store
+            .remove_image(&reference)
+            .with_context(|| format!("cannot remove {}", reference.familiar()))?;
+        return Ok((removed.untagged, removed.deleted));
+    }
+    let references = store.references_of(&found.image.id)?;
+    if !force && !single_reference(&references) {
+        bail!(
+            "conflict: unable to delete {} (must be forced): image is referenced in several \
+             repositories or tags",
+            found.shown
+        );
+    }
+    let untagged = store.delete_image(&found.image.id)?;
+    Ok((untagged, Some(found.image.id)))
+}
+
+/// Docker's `isSingleReference`: at most one tag, and every reference in
+/// that one repository (digest references alone count as one).
+fn single_reference(references: &[Reference]) -> bool {
+    let tags: Vec<&Reference> = references.iter().filter(|r| r.digest().is_none()).collect();
+    let Some(first) = tags.first().copied().or(references.first()) else {
+        return true;
+    };
+    tags.len() <= 1 && references.iter().all(|r| r.name() == first.name())
 }
 
 /// `haul gc`.
@@ -246,24 +458,17 @@ pub fn gc(store: &Store) -> anyhow::Result<()> {
 
 /// `haul export REF DIR`.
 pub fn export(store: &Store, text: &str, directory: &Path) -> anyhow::Result<()> {
-    let (reference, image) = find_image(store, text)?;
+    let Found { shown, image, .. } = find_image(store, text)?;
     let missing = store.missing_layers(&image)?;
     if !missing.is_empty() {
         bail!(
-            "{} is not unpacked ({} layers missing); pull it again without --no-unpack",
-            reference.familiar(),
+            "{shown} is not unpacked ({} layers missing); pull it again without --no-unpack",
             missing.len()
         );
     }
     let report = store
         .export_image(&image, directory, &ExportOptions::default())
-        .with_context(|| {
-            format!(
-                "cannot export {} to {}",
-                reference.familiar(),
-                directory.display()
-            )
-        })?;
+        .with_context(|| format!("cannot export {shown} to {}", directory.display()))?;
     if report.skipped > 0 {
         eprintln!(
             "warning: {} device entries were not created (not running as root)",

@@ -23,6 +23,7 @@ fn main() -> ExitCode {
     init_logging(cli.global.verbose);
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.is::<Reported>() => ExitCode::from(1),
         Err(err) => {
             eprintln!("haul: {}", error_sentence(&err));
             ExitCode::from(1)
@@ -83,10 +84,24 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             destination,
             all_platforms,
         } => copy::run(cli, source, destination, *all_platforms),
-        Command::Images { format } => local::images(&settings::open_store(cli)?, *format),
+        Command::Images {
+            filter,
+            digests,
+            format,
+        } => local::images(
+            &settings::open_store(cli)?,
+            &local::ImagesOptions {
+                filter: filter.as_deref(),
+                digests: *digests,
+                quiet: cli.global.quiet,
+                format: *format,
+            },
+        ),
         Command::Inspect { reference } => local::inspect(&settings::open_store(cli)?, reference),
         Command::Tag { source, target } => local::tag(&settings::open_store(cli)?, source, target),
-        Command::Rmi { references } => local::rmi(&settings::open_store(cli)?, references),
+        Command::Rmi { references, force } => {
+            local::rmi(&settings::open_store(cli)?, references, *force)
+        }
         Command::Gc => local::gc(&settings::open_store(cli)?),
         Command::Export {
             reference,
@@ -106,6 +121,20 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
 
 /// Joins an error and its causes into one readable line, leaving out a
 /// cause whose text its parent already includes.
+/// A failure the command has already reported on stderr (e.g. `rmi` of
+/// several images, where each failure gets its own line): exit 1, print
+/// nothing more.
+#[derive(Debug)]
+pub(crate) struct Reported;
+
+impl std::fmt::Display for Reported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the errors above")
+    }
+}
+
+impl std::error::Error for Reported {}
+
 pub(crate) fn error_sentence(err: &anyhow::Error) -> String {
     let mut sentence = String::new();
     for cause in err.chain() {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use haul_dist::oci::Reference;
 use haul_dist::registry::{ClientConfig, RegistryClient};
 use haul_dist::xfer::{Progress, ProgressOutput};
-use haul_dist::{CancellationToken, CopyOptions, Copier, PushSettings};
+use haul_dist::{CancellationToken, Copier, CopyOptions, PushSettings};
 
 /// Adapts a closure to [`ProgressOutput`]. `write` is called from the
 /// transfer tasks and must return promptly.

@@ -39,7 +39,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         report.digest,
         report.images.len(),
         report.transferred,
-        if report.up_to_date { ", up to date" } else { "" }
+        if report.up_to_date {
+            ", up to date"
+        } else {
+            ""
+        }
     );
     Ok(())
 }

@@ -108,7 +108,7 @@ pub use ingest::{Ingest, IngestOutcome};
 pub use layers::{chain_id, LayerInfo, StagedLayer};
 pub use layout::{ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME};
 pub use lock::Lease;
-pub use refs::RemovedImage;
+pub use refs::{IdMatch, RemovedImage};
 pub use unpack::{UnpackOptions, UnpackReport};
 pub use v1meta::V1Layer;
 

@@ -25,10 +25,23 @@ struct RefsFile {
 /// What [`Store::remove_image`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemovedImage {
-    /// The reference removed.
-    pub untagged: Reference,
+    /// The references removed: the one asked for first, then, when it was
+    /// the image's last tag in its repository, that repository's digest
+    /// references to the image (as `docker rmi` does).
+    pub untagged: Vec<Reference>,
     /// The image ID whose record was deleted because no reference was left.
     pub deleted: Option<Digest>,
+}
+
+/// How many images an ID prefix matched in [`Store::find_image_by_id`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdMatch {
+    /// No image has that ID or ID prefix.
+    None,
+    /// Exactly one image.
+    One(Box<ImageRecord>),
+    /// Several images share the prefix (their IDs).
+    Ambiguous(Vec<Digest>),
 }
 
 /// The key a reference is stored under.
@@ -149,6 +162,9 @@ impl Store {
 
     /// `rmi`: removes `reference`, and the image record too when no other
     /// reference points at it (blobs and layers are freed by the next gc).
+    /// Removing an image's last tag in a repository also removes the digest
+    /// references of that repository to the image: otherwise a hidden
+    /// `REPO@sha256:…` would keep it alive.
     pub fn remove_image(&self, reference: &Reference) -> Result<RemovedImage> {
         let _lock = self.lock_metadata()?;
         let mut refs = self.load_refs()?;
@@ -156,6 +172,29 @@ impl Store {
         let id = refs.remove(&key).ok_or_else(|| Error::ReferenceNotFound {
             reference: key.clone(),
         })?;
+        let mut untagged = vec![reference.clone()];
+        if reference.digest().is_none() {
+            let same_repository = |key: &str| {
+                Reference::parse_raw(key)
+                    .ok()
+                    .filter(|other| other.name() == reference.name())
+            };
+            let tag_left = refs.iter().any(|(key, other)| {
+                other == &id && same_repository(key).is_some_and(|r| r.digest().is_none())
+            });
+            if !tag_left {
+                refs.retain(|key, other| {
+                    let digest_ref = same_repository(key).filter(|r| r.digest().is_some());
+                    match digest_ref {
+                        Some(r) if other == &id => {
+                            untagged.push(r);
+                            false
+                        }
+                        _ => true,
+                    }
+                });
+            }
+        }
         let orphan = !refs.values().any(|other| other == &id);
         self.save_refs(refs)?;
         let deleted = if orphan {
@@ -164,9 +203,29 @@ impl Store {
         } else {
             None
         };
-        Ok(RemovedImage {
-            untagged: reference.clone(),
-            deleted,
+        Ok(RemovedImage { untagged, deleted })
+    }
+
+    /// The image whose ID is `id` (`sha256:HEX` or bare `HEX`), or whose ID
+    /// starts with it when it is a prefix of at least 12 hex digits, as
+    /// Docker's short image IDs are.
+    pub fn find_image_by_id(&self, id: &str) -> Result<IdMatch> {
+        let hex = id.strip_prefix("sha256:").unwrap_or(id);
+        let is_hex = hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !is_hex || hex.len() < 12 || hex.len() > 64 {
+            return Ok(IdMatch::None);
+        }
+        let mut found: Vec<ImageRecord> = self
+            .list_image_records()?
+            .into_iter()
+            .filter(|image| image.id.hex().starts_with(hex))
+            .collect();
+        Ok(match found.len() {
+            0 => IdMatch::None,
+            1 => IdMatch::One(Box::new(found.remove(0))),
+            _ => IdMatch::Ambiguous(found.into_iter().map(|image| image.id).collect()),
         })
     }
 

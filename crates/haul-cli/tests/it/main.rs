@@ -4,6 +4,7 @@
 mod command_line;
 mod common;
 mod copy;
+mod local;
 mod login;
 mod pull;
 mod pull_robustness;

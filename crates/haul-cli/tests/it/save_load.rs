@@ -165,7 +165,7 @@ fn a_corrupted_archive_is_refused_and_nothing_is_loaded() {
             && message.contains("hashes to"),
         "{message}"
     );
-    let out = haul_in(fresh.path(), &["images", "--format", "json"]);
+    let out = haul_in(fresh.path(), &["images", "--format", "json-array"]);
     assert_ok(&out);
     assert_eq!(json(&out.stdout), serde_json::json!([]));
 }

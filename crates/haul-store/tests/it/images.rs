@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::common::{digest, new_store, put_image};
 use haul_oci::{Digest, Reference};
-use haul_store::{Error, GcOptions, IngestOutcome, Store};
+use haul_store::{Error, GcOptions, IdMatch, IngestOutcome, Store};
 use haul_testkit::{sample_image, Entry, ImageBuilder, LayerSpec};
 
 fn r(s: &str) -> Reference {
@@ -190,6 +190,69 @@ fn tag_resolve_untag_and_list() {
         vec![r("localhost:5000/team/app:2.0")]
     );
     assert_eq!(index_ref_names(&store).len(), 3);
+}
+
+#[test]
+fn removing_the_last_tag_of_a_repository_drops_its_digest_references() {
+    let (_dir, store) = new_store();
+    let (one, _) = put_image(&store, &small_image(1), "team/app:1");
+    let by_digest = r(&format!("team/app@{}", one.manifest_digest));
+    let other_repo = r(&format!("mirror/app@{}", one.manifest_digest));
+    store.tag(&by_digest, &one.id).unwrap();
+    store.tag(&other_repo, &one.id).unwrap();
+    store.tag(&r("team/app:2"), &one.id).unwrap();
+
+    let removed = store.remove_image(&r("team/app:1")).unwrap();
+    assert_eq!(
+        removed.untagged,
+        vec![r("team/app:1")],
+        "team/app:2 is left"
+    );
+    let removed = store.remove_image(&r("team/app:2")).unwrap();
+    assert_eq!(
+        removed.untagged,
+        vec![r("team/app:2"), by_digest.clone()],
+        "the last tag of team/app takes team/app's digest reference along"
+    );
+    assert_eq!(removed.deleted, None, "mirror/app still names the image");
+    assert_eq!(
+        store.references_of(&one.id).unwrap(),
+        vec![other_repo.clone()]
+    );
+
+    let removed = store.remove_image(&other_repo).unwrap();
+    assert_eq!(removed.untagged, vec![other_repo]);
+    assert_eq!(removed.deleted, Some(one.id.clone()));
+    assert!(store.list_images().unwrap().is_empty());
+}
+
+#[test]
+fn images_are_found_by_id_and_unique_id_prefix() {
+    let (_dir, store) = new_store();
+    let (one, _) = put_image(&store, &small_image(1), "a:1");
+    let (two, _) = put_image(&store, &small_image(2), "b:1");
+    let hex = one.id.hex();
+    for text in [one.id.to_string(), hex.to_string(), hex[..12].to_string()] {
+        assert_eq!(
+            store.find_image_by_id(&text).unwrap(),
+            IdMatch::One(Box::new(one.clone())),
+            "{text}"
+        );
+    }
+    assert_eq!(
+        store
+            .find_image_by_id(&format!("sha256:{}", &two.id.hex()[..20]))
+            .unwrap(),
+        IdMatch::One(Box::new(two.clone()))
+    );
+    // Too short to be an ID, not hex, or nobody's.
+    for text in [&hex[..11], "not-an-id-at-all", "0123456789abcdef0123"] {
+        assert_eq!(
+            store.find_image_by_id(text).unwrap(),
+            IdMatch::None,
+            "{text}"
+        );
+    }
 }
 
 #[test]
