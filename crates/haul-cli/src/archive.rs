@@ -5,20 +5,28 @@
 //! `docker load`, load prints `Loaded image: REF` for every reference it
 //! sets.
 
+use std::io::IsTerminal;
 use std::path::Path;
 
 use anyhow::Context;
 use haul_dist::archive::{self, LoadOptions};
 use haul_dist::oci::{Platform, Reference};
+use haul_dist::store::Store;
 
 use crate::cli::{ArchiveFormat, Cli};
 use crate::settings;
 
-/// Runs `haul save`.
+/// Whether a path argument means a standard stream: absent, or `-`.
+fn is_standard_stream(path: Option<&Path>) -> bool {
+    path.is_none_or(|p| p.as_os_str() == "-")
+}
+
+/// Runs `haul save`: to `output`, or (absent or `-`) to standard output,
+/// which must not be a terminal.
 pub fn save(
     cli: &Cli,
     references: &[String],
-    output: &Path,
+    output: Option<&Path>,
     format: ArchiveFormat,
 ) -> anyhow::Result<()> {
     let references = references
@@ -26,9 +34,21 @@ pub fn save(
         .map(|r| Reference::parse(r).with_context(|| format!("invalid reference {r:?}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let store = settings::open_store(cli)?;
+    let Some(output) = output.filter(|_| !is_standard_stream(output)) else {
+        return save_to_stdout(&store, &references, format);
+    };
+    save_to(&store, &references, output, format)
+}
+
+fn save_to(
+    store: &Store,
+    references: &[Reference],
+    output: &Path,
+    format: ArchiveFormat,
+) -> anyhow::Result<()> {
     let saved = match format {
-        ArchiveFormat::Docker => archive::save_docker_archive(&store, &references, output),
-        ArchiveFormat::Oci => archive::save_oci_layout(&store, &references, output),
+        ArchiveFormat::Docker => archive::save_docker_archive(store, references, output),
+        ArchiveFormat::Oci => archive::save_oci_layout(store, references, output),
     };
     match saved {
         Ok(_) => Ok(()),
@@ -40,8 +60,46 @@ pub fn save(
     }
 }
 
-/// Runs `haul load`.
-pub fn load(cli: &Cli, input: &Path) -> anyhow::Result<()> {
+/// `haul save REF > FILE`: the archive is assembled in the store's
+/// temporary directory (it is built from verified blobs, never half-sent),
+/// then copied to standard output and removed.
+fn save_to_stdout(
+    store: &Store,
+    references: &[Reference],
+    format: ArchiveFormat,
+) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    if stdout.is_terminal() {
+        anyhow::bail!(
+            "refusing to write an archive to a terminal: give -o FILE or redirect standard output"
+        );
+    }
+    let spool = tempfile::Builder::new()
+        .prefix("save-")
+        .tempdir_in(store.root().join("tmp"))
+        .context("cannot make a temporary directory in the store")?;
+    // A `.tar` name makes the OCI layout a tar: a directory cannot go down a pipe.
+    let file = spool.path().join("archive.tar");
+    save_to(store, references, &file, format)?;
+    let mut archive = std::fs::File::open(&file).context("cannot reopen the saved archive")?;
+    std::io::copy(&mut archive, &mut stdout).context("cannot write to standard output")?;
+    Ok(())
+}
+
+/// Runs `haul load`: from `input`, or (absent or `-`) from standard input,
+/// which must not be a terminal.
+pub fn load(cli: &Cli, input: Option<&Path>) -> anyhow::Result<()> {
+    let stdin = is_standard_stream(input);
+    if stdin && std::io::stdin().is_terminal() {
+        anyhow::bail!(
+            "requested load from standard input, but it is a terminal: give -i FILE or redirect it"
+        );
+    }
+    let input = if stdin {
+        Path::new("/dev/stdin")
+    } else {
+        input.expect("a path unless standard input")
+    };
     let platform = cli
         .global
         .platform
@@ -54,7 +112,11 @@ pub fn load(cli: &Cli, input: &Path) -> anyhow::Result<()> {
         ..LoadOptions::default()
     };
     let report = archive::load(&store, input, &options).map_err(|err| {
-        let shown = input.display();
+        let shown = if stdin {
+            "standard input".into()
+        } else {
+            input.display().to_string()
+        };
         match err {
             // Already about the input itself: say it once.
             archive::Error::Io { path, source } if path == input => {

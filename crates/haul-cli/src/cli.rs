@@ -167,32 +167,40 @@ pub enum Command {
     },
     /// Remove content and layers no reference reaches.
     Gc,
-    /// Write an image's flattened root filesystem to a directory.
+    /// Write an image's flattened root filesystem to a directory, or as a
+    /// tar stream with `-o FILE` (`-o -`: standard output).
     Export {
-        /// The local image reference.
+        /// The local image reference or ID.
         #[arg(value_name = "REF")]
         reference: String,
-        /// Target directory.
-        #[arg(value_name = "DIR")]
-        directory: PathBuf,
+        /// Target directory (new, or empty: `.` and mount points work).
+        #[arg(
+            value_name = "DIR",
+            required_unless_present = "output",
+            conflicts_with = "output"
+        )]
+        directory: Option<PathBuf>,
+        /// Write a tar of the root filesystem here instead (`-`: standard output).
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
     },
     /// Write images to a docker-archive (docker load compatible) or OCI layout.
     Save {
         /// References to save.
         #[arg(required = true, value_name = "REF")]
         references: Vec<String>,
-        /// Output file or directory.
+        /// Output file or directory [default: standard output, also `-`].
         #[arg(short, long, value_name = "PATH")]
-        output: PathBuf,
+        output: Option<PathBuf>,
         /// Archive format.
         #[arg(long, value_enum, default_value_t = ArchiveFormat::Docker)]
         format: ArchiveFormat,
     },
     /// Import images from a docker-archive or OCI layout.
     Load {
-        /// Input file or directory.
+        /// Input file or directory [default: standard input, also `-`].
         #[arg(short, long, value_name = "PATH")]
-        input: PathBuf,
+        input: Option<PathBuf>,
     },
     /// Store credentials for a registry after checking them.
     Login {

@@ -478,6 +478,87 @@ pub fn export(store: &Store, text: &str, directory: &Path) -> anyhow::Result<()>
     Ok(())
 }
 
+/// `haul export REF -o FILE|-`: the flattened root filesystem as a tar
+/// stream, as `docker export` and `crane export` write it. The tree is
+/// flattened into the store's temporary directory first, then written as a
+/// tar (a file through a temporary sibling, so a failure leaves none).
+pub fn export_tar(store: &Store, text: &str, output: &Path) -> anyhow::Result<()> {
+    let to_stdout = output.as_os_str() == "-";
+    if to_stdout && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        bail!("refusing to write a tar to a terminal: give -o FILE or redirect standard output");
+    }
+    let spool = tempfile::Builder::new()
+        .prefix("export-")
+        .tempdir_in(store.root().join("tmp"))
+        .context("cannot make a temporary directory in the store")?;
+    let tree = spool.path().join("rootfs");
+    export(store, text, &tree)?;
+    if to_stdout {
+        return write_tar(&tree, std::io::stdout().lock())
+            .context("cannot write the tar to standard output");
+    }
+    let parent = match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let mut file = tempfile::Builder::new()
+        .prefix(".haul-export-")
+        .tempfile_in(parent)
+        .with_context(|| format!("cannot write {}", output.display()))?;
+    write_tar(&tree, &mut file).with_context(|| format!("cannot write {}", output.display()))?;
+    file.persist(output)
+        .with_context(|| format!("cannot write {}", output.display()))?;
+    Ok(())
+}
+
+/// Writes the tree under `root` as a tar with paths relative to it, in
+/// name order: symlinks kept as symlinks, hard links as link entries to the
+/// first path of their inode, owners, modes and times as they are.
+fn write_tar(root: &Path, out: impl std::io::Write) -> std::io::Result<()> {
+    let mut builder = tar::Builder::new(out);
+    builder.follow_symlinks(false);
+    builder.mode(tar::HeaderMode::Complete);
+    let mut links = std::collections::HashMap::new();
+    append_tree(&mut builder, root, Path::new(""), &mut links)?;
+    builder.into_inner()?.flush()
+}
+
+fn append_tree<W: std::io::Write>(
+    builder: &mut tar::Builder<W>,
+    dir: &Path,
+    prefix: &Path,
+    links: &mut std::collections::HashMap<(u64, u64), std::path::PathBuf>,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let mut names: Vec<_> = std::fs::read_dir(dir)?
+        .map(|entry| entry.map(|e| e.file_name()))
+        .collect::<std::io::Result<_>>()?;
+    names.sort();
+    for name in names {
+        let path = dir.join(&name);
+        let inside = prefix.join(&name);
+        let meta = std::fs::symlink_metadata(&path)?;
+        if meta.is_dir() {
+            builder.append_dir(&inside, &path)?;
+            append_tree(builder, &path, &inside, links)?;
+            continue;
+        }
+        if meta.is_file() && meta.nlink() > 1 {
+            if let Some(first) = links.get(&(meta.dev(), meta.ino())) {
+                let mut header = tar::Header::new_gnu();
+                header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
+                header.set_entry_type(tar::EntryType::Link);
+                header.set_size(0);
+                builder.append_link(&mut header, &inside, first)?;
+                continue;
+            }
+            links.insert((meta.dev(), meta.ino()), inside.clone());
+        }
+        builder.append_path_with_name(&path, &inside)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -106,13 +106,21 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Export {
             reference,
             directory,
-        } => local::export(&settings::open_store(cli)?, reference, directory),
+            output,
+        } => {
+            let store = settings::open_store(cli)?;
+            match (directory, output) {
+                (Some(directory), _) => local::export(&store, reference, directory),
+                (None, Some(output)) => local::export_tar(&store, reference, output),
+                (None, None) => unreachable!("clap requires DIR or --output"),
+            }
+        }
         Command::Save {
             references,
             output,
             format,
-        } => archive::save(cli, references, output, *format),
-        Command::Load { input } => archive::load(cli, input),
+        } => archive::save(cli, references, output.as_deref(), *format),
+        Command::Load { input } => archive::load(cli, input.as_deref()),
         // Every command is implemented; kept for commands added to `cli.rs`.
         #[allow(unreachable_patterns)]
         other => anyhow::bail!("`haul {}` is not available in this build yet", other.name()),

@@ -170,6 +170,16 @@ pub enum Error {
         /// The target.
         path: PathBuf,
     },
+
+    /// Writing the export target failed (the store itself is fine).
+    #[error("cannot write the export target {path}: {source}")]
+    Target {
+        /// The path under the target that failed.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// `Result` with the store's [`Error`].

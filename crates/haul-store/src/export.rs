@@ -10,9 +10,10 @@
 //! links; ownership and devices need [`ExportOptions::as_root`].
 //!
 //! Nothing is ever written through a symlink: every path is checked with
-//! `lstat` and created with `O_EXCL`/`O_NOFOLLOW`. The export is built in a
-//! temporary sibling of the target and renamed into place at the end, so a
-//! failure leaves no half-written target.
+//! `lstat` and created with `O_EXCL`/`O_NOFOLLOW`. A new target is built in
+//! a temporary sibling and renamed into place at the end; an existing empty
+//! directory (`.`, a mount point) is written into directly and emptied
+//! again on failure. Either way a failure leaves no half-written target.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -123,20 +124,27 @@ impl Store {
             }
             diffs.push(self.layer_diff_dir(chain_id));
         }
-        let parent = match target.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
+        // A new target is built beside it and renamed into place; an
+        // existing empty directory may be `.` or a mount point, which
+        // cannot be replaced, so it is filled in place.
+        let work = if target_exists {
+            target.to_path_buf()
+        } else {
+            let parent = match target.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            fs::create_dir_all(&parent).map_err(|e| target_error(&parent, e))?;
+            let name = target
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            tempfile::Builder::new()
+                .prefix(&format!(".{name}.haul-export-"))
+                .tempdir_in(&parent)
+                .map_err(|e| target_error(&parent, e))?
+                .keep()
         };
-        fs::create_dir_all(&parent).at(&parent)?;
-        let name = target
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!(".{name}.haul-export-"))
-            .tempdir_in(&parent)
-            .at(&parent)?
-            .keep();
         let result = (|| {
             let mut exporter = Exporter {
                 options,
@@ -146,27 +154,48 @@ impl Store {
             };
             for diff in &diffs {
                 exporter.links.clear();
-                exporter.apply_dir(diff, &tmp)?;
+                exporter.apply_dir(diff, &work)?;
             }
             exporter.finish_dirs()?;
-            fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755)).at(&tmp)?;
-            if target_exists {
-                fs::remove_dir(target).at(target)?;
+            if !target_exists {
+                fs::set_permissions(&work, fs::Permissions::from_mode(0o755)).at(&work)?;
+                fs::rename(&work, target).at(target)?;
             }
-            fs::rename(&tmp, target).at(target)?;
             Ok(exporter.report)
         })();
         if result.is_err() {
-            let _ = remove_tree(&tmp);
+            if target_exists {
+                for name in crate::sorted_names(&work).unwrap_or_default() {
+                    let _ = remove_tree(&work.join(name));
+                }
+            } else {
+                let _ = remove_tree(&work);
+            }
         }
-        result
+        result.map_err(|err| match err {
+            // I/O under the work directory is about the target: name the
+            // target's own path, not the temporary sibling's.
+            Error::Io { path, source } if path.starts_with(&work) => {
+                let inside = path.strip_prefix(&work).unwrap_or(&path);
+                target_error(&target.join(inside), source)
+            }
+            other => other,
+        })
+    }
+}
+
+fn target_error(path: &Path, source: io::Error) -> Error {
+    Error::Target {
+        path: path.to_path_buf(),
+        source,
     }
 }
 
 struct Exporter<'a> {
     options: &'a ExportOptions,
-    /// Directories to give their source's metadata at the end.
-    dirs: Vec<(PathBuf, fs::Metadata)>,
+    /// Directories to give their source's metadata at the end: the
+    /// exported path, the layer directory it came from, its metadata.
+    dirs: Vec<(PathBuf, PathBuf, fs::Metadata)>,
     /// Hard links of the current layer: source inode -> exported path.
     links: HashMap<(u64, u64), PathBuf>,
     report: ExportReport,
@@ -209,7 +238,7 @@ impl Exporter<'_> {
                     Err(e) => return Err(e).at(&to),
                 }
                 self.apply_dir(&from, &to)?;
-                self.dirs.push((to, meta));
+                self.dirs.push((to, from, meta));
                 self.report.entries += 1;
             } else {
                 remove_tree(&to)?;
@@ -294,14 +323,14 @@ impl Exporter<'_> {
     /// touch a directory wins).
     fn finish_dirs(&mut self) -> Result<()> {
         let mut seen = std::collections::HashSet::new();
-        let mut dirs: Vec<(PathBuf, fs::Metadata)> = Vec::new();
-        for (path, meta) in self.dirs.drain(..).rev() {
+        let mut dirs: Vec<(PathBuf, PathBuf, fs::Metadata)> = Vec::new();
+        for (path, from, meta) in self.dirs.drain(..).rev() {
             if seen.insert(path.clone()) {
-                dirs.push((path, meta));
+                dirs.push((path, from, meta));
             }
         }
-        dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
-        for (path, meta) in dirs {
+        dirs.sort_by_key(|(p, _, _)| std::cmp::Reverse(p.components().count()));
+        for (path, from, meta) in dirs {
             let dir = match open_dir_nofollow(&path) {
                 Ok(d) => d,
                 // Removed or replaced by a later layer.
@@ -318,6 +347,7 @@ impl Exporter<'_> {
             if self.options.as_root {
                 std::os::unix::fs::fchown(&dir, Some(meta.uid()), Some(meta.gid())).at(&path)?;
             }
+            copy_xattrs_fd(&from, &dir);
             dir.set_permissions(fs::Permissions::from_mode(meta.mode() & 0o7777))
                 .at(&path)?;
             dir.set_times(fs::FileTimes::new().set_accessed(mtime).set_modified(mtime))

@@ -169,3 +169,140 @@ fn a_corrupted_archive_is_refused_and_nothing_is_loaded() {
     assert_ok(&out);
     assert_eq!(json(&out.stdout), serde_json::json!([]));
 }
+
+#[test]
+fn save_to_standard_output_and_load_from_standard_input() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let image = sample_image();
+    let built = env.put_image(&image, "library/sample:4.0");
+    let reference = env.reference("library/sample:4.0");
+    assert_ok(&env.haul(&["pull", &reference]));
+
+    // `haul save REF > x.tar`, and `-o -` alike.
+    for args in [
+        vec!["save", reference.as_str()],
+        vec!["save", reference.as_str(), "-o", "-"],
+    ] {
+        let file = env.dir("piped.tar");
+        let out = haul_command(env.root.path(), &args)
+            .stdout(fs::File::create(&file).unwrap())
+            .output()
+            .unwrap();
+        assert_ok(&out);
+        let inspected =
+            json(&run_skopeo(["inspect", &format!("docker-archive:{}", file.display())]).unwrap());
+        let diff_ids: Vec<&str> = built.layers.iter().map(|l| l.diff_id.as_str()).collect();
+        assert_eq!(inspected["Layers"], serde_json::json!(diff_ids), "{args:?}");
+
+        // `haul load < x.tar` into a fresh store, and `-i -` alike.
+        for load in [vec!["load"], vec!["load", "-i", "-"]] {
+            let fresh = tempfile::tempdir().unwrap();
+            let out = haul_command(fresh.path(), &load)
+                .stdin(fs::File::open(&file).unwrap())
+                .output()
+                .unwrap();
+            assert_ok(&out);
+            assert_eq!(
+                stdout(&out),
+                format!("Loaded image: {reference}\n"),
+                "{load:?}"
+            );
+            let out = haul_in(fresh.path(), &["inspect", &reference]);
+            assert_eq!(json(&out.stdout)["id"], built.config.digest.as_str());
+        }
+    }
+    // The store's temporary directory keeps no spooled archive.
+    let tmp = env.root.path().join("tmp");
+    let left: Vec<_> = fs::read_dir(&tmp).map(|d| d.collect()).unwrap_or_default();
+    assert!(left.is_empty(), "save left {left:?} in the store");
+
+    // The OCI layout goes down a pipe as a tar skopeo reads.
+    let file = env.dir("piped-oci.tar");
+    let out = haul_command(env.root.path(), &["save", "--format", "oci", &reference])
+        .stdout(fs::File::create(&file).unwrap())
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    let inspected =
+        json(&run_skopeo(["inspect", &format!("oci-archive:{}:4.0", file.display())]).unwrap());
+    assert_eq!(inspected["Digest"], built.manifest.digest.as_str());
+}
+
+#[test]
+fn load_of_garbage_on_standard_input_names_standard_input() {
+    let root = tempfile::tempdir().unwrap();
+    let garbage = root.path().join("garbage");
+    fs::write(&garbage, vec![7u8; 4096]).unwrap();
+    let out = haul_command(root.path(), &["load"])
+        .stdin(fs::File::open(&garbage).unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let message = stderr(&out);
+    assert_eq!(message.lines().count(), 1, "{message}");
+    assert!(
+        message.starts_with("haul: cannot load standard input: "),
+        "{message}"
+    );
+}
+
+#[test]
+fn export_into_the_current_directory_and_as_a_tar_stream() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let image = sample_image();
+    env.put_image(&image, "library/sample:5.0");
+    let reference = env.reference("library/sample:5.0");
+    assert_ok(&env.haul(&["pull", &reference]));
+    let expected = image.expected_rootfs();
+    let check = |dir: &Path, what: &str| {
+        let differences = expected.diff(&Rootfs::read_dir(dir).unwrap(), running_as_root());
+        assert!(differences.is_empty(), "{what} differs: {differences:#?}");
+    };
+
+    // `haul export REF .` in an empty directory writes into it.
+    let here = env.dir("here");
+    fs::create_dir(&here).unwrap();
+    let out = haul_command(env.root.path(), &["export", &reference, "."])
+        .current_dir(&here)
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    check(&here, "export into .");
+
+    // `-o FILE` and `-o -` write the same tree as a tar.
+    let file = env.dir("rootfs.tar");
+    assert_ok(&env.haul(&["export", &reference, "-o", arg(&file)]));
+    let piped = env.dir("piped-rootfs.tar");
+    let out = haul_command(env.root.path(), &["export", &reference, "-o", "-"])
+        .stdout(fs::File::create(&piped).unwrap())
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    for (tar, name) in [(&file, "tar file"), (&piped, "tar on stdout")] {
+        let unpacked = env.dir(&format!("unpacked-{name}"));
+        let mut archive = tar::Archive::new(fs::File::open(tar).unwrap());
+        archive.set_preserve_permissions(true);
+        archive.set_preserve_mtime(true);
+        archive.set_unpack_xattrs(true);
+        archive.set_preserve_ownerships(running_as_root());
+        archive.unpack(&unpacked).unwrap();
+        check(&unpacked, name);
+    }
+    let left: Vec<_> = fs::read_dir(env.root.path().join("tmp"))
+        .map(|d| d.collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "export left {left:?} in the store");
+
+    // A non-empty target is refused, naming it.
+    let out = env.haul(&["export", &reference, arg(&here)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(&format!("export target {} exists", here.display())),
+        "{}",
+        stderr(&out)
+    );
+}

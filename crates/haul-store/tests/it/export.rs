@@ -183,3 +183,75 @@ fn export_without_root_keeps_modes_and_skips_owners() {
     assert_eq!(mode("suid"), 0o4755);
     assert_ne!(std::fs::metadata(target.join("owned")).unwrap().uid(), 4242);
 }
+
+/// A layer whose directory and file carry `user.*` xattrs (PAX records).
+fn layer_with_xattrs() -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (name, kind, value) in [
+        ("d/", tar::EntryType::Directory, &b"dir value"[..]),
+        ("d/f", tar::EntryType::Regular, &b"file value"[..]),
+    ] {
+        builder
+            .append_pax_extensions([("SCHILY.xattr.user.haul", value)])
+            .unwrap();
+        let mut header = tar::Header::new_ustar();
+        header.set_entry_type(kind);
+        header.set_mode(0o755);
+        header.set_size(0);
+        header.set_cksum();
+        builder.append_data(&mut header, name, &[][..]).unwrap();
+    }
+    builder.into_inner().unwrap()
+}
+
+#[test]
+fn export_keeps_the_xattrs_of_directories_and_files() {
+    let (dir, store) = new_store();
+    let info = store
+        .register_layer(&layer_with_xattrs()[..], None, None)
+        .unwrap();
+    let target = dir.path().join("t");
+    store
+        .export_rootfs(&info.chain_id, &target, &ExportOptions::default())
+        .unwrap();
+    let get = |path: &std::path::Path| {
+        rustix::fs::lgetxattr(path, "user.haul", &mut [0u8; 64][..])
+            .map_err(|e| format!("{}: {e}", path.display()))
+    };
+    assert_eq!(
+        get(&target.join("d")),
+        Ok("dir value".len()),
+        "the directory's xattr"
+    );
+    assert_eq!(
+        get(&target.join("d/f")),
+        Ok("file value".len()),
+        "the file's xattr"
+    );
+}
+
+#[test]
+fn export_into_an_existing_empty_directory_writes_in_place() {
+    // `.` and mount points cannot be renamed over: the export fills them
+    // (the command's test exports into `.`).
+    let (dir, store) = new_store();
+    let tar = tar_of(vec![Entry::file("f", 0o644, "f")]);
+    let info = store.register_layer(&tar[..], None, None).unwrap();
+    let target = dir.path().join("mnt");
+    std::fs::create_dir(&target).unwrap();
+    let inode = std::fs::metadata(&target).unwrap().ino();
+    store
+        .export_rootfs(&info.chain_id, &target, &ExportOptions::default())
+        .unwrap();
+    assert_eq!(
+        std::fs::metadata(&target).unwrap().ino(),
+        inode,
+        "the same directory"
+    );
+    assert_eq!(std::fs::read(target.join("f")).unwrap(), b"f");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        2,
+        "the store and the target, no temporary sibling"
+    );
+}
