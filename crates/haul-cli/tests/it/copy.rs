@@ -55,6 +55,7 @@ fn copy_of_an_index_keeps_every_platform_and_the_digest() {
         !env.root.path().join("content").exists(),
         "copy wrote to the local store"
     );
+    env.assert_store_invariants();
 }
 
 #[test]
@@ -78,6 +79,7 @@ fn copy_without_all_platforms_takes_the_requested_platform() {
         .unwrap();
     let raw = haul_testkit::skopeo::skopeo_inspect_raw(&env.registry, "library/arm:1").unwrap();
     assert_eq!(raw, arm.manifest_bytes);
+    env.assert_store_invariants();
 }
 
 #[test]
@@ -112,6 +114,7 @@ fn copy_within_one_registry_moves_no_blob_bytes() {
     assert_eq!(moved, 0, "a copy within one registry moves no blob bytes");
     let raw = haul_testkit::skopeo::skopeo_inspect_raw(&env.registry, "other/dst:1").unwrap();
     assert_eq!(raw, built.manifest_bytes);
+    env.assert_store_invariants();
 }
 
 #[test]
@@ -136,6 +139,7 @@ fn copy_between_registries_streams_every_blob_once() {
     );
     let inspected = haul_testkit::skopeo::skopeo_inspect(&target, "library/dst:1").unwrap();
     assert_eq!(inspected["Digest"], built.manifest.digest.as_str());
+    env.assert_store_invariants();
 }
 
 #[test]
@@ -214,4 +218,5 @@ fn copy_to_and_from_oci_layouts_and_docker_archives() {
         !env.root.path().join("content").exists(),
         "copy wrote to the local store"
     );
+    env.assert_store_invariants();
 }

@@ -54,6 +54,7 @@ fn inspect_tag_and_export_accept_an_image_id_or_its_prefix() {
         stderr(&out).trim(),
         "haul: no such image: 0123456789ab:latest"
     );
+    env.assert_store_invariants();
 }
 
 #[test]
@@ -81,6 +82,7 @@ fn rmi_by_id_needs_force_when_several_tags_name_the_image() {
     assert!(text.ends_with(&format!("Deleted: {id}\n")), "{text}");
     assert_eq!(blob_count(&env), 0, "the deleted image's blobs are freed");
     assert_eq!(stdout(&env.haul(&["images", "-q"])), "");
+    env.assert_store_invariants();
 }
 
 #[test]
@@ -103,6 +105,7 @@ fn rmi_by_id_of_a_singly_tagged_image_removes_it_with_its_digest_reference() {
         )
     );
     assert_eq!(blob_count(&env), 0);
+    env.assert_store_invariants();
 }
 
 #[test]
@@ -127,6 +130,7 @@ fn rmi_tries_every_argument_and_reports_each_failure() {
     let left = stdout(&env.haul(&["images"]));
     assert!(left.contains("team/other"), "{left}");
     assert!(!left.contains("library/sample"), "{left}");
+    env.assert_store_invariants();
 }
 
 #[test]
@@ -171,6 +175,7 @@ fn images_lists_ids_filters_by_repository_and_shows_digests() {
         "a DIGEST column: {table}"
     );
     assert!(lines.next().unwrap().contains(&manifest_digest), "{table}");
+    env.assert_store_invariants();
 }
 
 #[test]
@@ -220,4 +225,5 @@ fn images_json_is_one_docker_style_object_per_line() {
         .expect("the image pulled by digest is listed under its repository");
     assert_eq!(pinned["Tag"], "<none>");
     assert_eq!(pinned["Digest"], by_digest.manifest.digest.as_str());
+    env.assert_store_invariants();
 }

@@ -83,6 +83,7 @@ fn pulled_image_exports_exactly_the_built_tree_and_matches_umoci() {
         assert_eq!(got["diffID"], want.diff_id.as_str());
     }
     assert_eq!(layers[0]["chainID"], built.layers[0].diff_id.as_str());
+    env.assert_store_invariants();
 }
 
 #[test]
@@ -109,6 +110,7 @@ fn second_pull_is_up_to_date_and_moves_no_blob() {
         0,
         "no blob was fetched again"
     );
+    env.assert_store_invariants();
 }
 
 #[test]
@@ -162,6 +164,7 @@ fn shared_base_layers_already_exist_and_only_new_blobs_move() {
         proxy.response_bytes_matching("GET", &new_layer.digest),
         new_layer.size
     );
+    env.assert_store_invariants();
 }
 
 #[test]
@@ -200,6 +203,7 @@ fn pull_by_digest_and_several_references_at_once() {
         .collect();
     assert!(ids.iter().all(|id| *id == built.config.digest), "{images}");
     assert!(!ids.is_empty());
+    env.assert_store_invariants();
 }
 
 #[test]
@@ -246,6 +250,7 @@ fn platform_is_chosen_from_an_index_and_all_platforms_can_be_pulled() {
     platforms.sort();
     platforms.dedup();
     assert_eq!(platforms, ["linux/amd64", "linux/arm64/v8"], "{images}");
+    env.assert_store_invariants();
 }
 
 #[test]
@@ -278,6 +283,7 @@ fn dropped_connection_resumes_and_fetches_each_layer_once() {
         big.size,
         "no byte fetched twice"
     );
+    env.assert_store_invariants();
 }
 
 #[test]
@@ -316,6 +322,7 @@ fn corrupted_blob_is_refused_and_nothing_is_committed() {
     );
     let out = env.haul(&["images", "--format", "json-array"]);
     assert_eq!(stdout(&out).trim(), "[]", "no image is recorded");
+    env.assert_store_invariants();
 }
 
 #[test]
@@ -341,6 +348,7 @@ fn malicious_layer_is_refused() {
         !outside.join("planted").exists(),
         "a file was written outside the layer"
     );
+    env.assert_store_invariants();
 }
 
 #[test]
@@ -380,6 +388,7 @@ fn json_progress_is_docker_json_messages() {
     assert!(messages.iter().any(|m| m["status"]
         .as_str()
         .is_some_and(|s| s.starts_with("Digest: sha256:"))));
+    env.assert_store_invariants();
 }
 
 #[test]
@@ -392,6 +401,7 @@ fn quiet_pull_prints_only_the_reference() {
     let out = env.haul(&["-q", "pull", &reference]);
     assert_ok(&out);
     assert_eq!(stdout(&out), format!("{reference}\n"));
+    env.assert_store_invariants();
 }
 
 #[test]
@@ -422,6 +432,7 @@ fn no_unpack_keeps_only_blobs_readable_by_skopeo() {
     let out = env.haul(&["export", &reference, env.dir("x").to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("not unpacked"), "{}", stderr(&out));
+    env.assert_store_invariants();
 }
 
 #[test]
@@ -476,6 +487,7 @@ fn rmi_of_the_last_tags_frees_the_space() {
     );
     let images = env.haul(&["images", "--format", "json-array"]);
     assert_eq!(stdout(&images).trim(), "[]");
+    env.assert_store_invariants();
 }
 
 #[test]
@@ -557,4 +569,5 @@ fn schema1_manifests_from_old_registries_are_pulled() {
         diff_ids, want,
         "the same layers, recognised by their diffIDs"
     );
+    env.assert_store_invariants();
 }

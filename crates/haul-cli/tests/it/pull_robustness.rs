@@ -256,6 +256,7 @@ fn killed_pull_is_resumed_from_its_partial_by_the_next_pull() {
     assert!(!partial.exists(), "the partial was committed");
     assert_eq!(file_size(&blob_path), big.size);
     assert_exports(&env, &reference, &image, "export");
+    env.assert_store_invariants();
 }
 
 #[test]
@@ -299,6 +300,7 @@ fn two_processes_pulling_one_image_fetch_each_blob_once() {
         );
     }
     assert_exports(&env, &reference, &image, "export");
+    env.assert_store_invariants();
 }
 
 #[test]
@@ -331,6 +333,7 @@ fn stalled_connection_times_out_and_the_download_resumes() {
         "no byte fetched twice"
     );
     assert_exports(&env, &reference, &image, "export");
+    env.assert_store_invariants();
 }
 
 #[test]
@@ -394,6 +397,7 @@ fn interrupt_cancels_a_pull_promptly_and_a_later_pull_completes() {
         Some(format!("bytes={kept}-").as_str())
     );
     assert_exports(&env, &reference, &image, "export");
+    env.assert_store_invariants();
 }
 
 #[test]
@@ -458,6 +462,7 @@ fn max_concurrent_downloads_bounds_the_layer_gets_in_flight() {
         "every layer was fetched once, stalled"
     );
     assert_eq!(most, 2, "layer GETs in flight at once");
+    env.assert_store_invariants();
 }
 
 #[test]
@@ -522,6 +527,7 @@ fn retry_countdown_shows_in_plain_progress() {
         "the countdown took {took:?}: the tick was not shortened"
     );
     assert_exports(&env, &reference, &image, "export");
+    env.assert_store_invariants();
 }
 
 #[test]
@@ -572,6 +578,7 @@ fn interrupt_reaches_a_pull_waiting_for_another_process() {
     );
     assert_eq!(holder.wait_for(Duration::ZERO), None, "the holder goes on");
     holder.kill();
+    env.assert_store_invariants();
 }
 
 #[test]
@@ -628,6 +635,7 @@ fn a_pull_waiting_for_a_killed_process_resumes_its_partial() {
     );
     assert_eq!(gets[1].response_bytes, big.size - from);
     assert_exports(&env, &reference, &image, "export");
+    env.assert_store_invariants();
 }
 
 #[test]
@@ -665,4 +673,5 @@ fn interrupt_cancels_a_pull_stalled_on_its_manifest() {
         "{status}\nstderr:\n{}",
         pull.stderr()
     );
+    env.assert_store_invariants();
 }

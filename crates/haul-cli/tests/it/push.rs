@@ -80,6 +80,7 @@ fn push_within_a_registry_mounts_every_layer() {
     for layer in &built.layers {
         assert!(stdout(&out).contains(&format!("{}: Layer already exists", short(&layer.diff_id))));
     }
+    env.assert_store_invariants();
 }
 
 #[test]
@@ -161,6 +162,7 @@ fn push_to_an_empty_registry_uploads_what_skopeo_and_umoci_read_back() {
             "umoci of the pushed image differs from haul export: {differences:#?}"
         );
     }
+    env.assert_store_invariants();
 }
 
 #[test]
@@ -250,6 +252,7 @@ fn interrupted_chunked_push_resends_only_the_refused_chunk() {
     );
     let inspected = haul_testkit::skopeo::skopeo_inspect(&target, "library/big:1").unwrap();
     assert_eq!(inspected["Digest"], built.manifest.digest.as_str());
+    env.assert_store_invariants();
 }
 
 #[test]
@@ -272,6 +275,7 @@ fn rate_limited_push_waits_and_succeeds() {
     );
     let inspected = haul_testkit::skopeo::skopeo_inspect(&target, "library/big:1").unwrap();
     assert_eq!(inspected["Digest"], built.manifest.digest.as_str());
+    env.assert_store_invariants();
 }
 
 #[test]
@@ -332,4 +336,5 @@ fn a_push_outliving_its_token_gets_a_new_one() {
         scopes.len() > distinct.len(),
         "no token was fetched again after expiring: {scopes:?}"
     );
+    env.assert_store_invariants();
 }

@@ -70,6 +70,7 @@ fn a_saved_image_loads_into_a_fresh_store_identically() {
         differences.is_empty(),
         "export after load differs: {differences:#?}"
     );
+    env.assert_store_invariants();
 }
 
 #[test]
@@ -135,6 +136,7 @@ fn oci_format_writes_a_layout_skopeo_reads_with_the_same_digest() {
         json(&out.stdout)["manifestDigest"],
         built.manifest.digest.as_str()
     );
+    env.assert_store_invariants();
 }
 
 #[test]
@@ -168,6 +170,7 @@ fn a_corrupted_archive_is_refused_and_nothing_is_loaded() {
     let out = haul_in(fresh.path(), &["images", "--format", "json-array"]);
     assert_ok(&out);
     assert_eq!(json(&out.stdout), serde_json::json!([]));
+    env.assert_store_invariants();
 }
 
 #[test]
@@ -228,6 +231,7 @@ fn save_to_standard_output_and_load_from_standard_input() {
     let inspected =
         json(&run_skopeo(["inspect", &format!("oci-archive:{}:4.0", file.display())]).unwrap());
     assert_eq!(inspected["Digest"], built.manifest.digest.as_str());
+    env.assert_store_invariants();
 }
 
 #[test]
@@ -305,4 +309,5 @@ fn export_into_the_current_directory_and_as_a_tar_stream() {
         "{}",
         stderr(&out)
     );
+    env.assert_store_invariants();
 }

@@ -202,6 +202,8 @@ fn push_pull_round_trip(kind: V1Kind) {
     let text = stdout(&out);
     assert!(!text.contains("Downloading"), "{text}");
     assert!(text.contains("Already exists"), "{text}");
+    assert_store_invariants(fresh.path());
+    env.assert_store_invariants();
 }
 
 #[test]
@@ -247,6 +249,7 @@ fn auto_protocol_falls_back_to_v1_for_a_v1_only_registry() {
         "{}",
         stdout(&out)
     );
+    assert_store_invariants(fresh.path());
 }
 
 #[test]
@@ -322,6 +325,7 @@ fn dropped_layer_download_resumes() {
                 "{layer_bytes} bytes for {total} bytes of layers"
             );
         }
+        assert_store_invariants(fresh.path());
     }
 }
 

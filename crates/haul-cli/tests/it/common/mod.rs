@@ -118,3 +118,150 @@ pub fn assert_ok(out: &Output) {
 pub fn short(digest: &str) -> &str {
     &digest["sha256:".len().."sha256:".len() + 12]
 }
+
+/// Checks what must hold of a store after any sequence of commands, and
+/// panics naming what does not:
+///
+/// - every blob in `content/blobs/` hashes to its name;
+/// - `content/` is an OCI layout in which skopeo can copy every named
+///   manifest (`oci:ROOT/content:REF`), so every blob it needs is there;
+/// - removing every image and collecting garbage (on a copy of the store)
+///   leaves no blob, no layer and no `index.json` entry.
+#[track_caller]
+pub fn assert_store_invariants(root: &Path) {
+    let blobs = root.join("content/blobs/sha256");
+    for entry in std::fs::read_dir(&blobs).into_iter().flatten() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let mut file = std::fs::File::open(&path).unwrap();
+        let mut digester = haul_dist::oci::Digester::new(haul_dist::oci::Algorithm::Sha256);
+        std::io::copy(&mut file, &mut digester).unwrap();
+        assert_eq!(
+            digester.finish().hex(),
+            name,
+            "blob {} does not hash to its name",
+            path.display()
+        );
+    }
+
+    let index: serde_json::Value = match std::fs::read(root.join("content/index.json")) {
+        Ok(bytes) => serde_json::from_slice(&bytes).expect("content/index.json is JSON"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => serde_json::json!({"manifests": []}),
+        Err(e) => panic!("content/index.json: {e}"),
+    };
+    let scratch = tempfile::tempdir().unwrap();
+    for entry in index["manifests"]
+        .as_array()
+        .expect("index.json lists manifests")
+    {
+        let name = entry["annotations"]["org.opencontainers.image.ref.name"]
+            .as_str()
+            .expect("every index.json entry is named");
+        assert_blobs_present(&blobs, entry, name);
+        // skopeo 1.9 skips index.json entries of Docker media types (newer
+        // skopeo reads them); for those the check above is the whole check.
+        let media_type = entry["mediaType"].as_str().unwrap_or_default();
+        if !media_type.starts_with("application/vnd.oci.image.") {
+            continue;
+        }
+        let copy = scratch
+            .path()
+            .join(haul_dist::oci::Digest::sha256_of(name.as_bytes()).hex());
+        haul_testkit::skopeo::run_skopeo([
+            "copy".to_string(),
+            "--quiet".to_string(),
+            format!("oci:{}/content:{name}", root.display()),
+            format!("dir:{}", copy.display()),
+        ])
+        .unwrap_or_else(|e| panic!("skopeo cannot copy {name} out of the store: {e}"));
+    }
+
+    // Everything removed, on a copy: gc must leave nothing behind.
+    let copy = scratch.path().join("store");
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(root)
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(status.success(), "cp -a of the store");
+    let images = haul_in(&copy, &["images", "--format", "json-array"]);
+    assert_ok(&images);
+    let listed: serde_json::Value = serde_json::from_slice(&images.stdout).unwrap();
+    let mut ids: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|image| image["id"].as_str().unwrap())
+        .collect();
+    ids.dedup();
+    if !ids.is_empty() {
+        let mut args = vec!["rmi", "-f"];
+        args.extend(&ids);
+        assert_ok(&haul_in(&copy, &args));
+    }
+    assert_ok(&haul_in(&copy, &["gc"]));
+    let count = |dir: &str| {
+        std::fs::read_dir(copy.join(dir))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    assert_eq!(
+        count("content/blobs/sha256"),
+        0,
+        "gc after removing every image left blobs"
+    );
+    assert_eq!(
+        count("layers/sha256"),
+        0,
+        "gc after removing every image left layers"
+    );
+    let index: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(copy.join("content/index.json"))
+            .unwrap_or_else(|_| b"{\"manifests\":[]}".to_vec()),
+    )
+    .unwrap();
+    assert_eq!(
+        index["manifests"],
+        serde_json::json!([]),
+        "index.json still names images"
+    );
+}
+
+/// Panics unless the blob `descriptor` names, and for a manifest its
+/// config and layers, are in `blobs` (an index's manifests are checked
+/// where stored: a single-platform pull keeps only its own).
+#[track_caller]
+fn assert_blobs_present(blobs: &Path, descriptor: &serde_json::Value, name: &str) {
+    let digest = descriptor["digest"]
+        .as_str()
+        .expect("descriptors have digests");
+    let path = blobs.join(&digest["sha256:".len()..]);
+    let bytes = std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("{name}: blob {digest} is not in the store: {e}"));
+    let is_manifest = descriptor["mediaType"]
+        .as_str()
+        .is_some_and(|t| t.contains("manifest") && !t.contains("list") && !t.contains("index"));
+    if !is_manifest {
+        return;
+    }
+    let manifest: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    let layers = manifest["layers"].as_array().cloned().unwrap_or_default();
+    for child in std::iter::once(&manifest["config"]).chain(&layers) {
+        let digest = child["digest"]
+            .as_str()
+            .expect("manifest descriptors have digests");
+        assert!(
+            blobs.join(&digest["sha256:".len()..]).is_file(),
+            "{name}: blob {digest} of its manifest is not in the store"
+        );
+    }
+}
+
+impl Env {
+    /// [`assert_store_invariants`] on this env's store.
+    #[track_caller]
+    pub fn assert_store_invariants(&self) {
+        assert_store_invariants(self.root.path());
+    }
+}
