@@ -17,37 +17,82 @@ use crate::cli::Cli;
 use crate::render;
 use crate::settings;
 
-/// One side of a copy.
+/// One side of a copy, in skopeo's transport syntax.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
     /// An image in a registry (`docker://REF` or a bare reference).
     Registry(Reference),
-    /// An OCI image layout directory, with an optional tag.
-    Oci { dir: PathBuf, tag: Option<String> },
-    /// A docker-archive tar file.
-    DockerArchive(PathBuf),
+    /// An OCI image layout directory (`oci:DIR[:REF]`).
+    Oci {
+        /// The layout directory.
+        dir: PathBuf,
+        /// A tag or full reference naming the image (its `ref.name`).
+        name: Option<String>,
+    },
+    /// A tar of an OCI image layout (`oci-archive:FILE[:REF]`).
+    OciArchive {
+        /// The tar file.
+        file: PathBuf,
+        /// As for [`Endpoint::Oci`].
+        name: Option<String>,
+    },
+    /// A docker-archive tar (`docker-archive:FILE[:REF]`).
+    DockerArchive {
+        /// The tar file.
+        file: PathBuf,
+        /// The image inside (`NAME:TAG`, or `@N` for the N-th), or for a
+        /// destination the name to write.
+        name: Option<String>,
+    },
 }
 
-/// Parses `docker://REF`, `REF`, `oci:DIR[:TAG]` or `docker-archive:FILE`.
+/// skopeo's transports that haul does not offer, refused by name so that
+/// `dir:/tmp/x` never becomes a registry lookup.
+const UNSUPPORTED_TRANSPORTS: [&str; 6] = [
+    "containers-storage",
+    "dir",
+    "docker-daemon",
+    "ostree",
+    "sif",
+    "tarball",
+];
+
+/// Splits `PATH[:NAME]` at its first `:`, as skopeo does (so a path holds
+/// no `:`), refusing an empty path.
+fn path_and_name(text: &str, rest: &str, what: &str) -> anyhow::Result<(PathBuf, Option<String>)> {
+    let (path, name) = match rest.split_once(':') {
+        Some((path, name)) if !name.is_empty() => (path, Some(name.to_string())),
+        Some((path, _)) => (path, None),
+        None => (rest, None),
+    };
+    if path.is_empty() {
+        bail!("{text:?}: the {what} is missing");
+    }
+    Ok((PathBuf::from(path), name))
+}
+
+/// Parses `docker://REF`, `REF`, `oci:DIR[:REF]`, `oci-archive:FILE[:REF]`
+/// or `docker-archive:FILE[:REF]`, and refuses the transports haul lacks.
 pub fn parse_endpoint(text: &str) -> anyhow::Result<Endpoint> {
     if let Some(rest) = text.strip_prefix("oci:") {
-        let (dir, tag) = match rest.split_once(':') {
-            Some((dir, tag)) => (dir, Some(tag.to_string())),
-            None => (rest, None),
-        };
-        if dir.is_empty() {
-            bail!("{text:?}: the OCI layout directory is missing");
-        }
-        return Ok(Endpoint::Oci {
-            dir: PathBuf::from(dir),
-            tag,
-        });
+        let (dir, name) = path_and_name(text, rest, "OCI layout directory")?;
+        return Ok(Endpoint::Oci { dir, name });
     }
-    if let Some(file) = text.strip_prefix("docker-archive:") {
-        if file.is_empty() {
-            bail!("{text:?}: the archive file is missing");
+    if let Some(rest) = text.strip_prefix("oci-archive:") {
+        let (file, name) = path_and_name(text, rest, "archive file")?;
+        return Ok(Endpoint::OciArchive { file, name });
+    }
+    if let Some(rest) = text.strip_prefix("docker-archive:") {
+        let (file, name) = path_and_name(text, rest, "archive file")?;
+        return Ok(Endpoint::DockerArchive { file, name });
+    }
+    if let Some((transport, _)) = text.split_once(':') {
+        if UNSUPPORTED_TRANSPORTS.contains(&transport) {
+            bail!(
+                "{text:?}: haul does not support the {transport}: transport; use docker://, oci:, \
+                 oci-archive: or docker-archive:"
+            );
         }
-        return Ok(Endpoint::DockerArchive(PathBuf::from(file)));
     }
     let reference = text.strip_prefix("docker://").unwrap_or(text);
     Ok(Endpoint::Registry(
@@ -109,14 +154,15 @@ pub fn run(cli: &Cli, source: &str, destination: &str, all_platforms: bool) -> a
 
 /// How an endpoint is named in messages.
 fn shown(endpoint: &Endpoint) -> String {
+    let with_name = |transport: &str, path: &Path, name: &Option<String>| match name {
+        Some(name) => format!("{transport}:{}:{name}", path.display()),
+        None => format!("{transport}:{}", path.display()),
+    };
     match endpoint {
         Endpoint::Registry(r) => r.familiar(),
-        Endpoint::Oci {
-            dir,
-            tag: Some(tag),
-        } => format!("oci:{}:{tag}", dir.display()),
-        Endpoint::Oci { dir, tag: None } => format!("oci:{}", dir.display()),
-        Endpoint::DockerArchive(file) => format!("docker-archive:{}", file.display()),
+        Endpoint::Oci { dir, name } => with_name("oci", dir, name),
+        Endpoint::OciArchive { file, name } => with_name("oci-archive", file, name),
+        Endpoint::DockerArchive { file, name } => with_name("docker-archive", file, name),
     }
 }
 
@@ -151,8 +197,11 @@ async fn via_temporary_store(
                 .await?;
             from.clone()
         }
-        Endpoint::Oci { dir, tag } => load_one(&store, dir, tag.as_deref(), platform.clone())?,
-        Endpoint::DockerArchive(file) => load_one(&store, file, None, platform.clone())?,
+        Endpoint::Oci { dir: path, name }
+        | Endpoint::OciArchive { file: path, name }
+        | Endpoint::DockerArchive { file: path, name } => {
+            load_one(&store, path, name.as_deref(), platform.clone())?
+        }
     };
     // 2. From there to the destination.
     match destination {
@@ -165,36 +214,75 @@ async fn via_temporary_store(
             let report = pusher.push(to, output, cancel).await?;
             Ok(Some(to.with_digest(report.digest)))
         }
-        Endpoint::Oci { dir, tag } => {
-            let named = match tag {
-                Some(tag) => {
-                    let renamed = image.without_digest().with_tag(tag)?;
-                    let record = store
-                        .resolve(&image)?
-                        .context("the copied image vanished")?;
-                    store.tag(&renamed, &record.id)?;
-                    renamed
-                }
-                None => image,
-            };
+        Endpoint::Oci { dir, name } => {
+            let named = rename(&store, &image, name.as_deref(), true)?;
             drop(output);
             archive::save_oci_layout(&store, std::slice::from_ref(&named), dir)?;
             Ok(None)
         }
-        Endpoint::DockerArchive(file) => {
+        Endpoint::OciArchive { file, name } => {
+            let named = rename(&store, &image, name.as_deref(), true)?;
             drop(output);
-            archive::save_docker_archive(&store, std::slice::from_ref(&image), file)?;
+            // save_oci_layout writes a tar for a `.tar` name: write one
+            // beside the target, then put it in place.
+            let parent = match file.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            let spool = tempfile::Builder::new()
+                .prefix(".haul-copy-")
+                .tempdir_in(parent)
+                .with_context(|| format!("cannot write {}", file.display()))?;
+            let tar = spool.path().join("layout.tar");
+            archive::save_oci_layout(&store, std::slice::from_ref(&named), &tar)?;
+            std::fs::rename(&tar, file)
+                .with_context(|| format!("cannot write {}", file.display()))?;
+            Ok(None)
+        }
+        Endpoint::DockerArchive { file, name } => {
+            let named = rename(&store, &image, name.as_deref(), false)?;
+            drop(output);
+            archive::save_docker_archive(&store, std::slice::from_ref(&named), file)?;
             Ok(None)
         }
     }
 }
 
+/// The reference to write `image` under at a destination named `name`
+/// (tagged so in the scratch store): a tag keeps the image's repository, a
+/// full reference replaces it. An OCI layout names its entries by tag, so
+/// there a full reference is refused rather than silently shortened.
+fn rename(
+    store: &Store,
+    image: &Reference,
+    name: Option<&str>,
+    layout: bool,
+) -> anyhow::Result<Reference> {
+    let Some(name) = name else {
+        return Ok(image.clone());
+    };
+    let renamed = if name.contains(['/', ':', '@']) {
+        if layout {
+            bail!("an OCI layout destination is named by a tag (oci:DIR:TAG), not {name:?}");
+        }
+        Reference::parse(name).with_context(|| format!("invalid reference {name:?}"))?
+    } else {
+        image.without_digest().with_tag(name)?
+    };
+    let record = store
+        .resolve(image)?
+        .context("the copied image vanished from the scratch store")?;
+    store.tag(&renamed, &record.id)?;
+    Ok(renamed)
+}
+
 /// Loads an archive or layout into `store` and returns the reference of
-/// the image `tag` names (or its only image).
+/// the image `name` picks: a tag, a full reference, `@N` (the N-th image,
+/// from 0), or nothing when the input holds one image.
 fn load_one(
     store: &Store,
     input: &Path,
-    tag: Option<&str>,
+    name: Option<&str>,
     platform: Option<Platform>,
 ) -> anyhow::Result<Reference> {
     let options = LoadOptions {
@@ -202,24 +290,47 @@ fn load_one(
         ..LoadOptions::default()
     };
     let report = archive::load(store, input, &options)?;
-    let references: Vec<&Reference> = report
-        .images
-        .iter()
-        .flat_map(|i| i.references.iter().map(|(r, _)| r))
-        .collect();
-    let chosen = match tag {
-        Some(tag) => references.iter().find(|r| r.tag() == Some(tag)),
-        None if report.images.len() == 1 => references.first(),
-        None => bail!(
-            "{} holds several images: name one with :TAG",
-            input.display()
-        ),
+    let first_reference = |n: usize| {
+        report
+            .images
+            .get(n)
+            .and_then(|i| i.references.first())
+            .map(|(r, _)| r)
     };
-    chosen.map(|r| (*r).clone()).with_context(|| {
-        format!(
-            "{} has no image tagged {}",
+    let chosen = match name {
+        None if report.images.len() == 1 => first_reference(0),
+        None => bail!(
+            "{} holds {} images: name one with :REF or :@N",
             input.display(),
-            tag.unwrap_or("")
+            report.images.len()
+        ),
+        Some(name) => match name.strip_prefix('@') {
+            Some(index) => {
+                let index: usize = index
+                    .parse()
+                    .with_context(|| format!("{name:?} is not @ followed by a number"))?;
+                first_reference(index)
+            }
+            None => {
+                let full = Reference::parse(name)
+                    .ok()
+                    .filter(|_| name.contains(['/', ':', '@']));
+                report
+                    .images
+                    .iter()
+                    .flat_map(|i| i.references.iter().map(|(r, _)| r))
+                    .find(|r| match &full {
+                        Some(full) => *r == full,
+                        None => r.tag() == Some(name),
+                    })
+            }
+        },
+    };
+    chosen.cloned().with_context(|| {
+        format!(
+            "{} has no image named {}",
+            input.display(),
+            name.unwrap_or("")
         )
     })
 }
@@ -242,20 +353,52 @@ mod tests {
             parse_endpoint("oci:/tmp/x:v1").unwrap(),
             Endpoint::Oci {
                 dir: "/tmp/x".into(),
-                tag: Some("v1".into())
+                name: Some("v1".into())
+            }
+        );
+        assert_eq!(
+            parse_endpoint("oci:/root/content:127.0.0.1:5000/small:latest").unwrap(),
+            Endpoint::Oci {
+                dir: "/root/content".into(),
+                name: Some("127.0.0.1:5000/small:latest".into())
             }
         );
         assert_eq!(
             parse_endpoint("oci:rel").unwrap(),
             Endpoint::Oci {
                 dir: "rel".into(),
-                tag: None
+                name: None
             }
         );
         assert_eq!(
             parse_endpoint("docker-archive:/tmp/a.tar").unwrap(),
-            Endpoint::DockerArchive("/tmp/a.tar".into())
+            Endpoint::DockerArchive {
+                file: "/tmp/a.tar".into(),
+                name: None
+            }
         );
+        assert_eq!(
+            parse_endpoint("docker-archive:/tmp/a.tar:@1").unwrap(),
+            Endpoint::DockerArchive {
+                file: "/tmp/a.tar".into(),
+                name: Some("@1".into())
+            }
+        );
+        assert_eq!(
+            parse_endpoint("oci-archive:a.tar:app:1").unwrap(),
+            Endpoint::OciArchive {
+                file: "a.tar".into(),
+                name: Some("app:1".into())
+            }
+        );
+        for unsupported in [
+            "dir:/tmp/x",
+            "containers-storage:alpine",
+            "docker-daemon:a:1",
+        ] {
+            let err = parse_endpoint(unsupported).unwrap_err().to_string();
+            assert!(err.contains("does not support the"), "{unsupported}: {err}");
+        }
         assert!(parse_endpoint("oci:").is_err());
         assert!(parse_endpoint("docker://library/UPPER").is_err());
     }

@@ -220,3 +220,115 @@ fn copy_to_and_from_oci_layouts_and_docker_archives() {
     );
     env.assert_store_invariants();
 }
+
+fn skopeo_json(args: &[&str]) -> serde_json::Value {
+    serde_json::from_slice(&haul_testkit::skopeo::run_skopeo(args).unwrap()).unwrap()
+}
+
+#[test]
+fn copy_takes_skopeo_transports_exactly() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let first = env.put_image(&sample_image(), "library/one:1");
+    let second = env.put_image(&sample_image().label("n", "2"), "library/two:2");
+    let one = env.reference("library/one:1");
+    let two = env.reference("library/two:2");
+    assert_ok(&env.haul(&["pull", &one, &two]));
+
+    // The store's own layout, by the full reference its README shows.
+    let content = env.root.path().join("content");
+    let out = env.haul(&[
+        "copy",
+        &format!("oci:{}:{one}", content.display()),
+        &format!("docker://{}", env.reference("copies/one:from-store")),
+    ]);
+    assert_ok(&out);
+    let inspected = skopeo_json(&[
+        "inspect",
+        "--tls-verify=false",
+        &format!("docker://{}", env.reference("copies/one:from-store")),
+    ]);
+    assert_eq!(inspected["Digest"], first.manifest.digest.as_str());
+
+    // A docker-archive of two images: pick by name and by index.
+    let archive = env.dir("two.tar");
+    assert_ok(&env.haul(&["save", &one, &two, "-o", archive.to_str().unwrap()]));
+    let by_index = env.dir("by-index");
+    assert_ok(&env.haul(&[
+        "copy",
+        &format!("docker-archive:{}:@1", archive.display()),
+        &format!("oci:{}:picked", by_index.display()),
+    ]));
+    let inspected = skopeo_json(&["inspect", &format!("oci:{}:picked", by_index.display())]);
+    assert_eq!(
+        inspected["Labels"]["n"], "2",
+        "@1 is the second image saved"
+    );
+    let by_name = env.dir("by-name");
+    assert_ok(&env.haul(&[
+        "copy",
+        &format!("docker-archive:{}:{one}", archive.display()),
+        &format!("oci:{}:picked", by_name.display()),
+    ]));
+    // A docker-archive keeps the image (its config), not the manifest.
+    let raw = skopeo_json(&[
+        "inspect",
+        "--raw",
+        &format!("oci:{}:picked", by_name.display()),
+    ]);
+    assert_eq!(raw["config"]["digest"], first.config.digest.as_str());
+    let out = env.haul(&[
+        "copy",
+        &format!("docker-archive:{}", archive.display()),
+        &format!("oci:{}:x", env.dir("ambiguous").display()),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("holds 2 images: name one with :REF or :@N"),
+        "{}",
+        stderr(&out)
+    );
+
+    // oci-archive: and a named docker-archive: as destinations.
+    let oci_tar = env.dir("out.oci");
+    assert_ok(&env.haul(&[
+        "copy",
+        &two,
+        &format!("oci-archive:{}:v2", oci_tar.display()),
+    ]));
+    let inspected = skopeo_json(&["inspect", &format!("oci-archive:{}:v2", oci_tar.display())]);
+    assert_eq!(inspected["Digest"], second.manifest.digest.as_str());
+    let named = env.dir("named.tar");
+    assert_ok(&env.haul(&[
+        "copy",
+        &two,
+        &format!("docker-archive:{}:renamed/app:7", named.display()),
+    ]));
+    let manifest: serde_json::Value = {
+        let mut archive = tar::Archive::new(std::fs::File::open(&named).unwrap());
+        let mut entry = archive
+            .entries()
+            .unwrap()
+            .map(Result::unwrap)
+            .find(|e| e.path().unwrap().to_str() == Some("manifest.json"))
+            .expect("manifest.json");
+        serde_json::from_reader(&mut entry).unwrap()
+    };
+    assert_eq!(
+        manifest[0]["RepoTags"],
+        serde_json::json!(["renamed/app:7"])
+    );
+
+    // Transports haul lacks are refused by name, not looked up anywhere.
+    for source in ["dir:/tmp/x", "containers-storage:alpine:latest"] {
+        let out = env.haul(&["copy", source, &two]);
+        assert_eq!(out.status.code(), Some(1), "{source}");
+        assert!(
+            stderr(&out).contains("haul does not support the"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    env.assert_store_invariants();
+}
