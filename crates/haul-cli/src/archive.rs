@@ -10,7 +10,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use haul_dist::archive::{self, LoadOptions};
-use haul_dist::oci::{Platform, Reference};
+use haul_dist::oci::Reference;
 use haul_dist::store::Store;
 
 use crate::cli::{ArchiveFormat, Cli};
@@ -100,12 +100,7 @@ pub fn load(cli: &Cli, input: Option<&Path>) -> anyhow::Result<()> {
     } else {
         input.expect("a path unless standard input")
     };
-    let platform = cli
-        .global
-        .platform
-        .as_deref()
-        .map(|p| Platform::parse(p).with_context(|| format!("invalid platform {p:?}")))
-        .transpose()?;
+    let platform = settings::platform(cli)?;
     let store = settings::open_store(cli)?;
     let options = LoadOptions {
         platform,

@@ -104,12 +104,7 @@ pub fn parse_endpoint(text: &str) -> anyhow::Result<Endpoint> {
 pub fn run(cli: &Cli, source: &str, destination: &str, all_platforms: bool) -> anyhow::Result<()> {
     let source = parse_endpoint(source)?;
     let destination = parse_endpoint(destination)?;
-    let platform = cli
-        .global
-        .platform
-        .as_deref()
-        .map(|p| Platform::parse(p).with_context(|| format!("invalid platform {p:?}")))
-        .transpose()?;
+    let platform = settings::platform(cli)?;
     let client = RegistryClient::new(settings::client_config(cli))?;
     let kind = render::choose(
         cli.global.progress,

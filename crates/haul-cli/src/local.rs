@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::{bail, Context};
-use haul_dist::oci::Reference;
+use haul_dist::oci::{Platform, Reference};
 use haul_dist::store::{ExportOptions, IdMatch, ImageRecord, Store};
 use serde_json::json;
 
@@ -63,6 +63,55 @@ pub fn find_image(store: &Store, text: &str) -> anyhow::Result<Found> {
     }
     let reference = parse_reference(text)?;
     bail!("no such image: {}", reference.familiar())
+}
+
+/// The platform variant of `found` for `platform` (`--platform`): the
+/// image itself when it matches, else the image of the same index that
+/// was pulled for that platform (`pull --all-platforms`), else an error
+/// naming the platforms stored.
+pub fn for_platform(
+    store: &Store,
+    found: Found,
+    platform: Option<&Platform>,
+) -> anyhow::Result<Found> {
+    let Some(wanted) = platform else {
+        return Ok(found);
+    };
+    let family: Vec<ImageRecord> = match &found.image.index_digest {
+        Some(index) => store
+            .list_image_records()?
+            .into_iter()
+            .filter(|image| image.index_digest.as_ref() == Some(index))
+            .collect(),
+        None => vec![found.image.clone()],
+    };
+    for candidate in wanted.compatible() {
+        if let Some(image) = family
+            .iter()
+            .find(|image| image.platform.same_as(&candidate))
+        {
+            return Ok(Found {
+                image: image.clone(),
+                ..found
+            });
+        }
+    }
+    let mut stored: Vec<String> = family
+        .iter()
+        .map(|image| image.platform.to_string())
+        .collect();
+    stored.sort();
+    stored.dedup();
+    bail!(
+        "{} has no {wanted} image in the store (stored: {}){}",
+        found.shown,
+        stored.join(", "),
+        if found.image.index_digest.is_some() {
+            "; pull it with --platform or --all-platforms"
+        } else {
+            ""
+        }
+    )
 }
 
 /// Unpacked size of an image (its layers' tars), else its compressed size.
@@ -142,7 +191,13 @@ fn matches_filter(row: &ImageRow, filter: &str) -> bool {
 /// The rows of `haul images`, in store order.
 fn image_rows(store: &Store) -> anyhow::Result<Vec<ImageRow>> {
     let mut rows = Vec::new();
+    // The other platforms of an index a tag names are that tag's image,
+    // not untagged images of their own (`--platform` selects them).
+    let siblings = store.platform_siblings()?;
     for (references, image) in store.list_images()? {
+        if references.is_empty() && siblings.contains(&image.id) {
+            continue;
+        }
         let size = image_size(store, &image);
         let digest_of = |name: Option<&str>| {
             references
@@ -319,10 +374,10 @@ fn parse_rfc3339(text: &str) -> Option<i64> {
 }
 
 /// `haul inspect REF`.
-pub fn inspect(store: &Store, text: &str) -> anyhow::Result<()> {
+pub fn inspect(store: &Store, text: &str, platform: Option<&Platform>) -> anyhow::Result<()> {
     let Found {
         reference, image, ..
-    } = find_image(store, text)?;
+    } = for_platform(store, find_image(store, text)?, platform)?;
     let config_bytes = store.read_blob_limited(&image.id, 8 * 1024 * 1024)?;
     let config: serde_json::Value = serde_json::from_slice(&config_bytes)?;
     let references = store.references_of(&image.id)?;
@@ -457,8 +512,13 @@ pub fn gc(store: &Store) -> anyhow::Result<()> {
 }
 
 /// `haul export REF DIR`.
-pub fn export(store: &Store, text: &str, directory: &Path) -> anyhow::Result<()> {
-    let Found { shown, image, .. } = find_image(store, text)?;
+pub fn export(
+    store: &Store,
+    text: &str,
+    platform: Option<&Platform>,
+    directory: &Path,
+) -> anyhow::Result<()> {
+    let Found { shown, image, .. } = for_platform(store, find_image(store, text)?, platform)?;
     let missing = store.missing_layers(&image)?;
     if !missing.is_empty() {
         bail!(
@@ -482,7 +542,12 @@ pub fn export(store: &Store, text: &str, directory: &Path) -> anyhow::Result<()>
 /// stream, as `docker export` and `crane export` write it. The tree is
 /// flattened into the store's temporary directory first, then written as a
 /// tar (a file through a temporary sibling, so a failure leaves none).
-pub fn export_tar(store: &Store, text: &str, output: &Path) -> anyhow::Result<()> {
+pub fn export_tar(
+    store: &Store,
+    text: &str,
+    platform: Option<&Platform>,
+    output: &Path,
+) -> anyhow::Result<()> {
     let to_stdout = output.as_os_str() == "-";
     if to_stdout && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
         bail!("refusing to write a tar to a terminal: give -o FILE or redirect standard output");
@@ -492,7 +557,7 @@ pub fn export_tar(store: &Store, text: &str, output: &Path) -> anyhow::Result<()
         .tempdir_in(store.root().join("tmp"))
         .context("cannot make a temporary directory in the store")?;
     let tree = spool.path().join("rootfs");
-    export(store, text, &tree)?;
+    export(store, text, platform, &tree)?;
     if to_stdout {
         return write_tar(&tree, std::io::stdout().lock())
             .context("cannot write the tar to standard output");

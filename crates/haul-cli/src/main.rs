@@ -97,7 +97,11 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 format: *format,
             },
         ),
-        Command::Inspect { reference } => local::inspect(&settings::open_store(cli)?, reference),
+        Command::Inspect { reference } => local::inspect(
+            &settings::open_store(cli)?,
+            reference,
+            settings::platform(cli)?.as_ref(),
+        ),
         Command::Tag { source, target } => local::tag(&settings::open_store(cli)?, source, target),
         Command::Rmi { references, force } => {
             local::rmi(&settings::open_store(cli)?, references, *force)
@@ -109,9 +113,14 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             output,
         } => {
             let store = settings::open_store(cli)?;
+            let platform = settings::platform(cli)?;
             match (directory, output) {
-                (Some(directory), _) => local::export(&store, reference, directory),
-                (None, Some(output)) => local::export_tar(&store, reference, output),
+                (Some(directory), _) => {
+                    local::export(&store, reference, platform.as_ref(), directory)
+                }
+                (None, Some(output)) => {
+                    local::export_tar(&store, reference, platform.as_ref(), output)
+                }
                 (None, None) => unreachable!("clap requires DIR or --output"),
             }
         }

@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use std::sync::Arc;
 
 use anyhow::Context;
-use haul_dist::oci::{Platform, Reference};
+use haul_dist::oci::Reference;
 use haul_dist::registry::RegistryClient;
 use haul_dist::xfer::{ChannelOutput, ProgressOutput};
 use haul_dist::{PullOptions, Puller, V1Puller};
@@ -26,12 +26,7 @@ pub fn run(
         .iter()
         .map(|r| Reference::parse(r).with_context(|| format!("invalid reference {r:?}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let platform = cli
-        .global
-        .platform
-        .as_deref()
-        .map(|p| Platform::parse(p).with_context(|| format!("invalid platform {p:?}")))
-        .transpose()?;
+    let platform = settings::platform(cli)?;
     let store = settings::open_store(cli)?;
     let client = RegistryClient::new(settings::client_config(cli))?;
     let runtime = settings::runtime()?;

@@ -5,11 +5,21 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+use haul_dist::oci::Platform;
 use haul_dist::registry::ClientConfig;
 use haul_dist::store::Store;
 use haul_dist::{PullSettings, PushSettings};
 
 use crate::cli::Cli;
+
+/// The `--platform` asked for, parsed.
+pub fn platform(cli: &Cli) -> anyhow::Result<Option<Platform>> {
+    cli.global
+        .platform
+        .as_deref()
+        .map(|p| Platform::parse(p).with_context(|| format!("invalid platform {p:?}")))
+        .transpose()
+}
 
 /// The store root: `--root`, else `$HAUL_ROOT` (clap reads both), else
 /// `$XDG_DATA_HOME/haul`, else `~/.local/share/haul`.

@@ -227,3 +227,83 @@ fn images_json_is_one_docker_style_object_per_line() {
     assert_eq!(pinned["Digest"], by_digest.manifest.digest.as_str());
     env.assert_store_invariants();
 }
+
+#[test]
+fn local_commands_take_the_platform_from_the_stored_index() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let built = env.put_index("library/multi:1");
+    let reference = env.reference("library/multi:1");
+    assert_ok(&env.haul(&["pull", "--all-platforms", &reference]));
+    // The tag keeps every platform it pulled alive, and lists once.
+    assert_ok(&env.haul(&["gc"]));
+    let listed = stdout(&env.haul(&["images", "-q"]));
+    assert_eq!(
+        listed.lines().count(),
+        1,
+        "one row for the one tag: {listed}"
+    );
+    for (platform, arch) in [("linux/arm64", "arm64"), ("linux/amd64", "amd64")] {
+        let target = env.dir(arch);
+        assert_ok(&env.haul(&[
+            "--platform",
+            platform,
+            "export",
+            &reference,
+            target.to_str().unwrap(),
+        ]));
+        assert_eq!(
+            std::fs::read_to_string(target.join("etc/arch")).unwrap(),
+            format!("{arch}\n"),
+            "export --platform {platform}"
+        );
+    }
+    let out = env.haul(&["--platform", "linux/arm64", "inspect", &reference]);
+    assert_ok(&out);
+    let inspected: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(inspected["platform"], "linux/arm64/v8");
+    let out = env.haul(&["--platform", "linux/s390x", "inspect", &reference]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out).trim(),
+        format!(
+            "haul: {} has no linux/s390x image in the store (stored: linux/amd64, \
+             linux/arm64/v8); pull it with --platform or --all-platforms",
+            reference
+        )
+    );
+    // Pushed back, the tag is the whole index, byte for byte.
+    let target = haul_testkit::Registry::start(RegistryConfig::no_auth()).unwrap();
+    let pushed = target.reference("copies/multi:1");
+    assert_ok(&env.haul(&["tag", &reference, &pushed]));
+    assert_ok(&env.haul(&["push", &pushed]));
+    let raw = haul_testkit::skopeo::skopeo_inspect_raw(&target, "copies/multi:1").unwrap();
+    assert_eq!(raw, built.index_bytes, "the index arrives byte for byte");
+    env.assert_store_invariants();
+
+    // A store that pulled one platform says so.
+    let single = tempfile::tempdir().unwrap();
+    assert_ok(&haul_in(
+        single.path(),
+        &["--platform", "linux/arm64", "pull", &reference],
+    ));
+    let out = haul_in(
+        single.path(),
+        &[
+            "--platform",
+            "linux/amd64",
+            "export",
+            &reference,
+            env.dir("no").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("has no linux/amd64 image in the store (stored: linux/arm64/v8)"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!env.dir("no").exists(), "a refused export writes nothing");
+    assert_store_invariants(single.path());
+}
