@@ -244,7 +244,10 @@ fn platform_is_chosen_from_an_index_and_all_platforms_can_be_pulled() {
     let images: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(images.as_array().unwrap().len(), 1, "{images}");
     for platform in ["linux/amd64", "linux/arm64/v8"] {
-        let out = haul_in(root.path(), &["--platform", platform, "inspect", &reference]);
+        let out = haul_in(
+            root.path(),
+            &["--platform", platform, "inspect", &reference],
+        );
         assert_ok(&out);
         let inspected: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(inspected["platform"], platform);

@@ -311,3 +311,61 @@ fn export_into_the_current_directory_and_as_a_tar_stream() {
     );
     env.assert_store_invariants();
 }
+
+#[test]
+fn oci_save_of_several_images_names_each_fully_and_adds_to_a_layout() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let first = env.put_image(&sample_image(), "library/a:1");
+    let second = env.put_image(&sample_image().label("n", "2"), "library/b:1");
+    let third = env.put_image(&sample_image().label("n", "3"), "library/c:3");
+    let (a, b, c) = (
+        env.reference("library/a:1"),
+        env.reference("library/b:1"),
+        env.reference("library/c:3"),
+    );
+    assert_ok(&env.haul(&["pull", &a, &b, &c]));
+
+    // Two images with the same tag: each is named by its full reference.
+    let dir = env.dir("layout");
+    assert_ok(&env.haul(&["save", "--format", "oci", &a, &b, "-o", arg(&dir)]));
+    let digest_of = |name: &str| {
+        json(&run_skopeo(["inspect", &format!("oci:{}:{name}", dir.display())]).unwrap())["Digest"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(digest_of(&a), first.manifest.digest);
+    assert_eq!(digest_of(&b), second.manifest.digest);
+
+    // Saving into the existing layout adds to it; the others stay.
+    assert_ok(&env.haul(&["save", "--format", "oci", &c, "-o", arg(&dir)]));
+    assert_eq!(digest_of(&c), third.manifest.digest);
+    assert_eq!(digest_of(&a), first.manifest.digest);
+    assert_eq!(digest_of(&b), second.manifest.digest);
+    // Saving one again replaces its entry rather than doubling it.
+    assert_ok(&env.haul(&["save", "--format", "oci", &a, "-o", arg(&dir)]));
+    let index = json(&fs::read(dir.join("index.json")).unwrap());
+    assert_eq!(index["manifests"].as_array().unwrap().len(), 3, "{index}");
+    let leftovers: Vec<_> = fs::read_dir(dir.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+
+    // And the whole layout loads back with every name.
+    let fresh = tempfile::tempdir().unwrap();
+    let out = haul_in(fresh.path(), &["load", "-i", arg(&dir)]);
+    assert_ok(&out);
+    for reference in [&a, &b, &c] {
+        assert!(
+            stdout(&out).contains(&format!("Loaded image: {reference}\n")),
+            "{}",
+            stdout(&out)
+        );
+    }
+    assert_store_invariants(fresh.path());
+    env.assert_store_invariants();
+}

@@ -49,6 +49,10 @@
 //! `org.opencontainers.image.ref.name` is the tag alone (what skopeo's
 //! `oci:DIR:TAG` looks up) and `io.containerd.image.name` the full name
 //! (`docker.io/library/alpine:latest`), which `load` uses to restore it.
+//! When several references are saved, or the output is an existing layout
+//! (which `save` adds to, replacing entries of the same name), `ref.name`
+//! is the full reference instead, so equal tags of two repositories stay
+//! apart (`oci:DIR:docker.io/library/alpine:latest`).
 //!
 //! # Writing atomically
 //!

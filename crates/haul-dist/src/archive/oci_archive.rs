@@ -93,6 +93,13 @@ pub fn save_oci_layout(
     let mut documents: Vec<(Digest, Vec<u8>)> = Vec::new();
     let mut entries = Vec::new();
     let mut report = saved_images(&images);
+    // One reference is named by its tag (`oci:DIR:TAG`, as skopeo and
+    // Docker write it); several by their full references, which two
+    // repositories' equal tags cannot confuse, as is every name added to an
+    // existing layout.
+    let existing_layout = !as_tar(output) && output.join("oci-layout").is_file();
+    let full_names =
+        existing_layout || images.iter().map(|(_, refs)| refs.len()).sum::<usize>() > 1;
     for ((image, refs), saved) in images.iter().zip(report.iter_mut()) {
         let shown = refs[0].familiar();
         let (manifest, manifest_digest, manifest_type) = layout_manifest(store, image)?;
@@ -124,7 +131,9 @@ pub fn save_oci_layout(
         for reference in refs {
             let mut annotations = serde_json::Map::new();
             annotations.insert(ANNOTATION_IMAGE_NAME.into(), reference.to_string().into());
-            if let (Some(tag), None) = (reference.tag(), reference.digest()) {
+            if full_names {
+                annotations.insert(ANNOTATION_REF_NAME.into(), reference.to_string().into());
+            } else if let (Some(tag), None) = (reference.tag(), reference.digest()) {
                 annotations.insert(ANNOTATION_REF_NAME.into(), tag.into());
             }
             let mut entry = json!({
@@ -148,18 +157,19 @@ pub fn save_oci_layout(
     let mut index_json = serde_json::to_vec(&index).expect("JSON values serialise");
     index_json.push(b'\n');
 
-    let as_tar = output
-        .file_name()
-        .is_some_and(|n| n.to_string_lossy().ends_with(".tar"));
-    let out = if as_tar {
-        Output::file(output)?
+    let out = if existing_layout {
+        None
+    } else if as_tar(output) {
+        Some(Output::file(output)?)
     } else {
-        Output::dir(output)?
+        Some(Output::dir(output)?)
     };
-    let mut writer: Box<dyn LayoutWriter> = if as_tar {
-        Box::new(TarLayout(TarWriter::new(out.open_file()?, out.path())))
-    } else {
-        Box::new(DirLayout(out.path().to_path_buf()))
+    let mut writer: Box<dyn LayoutWriter> = match &out {
+        None => Box::new(AddToLayout(output.to_path_buf())),
+        Some(out) if as_tar(output) => {
+            Box::new(TarLayout(TarWriter::new(out.open_file()?, out.path())))
+        }
+        Some(out) => Box::new(DirLayout(out.path().to_path_buf())),
     };
     writer.file("oci-layout", OCI_LAYOUT)?;
     let mut algorithms: Vec<Algorithm> = Vec::new();
@@ -181,6 +191,9 @@ pub fn save_oci_layout(
     }
     for (digest, size) in &blobs {
         let member = blob_member(digest);
+        if writer.has(&member) {
+            continue;
+        }
         let file = store.open_blob(digest)?;
         let path = store.blob_path(digest);
         let mut hashing = HashingReader::new(file, digest.algorithm());
@@ -200,8 +213,17 @@ pub fn save_oci_layout(
     // Last: a layout without it is no layout.
     writer.file("index.json", &index_json)?;
     writer.finish()?;
-    out.persist()?;
+    if let Some(out) = out {
+        out.persist()?;
+    }
     Ok(SaveReport { images: report })
+}
+
+/// Whether `output` names a tar (`*.tar`) rather than a directory.
+fn as_tar(output: &Path) -> bool {
+    output
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().ends_with(".tar"))
 }
 
 fn blob_member(digest: &Digest) -> String {
@@ -219,6 +241,10 @@ trait LayoutWriter {
         size: u64,
         read_error: &dyn Fn(io::Error) -> Error,
     ) -> Result<()>;
+    /// Whether the layout already holds `name` (then it is not written).
+    fn has(&self, _name: &str) -> bool {
+        false
+    }
     fn finish(self: Box<Self>) -> Result<()>;
 }
 
@@ -250,6 +276,136 @@ impl LayoutWriter for TarLayout {
     }
 }
 
+/// Copies `reader` into `file` (at `path`), checks that `size` bytes came,
+/// and syncs it.
+fn write_counted(
+    file: fs::File,
+    path: &Path,
+    name: &str,
+    reader: &mut dyn io::Read,
+    size: u64,
+    read_error: &dyn Fn(io::Error) -> Error,
+) -> Result<()> {
+    let mut file = io::BufWriter::with_capacity(COPY_BUFFER, file);
+    let mut buffer = vec![0u8; COPY_BUFFER];
+    let mut written = 0u64;
+    loop {
+        let n = match reader.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(read_error(e)),
+        };
+        file.write_all(&buffer[..n]).at(path)?;
+        written += n as u64;
+    }
+    if written != size {
+        return Err(Error::SizeMismatch {
+            member: name.to_owned(),
+            expected: size,
+            actual: written,
+        });
+    }
+    let file = file.into_inner().map_err(|e| e.into_error()).at(path)?;
+    file.sync_all().at(path)
+}
+
+/// Adds to an existing layout: every file goes through a temporary file
+/// renamed into place, blobs already there are kept, and `index.json` is
+/// merged (an entry of the same `ref.name` is replaced) and written last,
+/// so a failure leaves the layout as it was, plus perhaps unnamed blobs.
+struct AddToLayout(std::path::PathBuf);
+
+impl AddToLayout {
+    fn temp_for(&self, path: &Path) -> Result<tempfile::NamedTempFile> {
+        let parent = path.parent().unwrap_or(&self.0);
+        tempfile::Builder::new()
+            .prefix(".haul-save-")
+            .tempfile_in(parent)
+            .at(parent)
+    }
+
+    fn persist(temp: tempfile::NamedTempFile, path: &Path) -> Result<()> {
+        temp.persist(path).map_err(|e| e.error).at(path)?;
+        Ok(())
+    }
+
+    /// The existing `index.json` with the entries of `new` added, replacing
+    /// those of the same name.
+    fn merged_index(&self, new: &[u8]) -> Result<Vec<u8>> {
+        let path = self.0.join("index.json");
+        let invalid = |reason: String| Error::Invalid {
+            what: path.display().to_string(),
+            reason,
+        };
+        let mut index: Value = serde_json::from_slice(&fs::read(&path).at(&path)?)
+            .map_err(|e| invalid(e.to_string()))?;
+        let new: Value = serde_json::from_slice(new).expect("the index haul wrote parses");
+        let name_of = |entry: &Value| {
+            entry["annotations"][ANNOTATION_REF_NAME]
+                .as_str()
+                .map(str::to_owned)
+        };
+        let added = new["manifests"].as_array().cloned().unwrap_or_default();
+        let names: Vec<Option<String>> = added.iter().map(name_of).collect();
+        let manifests = index["manifests"]
+            .as_array_mut()
+            .ok_or_else(|| invalid("it lists no manifests".into()))?;
+        manifests.retain(|entry| name_of(entry).is_none() || !names.contains(&name_of(entry)));
+        manifests.extend(added);
+        let mut bytes = serde_json::to_vec(&index).expect("JSON values serialise");
+        bytes.push(b'\n');
+        Ok(bytes)
+    }
+}
+
+impl LayoutWriter for AddToLayout {
+    fn directory(&mut self, name: &str) -> Result<()> {
+        let path = self.0.join(name);
+        fs::create_dir_all(&path).at(&path)
+    }
+
+    fn file(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        let path = self.0.join(name);
+        let merged;
+        let bytes = match name {
+            "oci-layout" => return Ok(()),
+            "index.json" => {
+                merged = self.merged_index(bytes)?;
+                &merged[..]
+            }
+            _ if path.is_file() => return Ok(()),
+            _ => bytes,
+        };
+        let mut temp = self.temp_for(&path)?;
+        temp.write_all(bytes).at(temp.path())?;
+        temp.as_file().sync_all().at(temp.path())?;
+        Self::persist(temp, &path)
+    }
+
+    fn stream(
+        &mut self,
+        name: &str,
+        reader: &mut dyn io::Read,
+        size: u64,
+        read_error: &dyn Fn(io::Error) -> Error,
+    ) -> Result<()> {
+        let path = self.0.join(name);
+        let temp = self.temp_for(&path)?;
+        let file = temp.as_file().try_clone().at(temp.path())?;
+        write_counted(file, temp.path(), name, reader, size, read_error)?;
+        Self::persist(temp, &path)
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.0.join(name).is_file()
+    }
+
+    fn finish(self: Box<Self>) -> Result<()> {
+        Ok(())
+    }
+}
+
 struct DirLayout(std::path::PathBuf);
 
 impl LayoutWriter for DirLayout {
@@ -273,29 +429,14 @@ impl LayoutWriter for DirLayout {
         read_error: &dyn Fn(io::Error) -> Error,
     ) -> Result<()> {
         let path = self.0.join(name);
-        let mut file =
-            io::BufWriter::with_capacity(COPY_BUFFER, fs::File::create(&path).at(&path)?);
-        let mut buffer = vec![0u8; COPY_BUFFER];
-        let mut written = 0u64;
-        loop {
-            let n = match reader.read(&mut buffer) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(read_error(e)),
-            };
-            file.write_all(&buffer[..n]).at(&path)?;
-            written += n as u64;
-        }
-        if written != size {
-            return Err(Error::SizeMismatch {
-                member: name.to_owned(),
-                expected: size,
-                actual: written,
-            });
-        }
-        let file = file.into_inner().map_err(|e| e.into_error()).at(&path)?;
-        file.sync_all().at(&path)
+        write_counted(
+            fs::File::create(&path).at(&path)?,
+            &path,
+            name,
+            reader,
+            size,
+            read_error,
+        )
     }
 
     fn finish(self: Box<Self>) -> Result<()> {
