@@ -63,7 +63,7 @@ pub fn run(
             async move {
                 let v1 = crate::protocol::use_v1(client, reference.registry(), protocol, &output)
                     .await
-                    .map_err(|e| haul_dist::Error::Internal(format!("{e:#}")));
+                    .map_err(haul_dist::Error::Registry);
                 match v1 {
                     Ok(true) => v1_puller.pull(reference, output, cancel).await,
                     Ok(false) => puller.pull(reference, options, output, cancel).await,

@@ -58,7 +58,7 @@ pub fn run(cli: &Cli, reference: &str, protocol: Protocol) -> anyhow::Result<()>
             }
             Err(e) => {
                 drop(output);
-                Err(e)
+                Err(anyhow::Error::from(e))
             }
         };
         let _ = renderer.await;

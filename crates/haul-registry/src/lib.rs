@@ -28,6 +28,7 @@ mod error;
 mod referrers;
 mod repository;
 mod tls;
+mod transport;
 mod upload;
 pub mod v1;
 
