@@ -70,11 +70,11 @@ pub fn load(cli: &Cli, input: &Path) -> anyhow::Result<()> {
         for (reference, previous) in &loaded.references {
             let shown = reference.familiar();
             if let Some(previous) = previous {
-                println!(
+                crate::outln!(
                     "The image {shown} already exists, renaming the old one with ID {previous} to empty string"
                 );
             }
-            println!("Loaded image: {shown}");
+            crate::outln!("Loaded image: {shown}");
         }
     }
     Ok(())

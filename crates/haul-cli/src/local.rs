@@ -71,7 +71,7 @@ pub fn images(store: &Store, format: ListFormat) -> anyhow::Result<()> {
                     })
                 })
                 .collect();
-            println!("{}", serde_json::to_string_pretty(&list)?);
+            crate::outln!("{}", serde_json::to_string_pretty(&list)?);
         }
         ListFormat::Table => {
             let lines: Vec<[String; 5]> = rows
@@ -108,7 +108,7 @@ pub fn images(store: &Store, format: ListFormat) -> anyhow::Result<()> {
                     .zip(&widths)
                     .map(|(cell, w)| format!("{cell:<w$}"))
                     .collect();
-                println!("{}", cells.join("   ").trim_end());
+                crate::outln!("{}", cells.join("   ").trim_end());
             }
         }
     }
@@ -195,7 +195,7 @@ pub fn inspect(store: &Store, text: &str) -> anyhow::Result<()> {
         "config": config,
         "layers": layers,
     });
-    println!("{}", serde_json::to_string_pretty(&out)?);
+    crate::outln!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
 }
 
@@ -218,9 +218,9 @@ pub fn rmi(store: &Store, references: &[String]) -> anyhow::Result<()> {
         let removed = store
             .remove_image(&reference)
             .with_context(|| format!("cannot remove {}", reference.familiar()))?;
-        println!("Untagged: {}", removed.untagged.familiar());
+        crate::outln!("Untagged: {}", removed.untagged.familiar());
         if let Some(id) = removed.deleted {
-            println!("Deleted: {id}");
+            crate::outln!("Deleted: {id}");
             deleted_any = true;
         }
     }
@@ -233,7 +233,7 @@ pub fn rmi(store: &Store, references: &[String]) -> anyhow::Result<()> {
 /// `haul gc`.
 pub fn gc(store: &Store) -> anyhow::Result<()> {
     let report = store.gc()?;
-    println!(
+    crate::outln!(
         "Removed {} images, {} blobs, {} layers, {} partial downloads; freed {}",
         report.images_removed,
         report.blobs_removed,

@@ -78,7 +78,7 @@ pub async fn login(
     store
         .store(&registry, &credentials)
         .with_context(|| format!("cannot save the credentials for {registry}"))?;
-    println!("Login Succeeded");
+    crate::outln!("Login Succeeded");
     Ok(())
 }
 
@@ -90,9 +90,9 @@ pub fn logout(config: &ClientConfig, registry: Option<&str>) -> anyhow::Result<(
         .clone()
         .unwrap_or_else(CredentialStore::from_environment);
     if store.erase(&registry)? {
-        println!("Removing login credentials for {registry}");
+        crate::outln!("Removing login credentials for {registry}");
     } else {
-        println!("Not logged in to {registry}");
+        crate::outln!("Not logged in to {registry}");
     }
     Ok(())
 }

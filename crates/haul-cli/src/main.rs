@@ -5,6 +5,7 @@ mod cli;
 mod copy;
 mod local;
 mod login;
+mod out;
 mod protocol;
 mod pull;
 mod push;
@@ -21,19 +22,36 @@ fn main() -> ExitCode {
     // clap exits with code 2 on usage errors and 0 for --help / --version.
     let cli = Cli::parse();
     init_logging(cli.global.verbose);
-    match run(&cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("haul: {}", error_sentence(&err));
-            ExitCode::from(1)
+    let result = run(&cli);
+    if let Err(err) = &result {
+        let sentence = error_sentence(err);
+        if streams_json(&cli) {
+            outln!("{}", render::json::error_line(&sentence));
         }
+        eprintln!("haul: {sentence}");
     }
+    match result {
+        // Ctrl-C: 130 as shells report it, once the command has cleaned up.
+        _ if settings::was_interrupted() => ExitCode::from(130),
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::from(1),
+    }
+}
+
+/// Whether the command's stdout is a stream of JSON messages
+/// (`--progress json` on pull, push and copy), which failures join too.
+fn streams_json(cli: &Cli) -> bool {
+    let streaming = matches!(
+        cli.command,
+        Command::Pull { .. } | Command::Push { .. } | Command::Copy { .. }
+    );
+    streaming && !cli.global.quiet && cli.global.progress == cli::ProgressMode::Json
 }
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Version => {
-            println!("haul {}", env!("CARGO_PKG_VERSION"));
+            crate::outln!("haul {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
         Command::Login {

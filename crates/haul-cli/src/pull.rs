@@ -79,7 +79,15 @@ pub fn run(
         let mut failures = Vec::new();
         for (reference, result) in references.iter().zip(results) {
             match result {
-                Ok(report) => println!("{}", report.reference),
+                Ok(report) if kind == render::RenderKind::Json => crate::outln!(
+                    "{}",
+                    render::json::result_line(serde_json::json!({
+                        "Reference": report.reference.to_string(),
+                        "Digest": report.digest.to_string(),
+                        "UpToDate": report.up_to_date,
+                    }))
+                ),
+                Ok(report) => crate::outln!("{}", report.reference),
                 Err(err) => failures.push(format!(
                     "failed to pull {reference}: {}",
                     crate::error_sentence(&err.into())

@@ -97,6 +97,15 @@ pub fn push_settings(cli: &Cli) -> PushSettings {
     }
 }
 
+/// Set once Ctrl-C (SIGINT) or SIGTERM arrived.
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the command was interrupted (it then exits 130, after the
+/// cleanup its cancellation does).
+pub fn was_interrupted() -> bool {
+    INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// A token cancelled by Ctrl-C (SIGINT) or SIGTERM.
 pub fn cancel_on_interrupt() -> tokio_util::sync::CancellationToken {
     let cancel = tokio_util::sync::CancellationToken::new();
@@ -111,6 +120,7 @@ pub fn cancel_on_interrupt() -> tokio_util::sync::CancellationToken {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
+        INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
         token.cancel();
     });
     cancel
