@@ -67,6 +67,11 @@ pub struct GlobalOptions {
     #[arg(long = "insecure-registry", global = true, value_name = "HOST[:PORT]")]
     pub insecure_registries: Vec<String>,
 
+    /// Extra CA certificate (PEM file) to trust for every registry (may be
+    /// repeated); per-registry CAs go in certs.d or the config file.
+    #[arg(long = "ca-file", global = true, value_name = "FILE")]
+    pub ca_files: Vec<PathBuf>,
+
     /// How many layers to download at once (0 = unlimited).
     #[arg(long, global = true, default_value_t = 3, value_name = "N")]
     pub max_concurrent_downloads: usize,

@@ -38,6 +38,7 @@ pub fn client_config(cli: &Cli) -> ClientConfig {
     let defaults = ClientConfig::default();
     ClientConfig {
         insecure_registries: cli.global.insecure_registries.clone(),
+        extra_ca_files: cli.global.ca_files.clone(),
         read_timeout: env_number("HAUL_READ_TIMEOUT_SECS")
             .map_or(defaults.read_timeout, Duration::from_secs),
         ..defaults

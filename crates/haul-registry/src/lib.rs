@@ -34,7 +34,7 @@ pub mod v1;
 
 pub use blob::{BlobBody, ByteStream};
 pub use client::RegistryClient;
-pub use config::{ClientConfig, RetryPolicy};
+pub use config::{user_config_dir, ClientConfig, RetryPolicy};
 pub use error::{Error, Result};
 pub use referrers::fallback_tag;
 pub use repository::{FetchedManifest, ManifestInfo, Repository, MANIFEST_LIMIT};

@@ -97,13 +97,31 @@ fn host_of(authority: &str) -> &str {
     }
 }
 
-/// The certificate problem rustls named (`UnknownIssuer`, `NotValidForName`...).
-fn certificate_problem(text: &str) -> &str {
+/// The certificate problem rustls named, in words.
+fn certificate_problem(text: &str) -> String {
+    let known = [
+        (
+            "CaUsedAsEndEntity",
+            "a self-signed CA certificate not trusted for this host",
+        ),
+        ("UnknownIssuer", "signed by an unknown authority"),
+        ("NotValidForName", "not valid for this host name"),
+        ("Expired", "expired"),
+        ("NotValidYet", "not valid yet"),
+        ("Revoked", "revoked"),
+    ];
+    if let Some((_, words)) = known.iter().find(|(name, _)| text.contains(name)) {
+        return words.to_string();
+    }
     let Some(at) = text.find("invalid peer certificate: ") else {
-        return "not trusted";
+        return "unknown problem".into();
     };
     let rest = &text[at + "invalid peer certificate: ".len()..];
-    rest.split([':', '\n']).next().unwrap_or(rest).trim()
+    rest.split([':', '\n'])
+        .next()
+        .unwrap_or(rest)
+        .trim()
+        .to_string()
 }
 
 /// An [`Error::Transport`] for a failed request to `registry`, saying why
@@ -239,8 +257,15 @@ mod tests {
     fn the_certificate_problem_is_picked_out() {
         assert_eq!(
             certificate_problem("error sending request: invalid peer certificate: UnknownIssuer"),
-            "UnknownIssuer"
+            "signed by an unknown authority"
         );
-        assert_eq!(certificate_problem("something else"), "not trusted");
+        assert_eq!(
+            certificate_problem("invalid peer certificate: Other(OtherError(CaUsedAsEndEntity))"),
+            "a self-signed CA certificate not trusted for this host"
+        );
+        assert_eq!(
+            certificate_problem("invalid peer certificate: BadEncoding"),
+            "BadEncoding"
+        );
     }
 }

@@ -59,6 +59,12 @@ pub struct RegistryConfig {
     pub auth: AuthMode,
     /// Serve HTTPS with a certificate from a fresh test CA.
     pub tls: bool,
+    /// Serve HTTPS with this certificate and key (PEM files) instead, e.g.
+    /// a one-step self-signed certificate made by `openssl req -x509`;
+    /// [`Registry::ca_cert_path`] is then the certificate itself. Readiness
+    /// is then judged from the registry's log only (the testkit's own
+    /// client may not accept such a certificate).
+    pub tls_identity: Option<(PathBuf, PathBuf)>,
     /// Users for htpasswd and token modes (default `testuser`/`testpass`).
     pub users: Vec<Credentials>,
     /// Token-mode settings.
@@ -76,6 +82,7 @@ impl Default for RegistryConfig {
         Self {
             auth: AuthMode::None,
             tls: false,
+            tls_identity: None,
             users: vec![Credentials::new("testuser", "testpass")],
             token: TokenOptions::default(),
             start_timeout: Duration::from_secs(30),
@@ -109,6 +116,13 @@ impl RegistryConfig {
     /// Serve HTTPS instead of HTTP.
     pub fn with_tls(mut self) -> Self {
         self.tls = true;
+        self
+    }
+
+    /// Serve HTTPS with the given certificate and key (PEM files).
+    pub fn with_tls_identity(mut self, cert: PathBuf, key: PathBuf) -> Self {
+        self.tls = true;
+        self.tls_identity = Some((cert, key));
         self
     }
 
@@ -171,7 +185,19 @@ impl Registry {
         let storage_dir = root.join("storage");
         std::fs::create_dir(&storage_dir).ctx(|| "creating storage dir".into())?;
 
-        let (tls, ca_pem) = if config.tls {
+        let (tls, ca_pem) = if let Some((cert, key)) = &config.tls_identity {
+            let ca_dir = root.join("tls/ca");
+            std::fs::create_dir_all(&ca_dir).ctx(|| "creating the CA dir".into())?;
+            let pem = std::fs::read(cert).ctx(|| format!("reading {}", cert.display()))?;
+            std::fs::write(ca_dir.join("ca.crt"), &pem).ctx(|| "writing ca.crt".into())?;
+            let files = TlsFiles {
+                ca_cert: cert.clone(),
+                ca_dir,
+                server_cert: cert.clone(),
+                server_key: key.clone(),
+            };
+            (Some(files), Some(pem))
+        } else if config.tls {
             let ca = TestCa::generate("haul-testkit CA")?;
             let files = ca.write_server_files(&root.join("tls"), &["127.0.0.1", "localhost"])?;
             (Some(files), Some(ca.cert_pem().as_bytes().to_vec()))
@@ -221,7 +247,12 @@ impl Registry {
             }
         }
 
-        let agent = crate::http::http_agent(ca_pem.as_deref())?;
+        let probe_ready = config.tls_identity.is_none();
+        let agent = if probe_ready {
+            crate::http::http_agent(ca_pem.as_deref())?
+        } else {
+            crate::http::http_agent(None)?
+        };
         let log_path = root.join("registry.log");
         let config_path = root.join("config.yml");
         let mut last_error = None;
@@ -236,7 +267,7 @@ impl Registry {
             let scheme = if tls.is_some() { "https" } else { "http" };
             match wait_ready(
                 &mut child,
-                &agent,
+                probe_ready.then_some(&agent),
                 scheme,
                 port,
                 &log_path,
@@ -450,7 +481,7 @@ fn spawn(binary: &Path, config_path: &Path, log_path: &Path) -> Result<Child> {
 
 fn wait_ready(
     child: &mut Child,
-    agent: &ureq::Agent,
+    agent: Option<&ureq::Agent>,
     scheme: &str,
     port: u16,
     log_path: &Path,
@@ -471,6 +502,9 @@ fn wait_ready(
         // The log line proves that *our* process owns the port, so that a
         // registry of a parallel test on the same port cannot fool us.
         if read_log(log_path).contains(&listening) {
+            let Some(agent) = agent else {
+                return Ok(());
+            };
             if let Ok(response) = crate::http::send(agent.get(&url)) {
                 if matches!(response.status(), 200 | 401) {
                     return Ok(());
