@@ -2,6 +2,7 @@
 
 mod archive;
 mod cli;
+mod config_file;
 mod copy;
 mod local;
 mod login;
@@ -49,6 +50,7 @@ fn streams_json(cli: &Cli) -> bool {
 }
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
+    settings::load_config_file(cli)?;
     match &cli.command {
         Command::Version => {
             crate::outln!("haul {}", env!("CARGO_PKG_VERSION"));

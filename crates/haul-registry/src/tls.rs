@@ -1,5 +1,5 @@
 //! Building the HTTP client for one registry: TLS trust as Docker users
-//! set it up, timeouts and the User-Agent.
+//! set it up, proxies (never for loopback), timeouts and the User-Agent.
 //!
 //! Trusted for a registry `HOST[:PORT]`: the system roots, every
 //! `--ca-file` ([`ClientConfig::extra_ca_files`]), the CA files configured
@@ -37,11 +37,18 @@ pub(crate) fn http_client(
     insecure: bool,
 ) -> Result<reqwest::Client> {
     let tls = tls_config(config, authority, insecure)?;
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .user_agent(config.user_agent.clone())
         .connect_timeout(config.connect_timeout)
         .read_timeout(config.read_timeout)
-        .use_preconfigured_tls(tls)
+        .use_preconfigured_tls(tls);
+    // The proxy variables (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY, with
+    // NO_PROXY's exceptions) apply, except to this machine: as with Go's
+    // tools, a loopback registry is never reached through a proxy.
+    if crate::client::is_loopback(authority) {
+        builder = builder.no_proxy();
+    }
+    builder
         .build()
         .map_err(|e| Error::Config(format!("HTTP client for {authority}: {e}")))
 }
