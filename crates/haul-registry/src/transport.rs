@@ -52,9 +52,12 @@ pub(crate) fn chain_text(e: &(dyn std::error::Error + 'static)) -> String {
     message
 }
 
-/// Why `e` failed.
+/// Why `e` failed. Judged from the causes only: the error's own text
+/// holds the URL, whose host name may contain any word.
 pub(crate) fn classify(e: &reqwest::Error) -> Failure {
-    let text = chain_text(e);
+    let text = std::error::Error::source(e)
+        .map(chain_text)
+        .unwrap_or_default();
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = source {
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
