@@ -31,11 +31,11 @@ fn main() -> ExitCode {
         }
         eprintln!("haul: {sentence}");
     }
-    match result {
+    match (settings::interrupted_exit_code(), result) {
         // Ctrl-C: 130 as shells report it, once the command has cleaned up.
-        _ if settings::was_interrupted() => ExitCode::from(130),
-        Ok(()) => ExitCode::SUCCESS,
-        Err(_) => ExitCode::from(1),
+        (Some(code), _) => ExitCode::from(code),
+        (None, Ok(())) => ExitCode::SUCCESS,
+        (None, Err(_)) => ExitCode::from(1),
     }
 }
 

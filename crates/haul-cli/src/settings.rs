@@ -156,12 +156,16 @@ pub fn push_settings(cli: &Cli) -> PushSettings {
 }
 
 /// Set once Ctrl-C (SIGINT) or SIGTERM arrived.
-static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static INTERRUPTED: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
-/// Whether the command was interrupted (it then exits 130, after the
-/// cleanup its cancellation does).
-pub fn was_interrupted() -> bool {
-    INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
+/// The exit code of an interrupted command, after the cleanup its
+/// cancellation does: 130 after Ctrl-C (SIGINT), 143 after SIGTERM, as
+/// shells report death by those signals; `None` when not interrupted.
+pub fn interrupted_exit_code() -> Option<u8> {
+    match INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+        0 => None,
+        signal => Some(128 + signal),
+    }
 }
 
 /// A token cancelled by Ctrl-C (SIGINT) or SIGTERM.
@@ -174,11 +178,11 @@ pub fn cancel_on_interrupt() -> tokio_util::sync::CancellationToken {
                 Ok(s) => s,
                 Err(_) => return,
             };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+        let signal = tokio::select! {
+            _ = tokio::signal::ctrl_c() => 2,
+            _ = term.recv() => 15,
+        };
+        INTERRUPTED.store(signal, std::sync::atomic::Ordering::SeqCst);
         token.cancel();
     });
     cancel

@@ -125,7 +125,7 @@ fn login_on_a_terminal(
     password: &str,
 ) -> Option<(String, i32)> {
     const SCRIPT: &str = r#"
-import os, pty, select, sys, time
+import os, pty, select, sys, termios, time
 haul, host, user, password, config = sys.argv[1:]
 pid, fd = pty.fork()
 if pid == 0:
@@ -152,6 +152,11 @@ def read_until(token, timeout=20):
 read_until(b"Username: ")
 os.write(fd, user.encode() + b"\n")
 read_until(b"Password: ")
+# Type once the prompt has turned echo off, as a person would after
+# reading it (typed-ahead input would be echoed by any program).
+end = time.time() + 10
+while termios.tcgetattr(fd)[3] & termios.ECHO and time.time() < end:
+    time.sleep(0.01)
 os.write(fd, password.encode() + b"\n")
 read_until(None)
 _, status = os.waitpid(pid, 0)
