@@ -212,6 +212,14 @@ impl ServerCertVerifier for Verifier {
             {
                 let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
                 rustls::client::verify_server_name(&parsed, server_name)?;
+                let (not_before, not_after) =
+                    validity(end_entity.as_ref()).ok_or(rustls::CertificateError::BadEncoding)?;
+                if now.as_secs() < not_before {
+                    return Err(rustls::CertificateError::NotValidYet.into());
+                }
+                if now.as_secs() > not_after {
+                    return Err(rustls::CertificateError::Expired.into());
+                }
                 tracing::info!("accepting the certificate trusted for {server_name:?} as the server's own ({err})");
                 Ok(ServerCertVerified::assertion())
             }
@@ -251,5 +259,95 @@ impl ServerCertVerifier for Verifier {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+/// One DER element: its tag, its content and what follows it.
+fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |l, &b| (l << 8) | usize::from(b));
+        (len, &rest[n..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
+/// The validity period (`notBefore`, `notAfter`, in Unix seconds) of a
+/// DER certificate.
+fn validity(der: &[u8]) -> Option<(u64, u64)> {
+    let (_, certificate, _) = der_element(der)?;
+    let (_, mut tbs, _) = der_element(certificate)?;
+    // [0] version (optional), serial, signature algorithm, issuer, validity.
+    let mut fields = 0;
+    loop {
+        let (tag, content, rest) = der_element(tbs)?;
+        tbs = rest;
+        if tag == 0xa0 {
+            continue;
+        }
+        fields += 1;
+        if fields == 4 {
+            let (t1, before, rest) = der_element(content)?;
+            let (t2, after, _) = der_element(rest)?;
+            return Some((der_time(t1, before)?, der_time(t2, after)?));
+        }
+    }
+}
+
+/// A UTCTime (`YYMMDDHHMMSSZ`) or GeneralizedTime (`YYYYMMDDHHMMSSZ`) in
+/// Unix seconds.
+fn der_time(tag: u8, text: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(text).ok()?.strip_suffix('Z')?;
+    let (year, rest): (i64, &str) = match tag {
+        0x17 if text.len() == 12 => {
+            let yy: i64 = text[..2].parse().ok()?;
+            (if yy < 50 { 2000 + yy } else { 1900 + yy }, &text[2..])
+        }
+        0x18 if text.len() == 14 => (text[..4].parse().ok()?, &text[4..]),
+        _ => return None,
+    };
+    let part = |i: usize| -> Option<i64> { rest.get(i..i + 2)?.parse().ok() };
+    let (month, day) = (part(0)?, part(2)?);
+    let (hour, minute, second) = (part(4)?, part(6)?, part(8)?);
+    // Days from 1970-01-01 to the date (Howard Hinnant's days_from_civil).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86_400 + hour * 3600 + minute * 60 + second).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificate_times_are_read_in_both_forms() {
+        assert_eq!(der_time(0x17, b"700101000000Z"), Some(0));
+        assert_eq!(der_time(0x18, b"20000101000000Z"), Some(946_684_800));
+        assert_eq!(der_time(0x17, b"240229123456Z"), Some(1_709_210_096));
+        assert_eq!(der_time(0x17, b"2402291234Z"), None);
+    }
+
+    #[test]
+    fn the_validity_of_a_certificate_is_found() {
+        let ca = haul_testkit::tls::TestCa::generate("validity test").unwrap();
+        let pem = ca.issue_server_cert(&["127.0.0.1"]).unwrap().cert_pem;
+        let der = CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+        let (before, after) = validity(der.as_ref()).expect("a validity");
+        let now = UnixTime::now().as_secs();
+        assert!(before < now && now < after, "{before} {now} {after}");
     }
 }
