@@ -124,3 +124,49 @@ fn http_proxy_is_not_used_for_a_loopback_registry() {
         proxy.requests()
     );
 }
+
+#[test]
+fn client_certificate_and_ca_from_the_config_file_reach_a_registry_that_requires_one() {
+    let Some(env) = Env::start(RegistryConfig::no_auth().with_client_certs()) else {
+        return;
+    };
+    env.put_image(&sample_image(), "team/app:1");
+    let host = env.registry.host();
+    let ca = env.registry.ca_cert_path().unwrap();
+    let (cert, key) = env.registry.client_identity().unwrap();
+    let reference = env.reference("team/app:1");
+
+    // Trusting the server is not enough: it wants a client certificate.
+    let out = env.haul(&["--ca-file", ca.to_str().unwrap(), "pull", &reference]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(stderr(&out).contains(&host), "{}", stderr(&out));
+
+    let file = env.dir("mtls.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[registry.\"{host}\"]\nca = [{ca:?}]\nclient-cert = {cert:?}\nclient-key = {key:?}\n"
+        ),
+    )
+    .unwrap();
+    let out = haul_in(
+        env.root.path(),
+        &["--config", file.to_str().unwrap(), "pull", &reference],
+    );
+    assert_ok(&out);
+
+    // Or Docker's way: ca.crt, client.cert and client.key in certs.d/HOST.
+    let xdg = env.dir("xdg-certs");
+    let certs_d = xdg.join("haul/certs.d").join(&host);
+    std::fs::create_dir_all(&certs_d).unwrap();
+    for entry in std::fs::read_dir(env.registry.ca_dir().unwrap()).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, certs_d.join(path.file_name().unwrap())).unwrap();
+    }
+    let fresh = tempfile::tempdir().unwrap();
+    let out = haul_command(fresh.path(), &["pull", &reference])
+        .env("XDG_CONFIG_HOME", &xdg)
+        .output()
+        .unwrap();
+    assert_ok(&out);
+}
