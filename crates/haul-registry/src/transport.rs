@@ -136,7 +136,12 @@ pub(crate) fn transport_error(registry: &str, e: &reqwest::Error) -> Error {
     let text = chain_text(e);
     let message = match failure {
         Failure::Refused => format!("{REFUSED} (is a registry listening there?)"),
-        Failure::UnknownHost => format!("{UNKNOWN_HOST} {} (DNS lookup failed)", host_of(registry)),
+        Failure::UnknownHost => {
+            // The host looked up (registry-1.docker.io for docker.io).
+            let looked_up = e.url().and_then(|u| u.host_str().map(str::to_string));
+            let host = looked_up.unwrap_or_else(|| host_of(registry).to_string());
+            format!("{UNKNOWN_HOST} {host} (DNS lookup failed)")
+        }
         Failure::PlainHttpAnswer => format!(
             "the server gave an HTTP response to an HTTPS client; if {registry} is a \
              plain-HTTP registry, pass --insecure-registry {registry}"
