@@ -82,8 +82,13 @@ fn save_to_stdout(
     let file = spool.path().join("archive.tar");
     save_to(store, references, &file, format)?;
     let mut archive = std::fs::File::open(&file).context("cannot reopen the saved archive")?;
-    std::io::copy(&mut archive, &mut stdout).context("cannot write to standard output")?;
-    Ok(())
+    match std::io::copy(&mut archive, &mut stdout) {
+        // The reader went away (`haul save REF | head -c 1`): done.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        result => result
+            .map(|_| ())
+            .context("cannot write to standard output"),
+    }
 }
 
 /// Runs `haul load`: from `input`, or (absent or `-`) from standard input,
@@ -127,11 +132,11 @@ pub fn load(cli: &Cli, input: Option<&Path>) -> anyhow::Result<()> {
         for (reference, previous) in &loaded.references {
             let shown = reference.familiar();
             if let Some(previous) = previous {
-                println!(
+                crate::outln!(
                     "The image {shown} already exists, renaming the old one with ID {previous} to empty string"
                 );
             }
-            println!("Loaded image: {shown}");
+            crate::outln!("Loaded image: {shown}");
         }
     }
     Ok(())

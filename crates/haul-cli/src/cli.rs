@@ -71,18 +71,31 @@ pub struct GlobalOptions {
     #[arg(long = "insecure-registry", global = true, value_name = "HOST[:PORT]")]
     pub insecure_registries: Vec<String>,
 
-    /// How many layers to download at once (0 = unlimited).
-    #[arg(long, global = true, default_value_t = 3, value_name = "N")]
-    pub max_concurrent_downloads: usize,
+    /// Extra CA certificate (PEM file) to trust for every registry (may be
+    /// repeated); per-registry CAs go in certs.d or the config file.
+    #[arg(long = "ca-file", global = true, value_name = "FILE")]
+    pub ca_files: Vec<PathBuf>,
 
-    /// How many layers to upload at once (0 = unlimited).
-    #[arg(long, global = true, default_value_t = 5, value_name = "N")]
-    pub max_concurrent_uploads: usize,
+    /// How many layers to download at once (0 = unlimited) [default: the
+    /// config file's, else 3]
+    #[arg(long, global = true, value_name = "N")]
+    pub max_concurrent_downloads: Option<usize>,
 
-    /// How many times to try a layer download before giving up.
-    #[arg(long, global = true, default_value_t = 5, value_name = "N",
+    /// How many layers to upload at once (0 = unlimited) [default: the
+    /// config file's, else 5]
+    #[arg(long, global = true, value_name = "N")]
+    pub max_concurrent_uploads: Option<usize>,
+
+    /// How many times to try a layer download before giving up [default:
+    /// the config file's, else 5]
+    #[arg(long, global = true, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_download_attempts: u32,
+    pub max_download_attempts: Option<u32>,
+
+    /// Config file [default: $HAUL_CONFIG, else
+    /// $XDG_CONFIG_HOME/haul/config.toml, else /etc/haul/config.toml]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 
     /// More log output (-v info, -vv debug, -vvv trace), on stderr.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]

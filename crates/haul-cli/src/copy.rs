@@ -140,8 +140,23 @@ pub fn run(cli: &Cli, source: &str, destination: &str, all_platforms: bool) -> a
                 shown(&destination)
             )
         })?;
-        if let (true, Some(reference)) = (cli.global.quiet, done) {
-            println!("{reference}");
+        match done {
+            Some(reference) if cli.global.quiet => crate::outln!("{reference}"),
+            _ if kind == render::RenderKind::Json => {
+                let digest = done
+                    .as_ref()
+                    .and_then(|r| r.digest())
+                    .map(|d| d.to_string());
+                crate::outln!(
+                    "{}",
+                    render::json::result_line(serde_json::json!({
+                        "Source": shown(&source),
+                        "Destination": shown(&destination),
+                        "Digest": digest,
+                    }))
+                );
+            }
+            _ => {}
         }
         Ok(())
     })

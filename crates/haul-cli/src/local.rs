@@ -1,7 +1,6 @@
 //! Commands on the local store only: `images`, `inspect`, `tag`, `rmi`,
 //! `gc`, `export`.
 
-use std::io::Write;
 use std::path::Path;
 
 use anyhow::{bail, Context};
@@ -235,10 +234,9 @@ pub fn images(store: &Store, options: &ImagesOptions<'_>) -> anyhow::Result<()> 
     if let Some(filter) = options.filter {
         rows.retain(|row| matches_filter(row, filter));
     }
-    let mut out = std::io::stdout().lock();
     if options.quiet {
         for row in &rows {
-            writeln!(out, "{}", row.image.id.short_id())?;
+            crate::outln!("{}", row.image.id.short_id());
         }
         return Ok(());
     }
@@ -258,7 +256,7 @@ pub fn images(store: &Store, options: &ImagesOptions<'_>) -> anyhow::Result<()> 
                     "UniqueSize": "N/A",
                     "VirtualSize": human_size(row.size),
                 });
-                writeln!(out, "{line}")?;
+                crate::outln!("{line}");
             }
         }
         ListFormat::JsonArray => {
@@ -278,7 +276,7 @@ pub fn images(store: &Store, options: &ImagesOptions<'_>) -> anyhow::Result<()> 
                     })
                 })
                 .collect();
-            writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
+            crate::outln!("{}", serde_json::to_string_pretty(&list)?);
         }
         ListFormat::Table => {
             let mut header = vec!["REPOSITORY", "TAG"];
@@ -317,7 +315,7 @@ pub fn images(store: &Store, options: &ImagesOptions<'_>) -> anyhow::Result<()> 
                     .zip(&widths)
                     .map(|(cell, w)| format!("{cell:<w$}"))
                     .collect();
-                writeln!(out, "{}", cells.join("   ").trim_end())?;
+                crate::outln!("{}", cells.join("   ").trim_end());
             }
         }
     }
@@ -410,7 +408,7 @@ pub fn inspect(store: &Store, text: &str, platform: Option<&Platform>) -> anyhow
         "config": config,
         "layers": layers,
     });
-    println!("{}", serde_json::to_string_pretty(&out)?);
+    crate::outln!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
 }
 
@@ -439,10 +437,10 @@ pub fn rmi(store: &Store, arguments: &[String], force: bool) -> anyhow::Result<(
         match remove_one(store, text, force) {
             Ok((untagged, deleted)) => {
                 for reference in untagged {
-                    println!("Untagged: {}", reference.familiar());
+                    crate::outln!("Untagged: {}", reference.familiar());
                 }
                 if let Some(id) = deleted {
-                    println!("Deleted: {id}");
+                    crate::outln!("Deleted: {id}");
                     deleted_any = true;
                 }
             }
@@ -500,7 +498,7 @@ fn single_reference(references: &[Reference]) -> bool {
 /// `haul gc`.
 pub fn gc(store: &Store) -> anyhow::Result<()> {
     let report = store.gc()?;
-    println!(
+    crate::outln!(
         "Removed {} images, {} blobs, {} layers, {} partial downloads; freed {}",
         report.images_removed,
         report.blobs_removed,
@@ -559,8 +557,11 @@ pub fn export_tar(
     let tree = spool.path().join("rootfs");
     export(store, text, platform, &tree)?;
     if to_stdout {
-        return write_tar(&tree, std::io::stdout().lock())
-            .context("cannot write the tar to standard output");
+        return match write_tar(&tree, std::io::stdout().lock()) {
+            // The reader went away (`haul export REF -o - | tar t | head`).
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            result => result.context("cannot write the tar to standard output"),
+        };
     }
     let parent = match output.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,

@@ -6,7 +6,7 @@ use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::{bail, Context};
 use haul_dist::registry::auth::{CredentialStore, Credentials};
-use haul_dist::registry::{ClientConfig, RegistryClient};
+use haul_dist::registry::{ClientConfig, Error as RegistryError, RegistryClient};
 
 /// What the user typed as registry, as a `host[:port]`: schemes and paths
 /// (`https://index.docker.io/v1/`) are dropped, nothing means Docker Hub.
@@ -25,7 +25,10 @@ pub fn registry_host(input: Option<&str>) -> String {
     }
 }
 
-/// Runs `haul login`.
+/// Runs `haul login`, as `docker login` does: the user name is asked for
+/// on a terminal when not given, the password is read without echo from the
+/// terminal (or from stdin with `--password-stdin`), checked against the
+/// registry, then stored.
 pub async fn login(
     config: ClientConfig,
     registry: Option<&str>,
@@ -35,9 +38,10 @@ pub async fn login(
 ) -> anyhow::Result<()> {
     let registry = registry_host(registry);
     let stdin = std::io::stdin();
+    let interactive = stdin.is_terminal() && !password_stdin;
     let username = match username {
         Some(u) => u.to_string(),
-        None if stdin.is_terminal() && !password_stdin => {
+        None if interactive => {
             eprint!("Username: ");
             std::io::stderr().flush().ok();
             let mut line = String::new();
@@ -59,8 +63,13 @@ pub async fn login(
         std::io::Read::read_to_string(&mut stdin.lock(), &mut text)
             .context("cannot read the password from standard input")?;
         text.trim_end_matches(['\n', '\r']).to_string()
+    } else if interactive {
+        rpassword::prompt_password("Password: ").context("cannot read the password")?
     } else {
-        bail!("a password is needed: pipe it to --password-stdin");
+        bail!(
+            "cannot ask for a password: standard input is not a terminal; \
+             pipe the password to --password-stdin"
+        );
     };
     if password.is_empty() {
         bail!("the password is empty");
@@ -71,14 +80,25 @@ pub async fn login(
         .clone()
         .unwrap_or_else(CredentialStore::from_environment);
     let client = RegistryClient::new(config)?;
-    client
-        .login(&registry, &credentials)
-        .await
-        .with_context(|| format!("login to {registry} failed"))?;
+    match client.login(&registry, &credentials).await {
+        Ok(()) => {}
+        Err(RegistryError::Unauthorized { .. }) => {
+            bail!("login to {registry} failed: unauthorized: incorrect username or password")
+        }
+        Err(e) => return Err(e).with_context(|| format!("login to {registry} failed")),
+    }
+    if !store.uses_helper(&registry)? {
+        eprintln!(
+            "WARNING! Your password will be stored unencrypted in {}.\n\
+             Configure a credential helper to remove this warning. See\n\
+             https://docs.docker.com/go/credential-store/",
+            store.config_path().display()
+        );
+    }
     store
         .store(&registry, &credentials)
         .with_context(|| format!("cannot save the credentials for {registry}"))?;
-    println!("Login Succeeded");
+    crate::outln!("Login Succeeded");
     Ok(())
 }
 
@@ -90,9 +110,9 @@ pub fn logout(config: &ClientConfig, registry: Option<&str>) -> anyhow::Result<(
         .clone()
         .unwrap_or_else(CredentialStore::from_environment);
     if store.erase(&registry)? {
-        println!("Removing login credentials for {registry}");
+        crate::outln!("Removing login credentials for {registry}");
     } else {
-        println!("Not logged in to {registry}");
+        crate::outln!("Not logged in to {registry}");
     }
     Ok(())
 }

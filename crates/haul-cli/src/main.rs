@@ -2,9 +2,11 @@
 
 mod archive;
 mod cli;
+mod config_file;
 mod copy;
 mod local;
 mod login;
+mod out;
 mod protocol;
 mod pull;
 mod push;
@@ -21,20 +23,40 @@ fn main() -> ExitCode {
     // clap exits with code 2 on usage errors and 0 for --help / --version.
     let cli = Cli::parse();
     init_logging(cli.global.verbose);
-    match run(&cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) if err.is::<Reported>() => ExitCode::from(1),
-        Err(err) => {
-            eprintln!("haul: {}", error_sentence(&err));
-            ExitCode::from(1)
+    let result = run(&cli);
+    if let Err(err) = &result {
+        // A command that reported its failures itself (rmi) adds nothing.
+        if !err.is::<Reported>() {
+            let sentence = error_sentence(err);
+            if streams_json(&cli) {
+                outln!("{}", render::json::error_line(&sentence));
+            }
+            eprintln!("haul: {sentence}");
         }
+    }
+    match (settings::interrupted_exit_code(), result) {
+        // Ctrl-C: 130 as shells report it, once the command has cleaned up.
+        (Some(code), _) => ExitCode::from(code),
+        (None, Ok(())) => ExitCode::SUCCESS,
+        (None, Err(_)) => ExitCode::from(1),
     }
 }
 
+/// Whether the command's stdout is a stream of JSON messages
+/// (`--progress json` on pull, push and copy), which failures join too.
+fn streams_json(cli: &Cli) -> bool {
+    let streaming = matches!(
+        cli.command,
+        Command::Pull { .. } | Command::Push { .. } | Command::Copy { .. }
+    );
+    streaming && !cli.global.quiet && cli.global.progress == cli::ProgressMode::Json
+}
+
 fn run(cli: &Cli) -> anyhow::Result<()> {
+    settings::load_config_file(cli)?;
     match &cli.command {
         Command::Version => {
-            println!(
+            crate::outln!(
                 "haul {} (commit {})",
                 env!("CARGO_PKG_VERSION"),
                 env!("HAUL_COMMIT")
@@ -178,6 +200,7 @@ fn init_logging(verbose: u8) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();

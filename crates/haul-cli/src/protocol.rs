@@ -8,15 +8,15 @@ use haul_dist::xfer::ProgressOutput;
 
 use crate::cli::Protocol;
 
-/// Whether to speak v1 to `registry`: as asked, or for `auto`, when it
-/// does not answer `/v2/` but answers `/v1/_ping`. When v1 is used, a line
-/// naming it goes to `output`.
+/// Whether to speak v1 to `registry`: as asked, or for `auto`, when its
+/// `/v2/` answers 404 and `/v1/_ping` answers (learnt once per host by the
+/// client). When v1 is used, a line naming it goes to `output`.
 pub async fn use_v1(
     client: &RegistryClient,
     registry: &str,
     protocol: Protocol,
     output: &Arc<dyn ProgressOutput>,
-) -> anyhow::Result<bool> {
+) -> Result<bool, haul_dist::registry::Error> {
     let v1 = match protocol {
         Protocol::V2 => false,
         Protocol::V1 => true,

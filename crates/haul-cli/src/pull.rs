@@ -58,7 +58,7 @@ pub fn run(
             async move {
                 let v1 = crate::protocol::use_v1(client, reference.registry(), protocol, &output)
                     .await
-                    .map_err(|e| haul_dist::Error::Internal(format!("{e:#}")));
+                    .map_err(haul_dist::Error::Registry);
                 match v1 {
                     Ok(true) => v1_puller.pull(reference, output, cancel).await,
                     Ok(false) => puller.pull(reference, options, output, cancel).await,
@@ -74,7 +74,15 @@ pub fn run(
         let mut failures = Vec::new();
         for (reference, result) in references.iter().zip(results) {
             match result {
-                Ok(report) => println!("{}", report.reference),
+                Ok(report) if kind == render::RenderKind::Json => crate::outln!(
+                    "{}",
+                    render::json::result_line(serde_json::json!({
+                        "Reference": report.reference.to_string(),
+                        "Digest": report.digest.to_string(),
+                        "UpToDate": report.up_to_date,
+                    }))
+                ),
+                Ok(report) => crate::outln!("{}", report.reference),
                 Err(err) => failures.push(format!(
                     "failed to pull {reference}: {}",
                     crate::error_sentence(&err.into())

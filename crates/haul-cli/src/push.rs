@@ -53,21 +53,30 @@ pub fn run(cli: &Cli, reference: &str, protocol: Protocol) -> anyhow::Result<()>
                 pusher
                     .push(&reference, output, cancel.clone())
                     .await
-                    .map(|r| Some(r.digest))
+                    .map(|r| Some((r.digest, r.size)))
                     .map_err(anyhow::Error::from)
             }
             Err(e) => {
                 drop(output);
-                Err(e)
+                Err(anyhow::Error::from(e))
             }
         };
         let _ = renderer.await;
-        let digest = result.with_context(|| format!("failed to push {}", reference.familiar()))?;
+        let pushed = result.with_context(|| format!("failed to push {}", reference.familiar()))?;
         if cli.global.quiet {
-            match digest {
-                Some(digest) => println!("{}", reference.with_digest(digest)),
-                None => println!("{reference}"),
+            match pushed {
+                Some((digest, _)) => crate::outln!("{}", reference.with_digest(digest)),
+                None => crate::outln!("{reference}"),
             }
+        } else if kind == render::RenderKind::Json {
+            let tag = reference.tag().unwrap_or("latest");
+            let aux = match pushed {
+                Some((digest, size)) => {
+                    serde_json::json!({"Tag": tag, "Digest": digest.to_string(), "Size": size})
+                }
+                None => serde_json::json!({ "Tag": tag }),
+            };
+            crate::outln!("{}", render::json::result_line(aux));
         }
         Ok(())
     })

@@ -11,6 +11,7 @@ use haul_dist::store::Store;
 use haul_dist::{PullSettings, PushSettings};
 
 use crate::cli::Cli;
+use crate::config_file::ConfigFile;
 
 /// The `--platform` asked for, parsed.
 pub fn platform(cli: &Cli) -> anyhow::Result<Option<Platform>> {
@@ -42,16 +43,61 @@ pub fn open_store(cli: &Cli) -> anyhow::Result<Store> {
     Store::open(&root).with_context(|| format!("cannot open the store at {}", root.display()))
 }
 
-/// Registry client settings from the global options. The hidden
-/// `HAUL_READ_TIMEOUT_SECS` shortens the read timeout (for tests).
+/// The config file, read once per process by [`load_config_file`].
+static CONFIG_FILE: std::sync::OnceLock<ConfigFile> = std::sync::OnceLock::new();
+
+/// Reads the config file (`--config`, `$HAUL_CONFIG`, the usual places);
+/// called once before any command runs.
+pub fn load_config_file(cli: &Cli) -> anyhow::Result<()> {
+    let file = crate::config_file::load(cli.global.config.as_deref())?;
+    let _ = CONFIG_FILE.set(file);
+    Ok(())
+}
+
+fn config_file() -> &'static ConfigFile {
+    CONFIG_FILE.get_or_init(ConfigFile::default)
+}
+
+/// Registry client settings from the global options over the config
+/// file's. The hidden `HAUL_READ_TIMEOUT_SECS` shortens the read timeout
+/// (for tests).
 pub fn client_config(cli: &Cli) -> ClientConfig {
     let defaults = ClientConfig::default();
-    ClientConfig {
-        insecure_registries: cli.global.insecure_registries.clone(),
+    let file = config_file();
+    let mut insecure_registries = cli.global.insecure_registries.clone();
+    insecure_registries.extend(file.insecure_registries.iter().cloned());
+    let mut config = ClientConfig {
+        extra_ca_files: cli
+            .global
+            .ca_files
+            .iter()
+            .chain(&file.ca_files)
+            .cloned()
+            .collect(),
         read_timeout: env_number("HAUL_READ_TIMEOUT_SECS")
             .map_or(defaults.read_timeout, Duration::from_secs),
         ..defaults
+    };
+    for (host, section) in &file.registry {
+        if section.insecure {
+            insecure_registries.push(host.clone());
+        }
+        if !section.mirrors.is_empty() {
+            config.mirrors.insert(host.clone(), section.mirrors.clone());
+        }
+        if !section.ca.is_empty() {
+            config
+                .registry_ca_files
+                .insert(host.clone(), section.ca.clone());
+        }
+        if let (Some(cert), Some(key)) = (&section.client_cert, &section.client_key) {
+            config
+                .client_certificates
+                .insert(host.clone(), (cert.clone(), key.clone()));
+        }
     }
+    config.insecure_registries = insecure_registries;
+    config
 }
 
 /// Transfer settings of a pull. The hidden `HAUL_RETRY_TICK_MS` shortens
@@ -59,8 +105,16 @@ pub fn client_config(cli: &Cli) -> ClientConfig {
 pub fn pull_settings(cli: &Cli, unpack: bool) -> PullSettings {
     let defaults = PullSettings::default();
     PullSettings {
-        max_concurrent_downloads: cli.global.max_concurrent_downloads,
-        max_download_attempts: cli.global.max_download_attempts,
+        max_concurrent_downloads: cli
+            .global
+            .max_concurrent_downloads
+            .or(config_file().max_concurrent_downloads)
+            .unwrap_or(defaults.max_concurrent_downloads),
+        max_download_attempts: cli
+            .global
+            .max_download_attempts
+            .or(config_file().max_download_attempts)
+            .unwrap_or(defaults.max_download_attempts),
         retry_tick: env_number("HAUL_RETRY_TICK_MS")
             .map_or(defaults.retry_tick, Duration::from_millis),
         unpack,
@@ -95,7 +149,11 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 pub fn push_settings(cli: &Cli) -> PushSettings {
     let defaults = PushSettings::default();
     PushSettings {
-        max_concurrent_uploads: cli.global.max_concurrent_uploads,
+        max_concurrent_uploads: cli
+            .global
+            .max_concurrent_uploads
+            .or(config_file().max_concurrent_uploads)
+            .unwrap_or(defaults.max_concurrent_uploads),
         retry_tick: env_number("HAUL_RETRY_TICK_MS")
             .map_or(defaults.retry_tick, Duration::from_millis),
         chunking: env_number("HAUL_PUSH_CHUNK_BYTES").map_or(defaults.chunking, |n| {
@@ -104,6 +162,19 @@ pub fn push_settings(cli: &Cli) -> PushSettings {
                 size: n as usize,
             }
         }),
+    }
+}
+
+/// Set once Ctrl-C (SIGINT) or SIGTERM arrived.
+static INTERRUPTED: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// The exit code of an interrupted command, after the cleanup its
+/// cancellation does: 130 after Ctrl-C (SIGINT), 143 after SIGTERM, as
+/// shells report death by those signals; `None` when not interrupted.
+pub fn interrupted_exit_code() -> Option<u8> {
+    match INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+        0 => None,
+        signal => Some(128 + signal),
     }
 }
 
@@ -117,10 +188,11 @@ pub fn cancel_on_interrupt() -> tokio_util::sync::CancellationToken {
                 Ok(s) => s,
                 Err(_) => return,
             };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
+        let signal = tokio::select! {
+            _ = tokio::signal::ctrl_c() => 2,
+            _ = term.recv() => 15,
+        };
+        INTERRUPTED.store(signal, std::sync::atomic::Ordering::SeqCst);
         token.cancel();
     });
     cancel

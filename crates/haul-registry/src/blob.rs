@@ -74,7 +74,7 @@ impl Repository {
             match self.open_blob_on(host, digest, offset).await {
                 Ok(b) => return Ok(b),
                 Err(e) if !std::sync::Arc::ptr_eq(host, &self.host) => {
-                    tracing::debug!(mirror = %host.name, "mirror failed, trying the next: {e}");
+                    tracing::info!(mirror = %host.name, "mirror failed, trying the next: {e}");
                     last_error = Some(e);
                 }
                 Err(e) => return Err(e),
@@ -315,7 +315,7 @@ impl ResumeState {
         if !error.is_retryable() || self.failures >= policy.max_attempts {
             return Err(error);
         }
-        tracing::debug!(
+        tracing::info!(
             "blob {}: {error}; resuming from byte {} (attempt {} of {})",
             self.digest,
             self.received,

@@ -18,6 +18,7 @@ use crate::config::{ClientConfig, RetryPolicy};
 use crate::error::{Error, Result};
 use crate::repository::Repository;
 use crate::tls;
+use crate::transport::Failure;
 
 /// Most bytes of an error or token body read into memory.
 const SMALL_BODY_LIMIT: usize = 256 * 1024;
@@ -130,7 +131,13 @@ impl RegistryClient {
         }
     }
 
-    fn host(&self, registry: &str) -> Result<Arc<Host>> {
+    /// The base URL the v2 probe found for `registry`, if it was probed.
+    pub(crate) fn known_base(&self, registry: &str) -> Option<Url> {
+        let hosts = lock(&self.inner.hosts);
+        hosts.get(registry)?.base.get().map(|e| e.url.clone())
+    }
+
+    pub(crate) fn host(&self, registry: &str) -> Result<Arc<Host>> {
         if let Some(host) = lock(&self.inner.hosts).get(registry) {
             return Ok(host.clone());
         }
@@ -149,7 +156,7 @@ impl RegistryClient {
     }
 
     fn mirror_host(&self, registry: &str, mirror: &str) -> Result<Arc<Host>> {
-        let key = format!("mirror:{mirror}");
+        let key = format!("mirror:{registry}:{mirror}");
         if let Some(host) = lock(&self.inner.hosts).get(&key) {
             return Ok(host.clone());
         }
@@ -161,12 +168,9 @@ impl RegistryClient {
             Some(store) => store.get(&authority)?,
             None => None,
         };
-        let host = Arc::new(Host::new(
-            &self.inner.config,
-            &authority,
-            Some(url),
-            credentials,
-        )?);
+        let mut host = Host::new(&self.inner.config, &authority, Some(url), credentials)?;
+        host.namespace = Some(registry.to_string());
+        let host = Arc::new(host);
         Ok(lock(&self.inner.hosts).entry(key).or_insert(host).clone())
     }
 }
@@ -232,13 +236,33 @@ pub(crate) struct Operation {
     pub resendable: bool,
 }
 
+/// Where a registry answers and whether it speaks the v2 API.
+#[derive(Debug, Clone)]
+pub(crate) struct Endpoint {
+    /// `https://host/` or `http://host/`.
+    pub url: Url,
+    /// Whether `GET /v2/` answered 200 or 401 (not 404).
+    pub speaks_v2: bool,
+}
+
+/// How one probe failed: for good, or in a way the other scheme may fix
+/// (with whether a TLS handshake met a plain-HTTP server).
+enum Probe {
+    Final(Error),
+    TryOtherScheme(Error, bool),
+}
+
 /// One registry (or mirror) as the client knows it.
 pub(crate) struct Host {
     /// `host[:port]` as references name it.
     pub name: String,
     http: reqwest::Client,
-    base: OnceCell<Url>,
+    base: OnceCell<Endpoint>,
     fixed_base: Option<Url>,
+    /// For a mirror: the registry it stands in for, sent as containerd's
+    /// `?ns=REGISTRY` on every request so pull-through mirrors serving
+    /// several registries know which one is meant.
+    namespace: Option<String>,
     /// The host we actually connect to (`registry-1.docker.io` for Docker Hub).
     api_authority: String,
     plain_http_allowed: bool,
@@ -269,6 +293,7 @@ impl Host {
             http,
             base: OnceCell::new(),
             fixed_base,
+            namespace: None,
             plain_http_allowed: insecure || is_loopback(&api_authority),
             api_authority,
             credentials,
@@ -279,84 +304,151 @@ impl Host {
         })
     }
 
-    /// The base URL (`https://host/` or `http://host/`), found by asking
-    /// `/v2/` over HTTPS first and, where plain HTTP is allowed, over HTTP.
+    /// The base URL (`https://host/` or `http://host/`) of a registry that
+    /// speaks the v2 API; see [`Host::endpoint`] for how it is found.
     pub async fn base(&self) -> Result<&Url> {
-        self.base
-            .get_or_try_init(|| async {
-                if let Some(url) = &self.fixed_base {
-                    let mut url = url.clone();
-                    url.set_path("/");
-                    return Ok(url);
-                }
-                let https = Url::parse(&format!("https://{}/", self.api_authority))
-                    .map_err(|e| Error::Config(format!("registry {}: {e}", self.name)))?;
-                match self.probe(&https).await {
-                    Ok(()) => Ok(https),
-                    Err(err) if self.plain_http_allowed => {
-                        let http = Url::parse(&format!("http://{}/", self.api_authority))
-                            .map_err(|e| Error::Config(format!("registry {}: {e}", self.name)))?;
-                        tracing::debug!(registry = %self.name, "HTTPS failed ({err}); trying plain HTTP");
-                        // When both fail, the HTTPS failure says more (a TLS
-                        // registry answers plain HTTP with a bare 400).
-                        self.probe(&http).await.map(|()| http).map_err(|_| err)
-                    }
-                    Err(err) => Err(err),
-                }
-            })
-            .await
+        let endpoint = self.endpoint().await?;
+        if !endpoint.speaks_v2 {
+            return Err(Error::Protocol {
+                registry: self.name.clone(),
+                message: "no /v2/ API (is this a registry?)".into(),
+            });
+        }
+        Ok(&endpoint.url)
     }
 
-    /// Asks `GET /v2/` once and learns the auth challenge from it.
-    async fn probe(&self, base: &Url) -> Result<()> {
-        let url = base.join("v2/").map_err(|e| Error::Config(e.to_string()))?;
-        let mut last = None;
-        for attempt in 1..=self.retry.max_attempts.max(1) {
-            match self.http.get(url.clone()).send().await {
-                Ok(resp) => {
-                    self.learn_challenge(resp.headers());
-                    return match resp.status() {
-                        s if s.is_success() || s == StatusCode::UNAUTHORIZED => Ok(()),
-                        StatusCode::NOT_FOUND => Err(Error::Protocol {
-                            registry: self.name.clone(),
-                            message: "no /v2/ API (is this a registry?)".into(),
-                        }),
-                        s if s.is_server_error() && attempt < self.retry.max_attempts => {
-                            last = Some(Error::Status {
-                                registry: self.name.clone(),
-                                operation: "GET /v2/".into(),
-                                status: s.as_u16(),
-                                message: None,
-                            });
-                            tokio::time::sleep(self.retry.delay(attempt, None)).await;
-                            continue;
-                        }
-                        s => Err(Error::Status {
-                            registry: self.name.clone(),
-                            operation: "GET /v2/".into(),
-                            status: s.as_u16(),
-                            message: None,
-                        }),
-                    };
+    /// What `GET /v2/` told about the registry, asked once per host for
+    /// the life of the client: the scheme that answered and whether the v2
+    /// API is there (a 404 says it is not: a v1 registry, as Docker 1.10
+    /// decided). Loopback registries are asked over plain HTTP first, then
+    /// HTTPS; insecure ones over HTTPS, then plain HTTP; others over HTTPS
+    /// only. Refused connections, unknown hosts and TLS failures are not
+    /// retried (they do not heal); a 5xx is asked once more.
+    pub(crate) async fn endpoint(&self) -> Result<&Endpoint> {
+        self.base.get_or_try_init(|| self.discover()).await
+    }
+
+    async fn discover(&self) -> Result<Endpoint> {
+        if let Some(url) = &self.fixed_base {
+            let mut url = url.clone();
+            url.set_path("/");
+            return Ok(Endpoint {
+                url,
+                speaks_v2: true,
+            });
+        }
+        let base = |scheme: &str| {
+            Url::parse(&format!("{scheme}://{}/", self.api_authority))
+                .map_err(|e| Error::Config(format!("registry {}: {e}", self.name)))
+        };
+        let order = if is_loopback(&self.api_authority) {
+            vec![base("http")?, base("https")?]
+        } else if self.plain_http_allowed {
+            vec![base("https")?, base("http")?]
+        } else {
+            vec![base("https")?]
+        };
+        let mut https_error = None;
+        let mut last_error = None;
+        for url in &order {
+            match self.probe(url).await {
+                Ok(speaks_v2) => {
+                    tracing::info!(
+                        registry = %self.name,
+                        "{} {} the v2 API over {}",
+                        self.name,
+                        if speaks_v2 { "speaks" } else { "does not speak" },
+                        url.scheme()
+                    );
+                    return Ok(Endpoint {
+                        url: url.clone(),
+                        speaks_v2,
+                    });
                 }
-                Err(e) => {
-                    let err = transport_error(&self.name, &e);
-                    // A TLS or protocol failure will not heal by retrying.
-                    if !err.is_retryable() || e.is_connect() && self.plain_http_allowed {
-                        return Err(err);
-                    }
-                    last = Some(err);
-                    if attempt < self.retry.max_attempts {
-                        tokio::time::sleep(self.retry.delay(attempt, None)).await;
+                Err(Probe::Final(e)) => return Err(e),
+                Err(Probe::TryOtherScheme(e, plain_http_answered)) => {
+                    tracing::info!(registry = %self.name, "{} over {} failed: {e}", self.name, url.scheme());
+                    if url.scheme() == "https" && !plain_http_answered {
+                        https_error = Some(e);
+                    } else {
+                        last_error = Some(e);
                     }
                 }
             }
         }
-        Err(last.unwrap_or_else(|| Error::Transport {
-            registry: self.name.clone(),
-            message: "no attempt was made".into(),
-            retryable: true,
-        }))
+        // The HTTPS failure says more (a TLS registry answers plain HTTP
+        // with a bare 400), unless it met a plain-HTTP server.
+        Err(https_error
+            .or(last_error)
+            .unwrap_or_else(|| Error::Transport {
+                registry: self.name.clone(),
+                message: "no attempt was made".into(),
+                retryable: false,
+            }))
+    }
+
+    /// Asks `GET /v2/` at `base` (no credentials: they go only in answer
+    /// to a challenge) and learns the auth challenge. `Ok(true)`: the v2
+    /// API answered (200 or 401); `Ok(false)`: 404.
+    async fn probe(&self, base: &Url) -> Result<bool, Probe> {
+        let url = base
+            .join("v2/")
+            .map_err(|e| Probe::Final(Error::Config(e.to_string())))?;
+        let attempts = self.retry.max_attempts.clamp(1, 2);
+        let mut attempt = 1;
+        loop {
+            tracing::info!(registry = %self.name, "probing GET {url}");
+            let status_error = |s: StatusCode| Error::Status {
+                registry: self.name.clone(),
+                operation: format!("GET {url}"),
+                status: s.as_u16(),
+                message: None,
+            };
+            // A 5xx is an answer: this scheme is right, the server unwell.
+            let (failure, answered) = match self.http.get(url.clone()).send().await {
+                Ok(resp) => {
+                    self.learn_challenge(resp.headers());
+                    match resp.status() {
+                        s if s.is_success() || s == StatusCode::UNAUTHORIZED => return Ok(true),
+                        StatusCode::NOT_FOUND => return Ok(false),
+                        // A TLS server's answer to plain HTTP.
+                        StatusCode::BAD_REQUEST if url.scheme() == "http" => {
+                            return Err(Probe::TryOtherScheme(
+                                status_error(StatusCode::BAD_REQUEST),
+                                false,
+                            ))
+                        }
+                        s if s.is_server_error() => (status_error(s), true),
+                        s => return Err(Probe::Final(status_error(s))),
+                    }
+                }
+                Err(e) => {
+                    let err = transport_error(&self.name, &e);
+                    match crate::transport::classify(&e) {
+                        Failure::Refused | Failure::UnknownHost => return Err(Probe::Final(err)),
+                        Failure::PlainHttpAnswer => return Err(Probe::TryOtherScheme(err, true)),
+                        Failure::Certificate | Failure::Tls => {
+                            return Err(Probe::TryOtherScheme(err, false))
+                        }
+                        Failure::Timeout | Failure::Other if url.scheme() == "http" => {
+                            return Err(Probe::TryOtherScheme(err, false))
+                        }
+                        Failure::Timeout | Failure::Other => (err, false),
+                    }
+                }
+            };
+            if attempt >= attempts {
+                return Err(if answered {
+                    Probe::Final(failure)
+                } else {
+                    Probe::TryOtherScheme(failure, false)
+                });
+            }
+            let delay = self.retry.delay(attempt, None);
+            tracing::info!(registry = %self.name, "probe of {url} failed (attempt {attempt} of {attempts}): {failure}; retrying in {delay:?}");
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+        }
     }
 
     fn learn_challenge(&self, headers: &HeaderMap) {
@@ -409,12 +501,18 @@ impl Host {
         }
     }
 
-    /// An absolute URL for a path under the registry's base.
+    /// An absolute URL for a path under the registry's base (with
+    /// `?ns=REGISTRY` for a mirror).
     pub async fn url(&self, path: &str) -> Result<Url> {
-        self.base()
+        let mut url = self
+            .base()
             .await?
             .join(path)
-            .map_err(|e| Error::Config(format!("bad path {path}: {e}")))
+            .map_err(|e| Error::Config(format!("bad path {path}: {e}")))?;
+        if let Some(ns) = &self.namespace {
+            url.query_pairs_mut().append_pair("ns", ns);
+        }
+        Ok(url)
     }
 
     /// Resolves a `Location` header value against the registry's base.
@@ -574,6 +672,7 @@ impl Host {
                 }
             }
             let method = request.method().clone();
+            tracing::debug!(registry = %self.name, "{}", crate::transport::describe_request(&request));
             let result = self.http.execute(request).await;
             let retry_after;
             let failure = match result {
@@ -617,7 +716,7 @@ impl Host {
                 return Err(failure);
             }
             let delay = self.retry.delay(attempt, retry_after);
-            tracing::debug!(
+            tracing::info!(
                 registry = %self.name,
                 "{method} for {} failed (attempt {attempt} of {}): {failure}; retrying in {delay:?}",
                 op.action,
@@ -700,24 +799,7 @@ impl Host {
     }
 }
 
-pub(crate) fn transport_error(registry: &str, e: &reqwest::Error) -> Error {
-    // reqwest's Display includes the URL, which never carries credentials
-    // (they travel in headers), so it is safe to show.
-    let mut message = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        message.push_str(": ");
-        message.push_str(&s.to_string());
-        source = s.source();
-    }
-    let tls_failure = message.contains("certificate") || message.contains("InvalidCertificate");
-    Error::Transport {
-        registry: registry.to_string(),
-        message,
-        retryable: !tls_failure
-            && (e.is_connect() || e.is_timeout() || e.is_request() || e.is_body() || e.is_decode()),
-    }
-}
+pub(crate) use crate::transport::transport_error;
 
 /// Reads at most [`SMALL_BODY_LIMIT`] bytes of a body.
 pub(crate) async fn read_small_body(resp: Response, registry: &str) -> Result<Vec<u8>> {

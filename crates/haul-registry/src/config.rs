@@ -15,8 +15,16 @@ use crate::auth::CredentialStore;
 pub struct ClientConfig {
     /// Root of the `HOST[:PORT]/*.crt` CA convention (`/etc/docker/certs.d`).
     pub certs_dir: PathBuf,
-    /// Extra CA certificates (PEM files) trusted for every registry.
+    /// A second such root that needs no root to write
+    /// (`$XDG_CONFIG_HOME/haul/certs.d`, else `~/.config/haul/certs.d`).
+    pub user_certs_dir: Option<PathBuf>,
+    /// Extra CA certificates (PEM files) trusted for every registry
+    /// (`--ca-file`).
     pub extra_ca_files: Vec<PathBuf>,
+    /// CA certificates (PEM files) trusted for one registry (`host[:port]`).
+    pub registry_ca_files: HashMap<String, Vec<PathBuf>>,
+    /// The client certificate and key (PEM files) shown to one registry.
+    pub client_certificates: HashMap<String, (PathBuf, PathBuf)>,
     /// Registries (`host[:port]`) reached over plain HTTP or with
     /// unverified TLS. Loopback registries are always allowed plain HTTP.
     pub insecure_registries: Vec<String>,
@@ -40,7 +48,10 @@ impl Default for ClientConfig {
     fn default() -> Self {
         Self {
             certs_dir: PathBuf::from("/etc/docker/certs.d"),
+            user_certs_dir: user_config_dir().map(|d| d.join("haul/certs.d")),
             extra_ca_files: Vec::new(),
+            registry_ca_files: HashMap::new(),
+            client_certificates: HashMap::new(),
             insecure_registries: Vec::new(),
             mirrors: HashMap::new(),
             credentials: Some(CredentialStore::from_environment()),
@@ -50,6 +61,25 @@ impl Default for ClientConfig {
             user_agent: format!("haul/{}", env!("CARGO_PKG_VERSION")),
         }
     }
+}
+
+impl ClientConfig {
+    /// The certs.d roots, system first.
+    pub fn certs_dirs(&self) -> impl Iterator<Item = &PathBuf> {
+        std::iter::once(&self.certs_dir).chain(self.user_certs_dir.as_ref())
+    }
+}
+
+/// `$XDG_CONFIG_HOME`, else `~/.config`.
+pub fn user_config_dir() -> Option<PathBuf> {
+    std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".config"))
+        })
 }
 
 /// How single requests are retried: connection errors and 5xx with growing

@@ -128,7 +128,7 @@ impl Repository {
             match self.get_manifest_on(host, reference).await {
                 Ok(m) => return Ok(m),
                 Err(e) if !Arc::ptr_eq(host, &self.host) => {
-                    tracing::debug!(mirror = %host.name, "mirror failed, trying the next: {e}");
+                    tracing::info!(mirror = %host.name, "mirror failed, trying the next: {e}");
                     last_error = Some(e);
                 }
                 Err(e) => return Err(e),

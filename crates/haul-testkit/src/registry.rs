@@ -59,6 +59,16 @@ pub struct RegistryConfig {
     pub auth: AuthMode,
     /// Serve HTTPS with a certificate from a fresh test CA.
     pub tls: bool,
+    /// Serve HTTPS with this certificate and key (PEM files) instead, e.g.
+    /// a one-step self-signed certificate made by `openssl req -x509`;
+    /// [`Registry::ca_cert_path`] is then the certificate itself. Readiness
+    /// is then judged from the registry's log only (the testkit's own
+    /// client may not accept such a certificate).
+    pub tls_identity: Option<(PathBuf, PathBuf)>,
+    /// Require TLS client certificates issued by the test CA (implies
+    /// `tls`); one is written for the tests, see [`Registry::client_identity`].
+    /// Readiness is then judged from the registry's log only.
+    pub client_certs: bool,
     /// Users for htpasswd and token modes (default `testuser`/`testpass`).
     pub users: Vec<Credentials>,
     /// Token-mode settings.
@@ -76,6 +86,8 @@ impl Default for RegistryConfig {
         Self {
             auth: AuthMode::None,
             tls: false,
+            tls_identity: None,
+            client_certs: false,
             users: vec![Credentials::new("testuser", "testpass")],
             token: TokenOptions::default(),
             start_timeout: Duration::from_secs(30),
@@ -109,6 +121,20 @@ impl RegistryConfig {
     /// Serve HTTPS instead of HTTP.
     pub fn with_tls(mut self) -> Self {
         self.tls = true;
+        self
+    }
+
+    /// Serve HTTPS with the given certificate and key (PEM files).
+    pub fn with_tls_identity(mut self, cert: PathBuf, key: PathBuf) -> Self {
+        self.tls = true;
+        self.tls_identity = Some((cert, key));
+        self
+    }
+
+    /// Serve HTTPS and require client certificates from the test CA.
+    pub fn with_client_certs(mut self) -> Self {
+        self.tls = true;
+        self.client_certs = true;
         self
     }
 
@@ -147,6 +173,7 @@ pub struct Registry {
     config: RegistryConfig,
     token_server: Option<TokenServer>,
     tls: Option<TlsFiles>,
+    client_identity: Option<(PathBuf, PathBuf)>,
     ca_pem: Option<Vec<u8>>,
     log_path: PathBuf,
     storage_dir: PathBuf,
@@ -171,9 +198,38 @@ impl Registry {
         let storage_dir = root.join("storage");
         std::fs::create_dir(&storage_dir).ctx(|| "creating storage dir".into())?;
 
-        let (tls, ca_pem) = if config.tls {
+        let mut client_identity = None;
+        let (tls, ca_pem) = if let Some((cert, key)) = &config.tls_identity {
+            let ca_dir = root.join("tls/ca");
+            std::fs::create_dir_all(&ca_dir).ctx(|| "creating the CA dir".into())?;
+            let pem = std::fs::read(cert).ctx(|| format!("reading {}", cert.display()))?;
+            std::fs::write(ca_dir.join("ca.crt"), &pem).ctx(|| "writing ca.crt".into())?;
+            let files = TlsFiles {
+                ca_cert: cert.clone(),
+                ca_dir,
+                server_cert: cert.clone(),
+                server_key: key.clone(),
+            };
+            (Some(files), Some(pem))
+        } else if config.tls {
             let ca = TestCa::generate("haul-testkit CA")?;
             let files = ca.write_server_files(&root.join("tls"), &["127.0.0.1", "localhost"])?;
+            if config.client_certs {
+                let client = ca.issue_client_cert("haul-testkit client")?;
+                let (cert, key) = (root.join("tls/client.cert"), root.join("tls/client.key"));
+                // Also beside ca.crt, so that the CA dir is a whole certs.d
+                // entry (skopeo's --cert-dir reads *.cert + *.key there).
+                for dir in [root.join("tls"), files.ca_dir.clone()] {
+                    for (name, pem) in [
+                        ("client.cert", &client.cert_pem),
+                        ("client.key", &client.key_pem),
+                    ] {
+                        let path = dir.join(name);
+                        std::fs::write(&path, pem).ctx(|| format!("writing {}", path.display()))?;
+                    }
+                }
+                client_identity = Some((cert, key));
+            }
             (Some(files), Some(ca.cert_pem().as_bytes().to_vec()))
         } else {
             (None, None)
@@ -221,7 +277,12 @@ impl Registry {
             }
         }
 
-        let agent = crate::http::http_agent(ca_pem.as_deref())?;
+        let probe_ready = config.tls_identity.is_none() && !config.client_certs;
+        let agent = if probe_ready {
+            crate::http::http_agent(ca_pem.as_deref())?
+        } else {
+            crate::http::http_agent(None)?
+        };
         let log_path = root.join("registry.log");
         let config_path = root.join("config.yml");
         let mut last_error = None;
@@ -230,13 +291,20 @@ impl Registry {
             if config.schema1 {
                 auth_yaml.push_str("compatibility:\n  schema1:\n    enabled: true\n");
             }
-            let yaml = config_yaml(port, &storage_dir, tls.as_ref(), &auth_yaml);
+            let client_ca = tls.as_ref().filter(|_| config.client_certs);
+            let yaml = config_yaml(
+                port,
+                &storage_dir,
+                tls.as_ref(),
+                client_ca.map(|t| t.ca_cert.as_path()),
+                &auth_yaml,
+            );
             std::fs::write(&config_path, yaml).ctx(|| "writing registry config".into())?;
             let mut child = spawn(&binary, &config_path, &log_path)?;
             let scheme = if tls.is_some() { "https" } else { "http" };
             match wait_ready(
                 &mut child,
-                &agent,
+                probe_ready.then_some(&agent),
                 scheme,
                 port,
                 &log_path,
@@ -249,6 +317,7 @@ impl Registry {
                         config,
                         token_server,
                         tls,
+                        client_identity,
                         ca_pem,
                         log_path,
                         storage_dir,
@@ -281,6 +350,14 @@ impl Registry {
             reason: "no free port".into(),
             log: String::new(),
         }))
+    }
+
+    /// The client certificate and key (PEM files) the registry accepts,
+    /// when it requires client certificates.
+    pub fn client_identity(&self) -> Option<(&Path, &Path)> {
+        self.client_identity
+            .as_ref()
+            .map(|(c, k)| (c.as_path(), k.as_path()))
     }
 
     /// `host:port`, e.g. `127.0.0.1:41234`.
@@ -450,7 +527,7 @@ fn spawn(binary: &Path, config_path: &Path, log_path: &Path) -> Result<Child> {
 
 fn wait_ready(
     child: &mut Child,
-    agent: &ureq::Agent,
+    agent: Option<&ureq::Agent>,
     scheme: &str,
     port: u16,
     log_path: &Path,
@@ -471,6 +548,9 @@ fn wait_ready(
         // The log line proves that *our* process owns the port, so that a
         // registry of a parallel test on the same port cannot fool us.
         if read_log(log_path).contains(&listening) {
+            let Some(agent) = agent else {
+                return Ok(());
+            };
             if let Ok(response) = crate::http::send(agent.get(&url)) {
                 if matches!(response.status(), 200 | 401) {
                     return Ok(());
@@ -500,8 +580,14 @@ fn yaml_path(path: &Path) -> String {
     yaml_str(&path.to_string_lossy())
 }
 
-fn config_yaml(port: u16, storage: &Path, tls: Option<&TlsFiles>, auth_yaml: &str) -> String {
-    let tls_yaml = tls
+fn config_yaml(
+    port: u16,
+    storage: &Path,
+    tls: Option<&TlsFiles>,
+    client_ca: Option<&Path>,
+    auth_yaml: &str,
+) -> String {
+    let mut tls_yaml = tls
         .map(|t| {
             format!(
                 "  tls:\n    certificate: {}\n    key: {}\n",
@@ -510,6 +596,9 @@ fn config_yaml(port: u16, storage: &Path, tls: Option<&TlsFiles>, auth_yaml: &st
             )
         })
         .unwrap_or_default();
+    if let Some(ca) = client_ca {
+        tls_yaml.push_str(&format!("    clientcas:\n      - {}\n", yaml_path(ca)));
+    }
     format!(
         "version: 0.1\n\
          log:\n  level: info\n  formatter: text\n  accesslog:\n    disabled: false\n\

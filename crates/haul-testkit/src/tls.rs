@@ -84,6 +84,24 @@ impl TestCa {
         })
     }
 
+    /// Issues a TLS client certificate (extended key usage `clientAuth`)
+    /// named `common_name`.
+    pub fn issue_client_cert(&self, common_name: &str) -> Result<ServerCert> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(ServerCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
     /// Writes the CA and a fresh server certificate for `names` under `dir`.
     pub fn write_server_files(&self, dir: &Path, names: &[&str]) -> Result<TlsFiles> {
         let server = self.issue_server_cert(names)?;

@@ -66,6 +66,19 @@ pub fn render(progress: &Progress) -> String {
     line
 }
 
+/// The line of a failure, as Docker streams one:
+/// `{"errorDetail":{"message":M},"error":M}`.
+pub fn error_line(message: &str) -> String {
+    serde_json::json!({"errorDetail": {"message": message}, "error": message}).to_string()
+}
+
+/// The final line of a command that succeeded: `aux` holds its result
+/// (for push Docker's `Tag`, `Digest` and `Size`), as in
+/// `{"progressDetail":{},"aux":{"Tag":"1.0","Digest":"sha256:...","Size":525}}`.
+pub fn result_line(aux: serde_json::Value) -> String {
+    serde_json::json!({"progressDetail": {}, "aux": aux}).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,6 +96,19 @@ mod tests {
             render(&Progress::action("68e2c75dc5c7", "Pulling fs layer")),
             "{\"status\":\"Pulling fs layer\",\"progressDetail\":{},\"id\":\"68e2c75dc5c7\"}\n"
         );
+    }
+
+    #[test]
+    fn errors_and_results_are_docker_json_messages() {
+        let error: Value = serde_json::from_str(&error_line("failed to pull x: gone")).unwrap();
+        assert_eq!(error["error"], "failed to pull x: gone");
+        assert_eq!(error["errorDetail"]["message"], "failed to pull x: gone");
+        let result: Value = serde_json::from_str(&result_line(
+            json!({"Tag": "1", "Digest": "sha256:0", "Size": 5}),
+        ))
+        .unwrap();
+        assert_eq!(result["aux"]["Size"], 5);
+        assert_eq!(result["progressDetail"], json!({}));
     }
 
     #[test]

@@ -114,3 +114,123 @@ fn login_without_a_password_is_refused() {
         text(&out.stderr)
     );
 }
+
+/// Runs `haul login HOST` on a pseudo-terminal (python's `pty`), answering
+/// the prompts like a user: the transcript (what the terminal showed) and
+/// the exit code.
+fn login_on_a_terminal(
+    docker_config: &std::path::Path,
+    host: &str,
+    username: &str,
+    password: &str,
+) -> Option<(String, i32)> {
+    const SCRIPT: &str = r#"
+import os, pty, select, sys, termios, time
+haul, host, user, password, config = sys.argv[1:]
+pid, fd = pty.fork()
+if pid == 0:
+    os.environ["DOCKER_CONFIG"] = config
+    os.execv(haul, [haul, "login", host])
+seen = b""
+def read_until(token, timeout=20):
+    global seen
+    end = time.time() + timeout
+    while token is None or token not in seen:
+        ready, _, _ = select.select([fd], [], [], max(0, end - time.time()))
+        if not ready:
+            if token is None:
+                return
+            sys.stdout.write(seen.decode("utf-8", "replace"))
+            sys.exit(90)
+        try:
+            chunk = os.read(fd, 1024)
+        except OSError:
+            return
+        if not chunk:
+            return
+        seen += chunk
+read_until(b"Username: ")
+os.write(fd, user.encode() + b"\n")
+read_until(b"Password: ")
+# Type once the prompt has turned echo off, as a person would after
+# reading it (typed-ahead input would be echoed by any program).
+end = time.time() + 10
+while termios.tcgetattr(fd)[3] & termios.ECHO and time.time() < end:
+    time.sleep(0.01)
+os.write(fd, password.encode() + b"\n")
+read_until(None)
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(seen.decode("utf-8", "replace"))
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+    let python = match Command::new("python3").arg("--version").output() {
+        Ok(_) => "python3",
+        Err(_) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "python3 is needed for the pseudo-terminal test"
+            );
+            eprintln!("skipping: python3 is not installed");
+            return None;
+        }
+    };
+    let out = Command::new(python)
+        .args([
+            "-c",
+            SCRIPT,
+            env!("CARGO_BIN_EXE_haul"),
+            host,
+            username,
+            password,
+        ])
+        .arg(docker_config)
+        .output()
+        .expect("python3 runs");
+    Some((text(&out.stdout), out.status.code().unwrap_or(-1)))
+}
+
+#[test]
+fn login_on_a_terminal_prompts_for_the_password_without_echo() {
+    if haul_testkit::peers::require_docker_registry().is_none() {
+        return;
+    }
+    let registry = Registry::start(RegistryConfig::htpasswd()).unwrap();
+    let host = registry.host();
+    let user = registry.credentials().unwrap().clone();
+    let dir = tempfile::tempdir().unwrap();
+
+    let Some((shown, code)) = login_on_a_terminal(dir.path(), &host, &user.username, "wrong-pass")
+    else {
+        return;
+    };
+    assert_eq!(code, 1, "{shown}");
+    assert!(shown.contains("Password: "), "{shown}");
+    assert!(
+        !shown.contains("wrong-pass"),
+        "the password was echoed: {shown}"
+    );
+    assert!(
+        shown.contains("unauthorized: incorrect username or password"),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains("haul login"),
+        "no advice to run what was just run: {shown}"
+    );
+
+    let (shown, code) =
+        login_on_a_terminal(dir.path(), &host, &user.username, &user.password).unwrap();
+    assert_eq!(code, 0, "{shown}");
+    assert!(
+        !shown.contains(&user.password),
+        "the password was echoed: {shown}"
+    );
+    assert!(shown.contains("Login Succeeded"), "{shown}");
+    assert!(
+        shown.contains("stored unencrypted") && shown.contains("config.json"),
+        "the unencrypted storage is said: {shown}"
+    );
+    let stored: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).unwrap()).unwrap();
+    assert!(stored["auths"][&host]["auth"].is_string(), "{stored}");
+}

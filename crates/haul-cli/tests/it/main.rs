@@ -3,11 +3,15 @@
 
 mod command_line;
 mod common;
+mod config_file;
 mod copy;
 mod local;
 mod login;
+mod machine_output;
 mod pull;
 mod pull_robustness;
 mod push;
+mod reaching_registries;
 mod save_load;
+mod tls;
 mod v1;

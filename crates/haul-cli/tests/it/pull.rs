@@ -364,12 +364,13 @@ fn json_progress_is_docker_json_messages() {
     let out = env.haul(&["--progress", "json", "pull", &reference]);
     assert_ok(&out);
     let text = stdout(&out);
-    let mut lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.pop(), Some(reference.as_str()));
-    let messages: Vec<serde_json::Value> = lines
-        .iter()
-        .map(|l| serde_json::from_str(l).unwrap())
+    // Every line is a JSON object, the last one the result.
+    let mut messages: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
         .collect();
+    let result = messages.pop().unwrap();
+    assert_eq!(result["aux"]["Reference"], reference.as_str(), "{result}");
     assert_eq!(messages[0]["status"], "Pulling from library/sample");
     assert_eq!(messages[0]["id"], "1.0");
     assert!(built.layers.len() > 1, "the sample has several layers");

@@ -217,11 +217,22 @@ fn node_registry_round_trip_keeps_rootfs_and_diff_ids() {
 }
 
 #[test]
-fn auto_protocol_falls_back_to_v1_for_a_v1_only_registry() {
+fn auto_protocol_falls_back_to_v1_for_the_python_registry() {
+    auto_protocol_falls_back_to_v1(V1Kind::Python);
+}
+
+#[test]
+fn auto_protocol_falls_back_to_v1_for_the_node_registry() {
+    auto_protocol_falls_back_to_v1(V1Kind::Node);
+}
+
+/// Without `--protocol`, push and pull find that the registry answers 404
+/// to `/v2/` and speak v1; a v2 registry stays on v2.
+fn auto_protocol_falls_back_to_v1(kind: V1Kind) {
     let Some(env) = Env::start(RegistryConfig::no_auth()) else {
         return;
     };
-    let Some(v1) = start_v1(V1Kind::Python) else {
+    let Some(v1) = start_v1(kind) else {
         return;
     };
     let (base_ref, _) = prepare(&env, &v1);

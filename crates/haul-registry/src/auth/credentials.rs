@@ -210,6 +210,13 @@ impl CredentialStore {
             .map(Option::flatten)
     }
 
+    /// Whether credentials for `registry` go to a credential helper (else
+    /// they are stored unencrypted, base64 only, in the config file).
+    pub fn uses_helper(&self, registry: &str) -> Result<bool> {
+        let config = self.read_config(registry)?;
+        Ok(Self::helper_for(&config, &config_key(registry), registry).is_some())
+    }
+
     /// Stores credentials for a registry: through its helper when one is
     /// configured, else in the config file (written with mode 0600).
     pub fn store(&self, registry: &str, credentials: &Credentials) -> Result<()> {

@@ -75,32 +75,38 @@ impl RegistryClient {
                 plain_http_allowed: insecure || is_loopback(&authority),
                 authority,
                 http,
-                base: OnceCell::new(),
+                base: OnceCell::new_with(self.known_base(registry)),
                 credentials: self.credentials_for(registry)?,
                 retry: config.retry.clone(),
             }),
         })
     }
 
-    /// Which protocol `registry` speaks, as Docker 1.x decided: v2 when it
-    /// answers `/v2/` (200 or 401), else v1 when it answers `/v1/_ping`.
-    /// When neither answers, the v2 error is returned.
+    /// Which protocol `registry` speaks, as Docker 1.10 decided: v2
+    /// unless `GET /v2/` answers 404 (then v1, if `/v1/_ping` answers).
+    /// A v2 registry gets no `/v1/` request; a registry with mirrors is
+    /// taken as v2 (mirrors speak only v2) without asking it anything.
+    /// The answer is learnt once per host for the life of the client.
     pub async fn detect_protocol(&self, registry: &str) -> Result<Protocol> {
-        // Asked in the order that is cheap for both kinds: a v1 registry
-        // (gunicorn's sync workers) never answers a TLS handshake, which
-        // would hold the v2 probe for its whole connect timeout.
-        let v1 = self.v1(registry)?;
-        if v1.ping().await.is_ok() {
-            if v1.answers_v2().await {
-                return Ok(Protocol::V2);
-            }
-            return Ok(Protocol::V1);
+        if self
+            .config()
+            .mirrors
+            .get(registry)
+            .is_some_and(|m| !m.is_empty())
+        {
+            return Ok(Protocol::V2);
         }
-        match self.ping(registry).await {
-            Ok(()) => Ok(Protocol::V2),
-            // Credentials refused: the registry does speak v2.
-            Err(Error::Unauthorized { .. } | Error::Denied { .. }) => Ok(Protocol::V2),
-            Err(e) => Err(e),
+        if self.host(registry)?.endpoint().await?.speaks_v2 {
+            return Ok(Protocol::V2);
+        }
+        match self.v1(registry)?.ping().await {
+            Ok(()) => Ok(Protocol::V1),
+            Err(e) => Err(Error::Protocol {
+                registry: registry.to_string(),
+                message: format!(
+                    "it answers 404 to /v2/ and /v1/_ping fails ({e}); is it a registry?"
+                ),
+            }),
         }
     }
 }
@@ -155,6 +161,8 @@ pub(crate) struct Op {
 /// How a request authenticates.
 #[derive(Clone, Copy)]
 pub(crate) enum Auth<'a> {
+    /// No credentials (the ping).
+    None,
     /// Basic credentials, if any (index calls).
     Basic,
     /// The session's token, else Basic when the URL is on the index host.
@@ -174,29 +182,43 @@ impl V1Registry {
         self.base().await.map(|_| ())
     }
 
+    /// The index's base URL: the scheme the v2 probe found, else the one
+    /// `/v1/_ping` answers on (plain HTTP first for loopback registries,
+    /// HTTPS first for other insecure ones, HTTPS only otherwise).
     async fn base(&self) -> Result<&Url> {
         let inner = &self.inner;
         inner
             .base
             .get_or_try_init(|| async {
-                let https = parse_base("https", &inner.authority, &inner.name)?;
-                match self.probe(&https, inner.plain_http_allowed).await {
-                    Ok(()) => Ok(https),
-                    Err(err) if inner.plain_http_allowed => {
-                        let http = parse_base("http", &inner.authority, &inner.name)?;
-                        tracing::debug!(registry = %inner.name, "v1 ping over HTTPS failed ({err}); trying plain HTTP");
-                        self.probe(&http, false).await.map(|()| http).map_err(|_| err)
-                    }
-                    Err(err) => Err(err),
+                let mut order = vec![parse_base("https", &inner.authority, &inner.name)?];
+                if is_loopback(&inner.authority) {
+                    order.insert(0, parse_base("http", &inner.authority, &inner.name)?);
+                } else if inner.plain_http_allowed {
+                    order.push(parse_base("http", &inner.authority, &inner.name)?);
                 }
+                let mut first_error = None;
+                for url in order {
+                    match self.probe(&url).await {
+                        Ok(()) => return Ok(url),
+                        Err(err) => {
+                            tracing::info!(registry = %inner.name, "v1 ping over {} failed: {err}", url.scheme());
+                            if crate::transport::is_unreachable(&err) {
+                                return Err(err);
+                            }
+                            first_error.get_or_insert(err);
+                        }
+                    }
+                }
+                Err(first_error.expect("at least one scheme is tried"))
             })
             .await
     }
 
-    /// Asks `/v1/_ping`; `quick`: within a few seconds (an HTTPS attempt
-    /// on a plain HTTP server may otherwise wait for the connect timeout).
-    async fn probe(&self, base: &Url, quick: bool) -> Result<()> {
+    /// Asks `/v1/_ping`, without credentials and without retrying a
+    /// connection that cannot be made.
+    async fn probe(&self, base: &Url) -> Result<()> {
         let url = join(base, "v1/_ping", &self.inner.name)?;
+        tracing::info!(registry = %self.inner.name, "probing GET {url}");
         let op = Op {
             subject: Subject::Registry,
             action: "GET /v1/_ping".into(),
@@ -205,36 +227,19 @@ impl V1Registry {
         let resp = self
             .send_once_or_retry(
                 &op,
-                Auth::Basic,
+                Auth::None,
                 &|http| {
-                    let req = http.get(url.clone());
-                    Ok(if quick {
-                        req.timeout(std::time::Duration::from_secs(3))
-                    } else {
-                        req
-                    })
+                    Ok(http
+                        .get(url.clone())
+                        .timeout(std::time::Duration::from_secs(10)))
                 },
-                !quick,
+                false,
             )
             .await?;
         if resp.status().is_success() {
             Ok(())
         } else {
             Err(self.status_error(&op, resp).await)
-        }
-    }
-
-    /// Whether the registry also answers `GET /v2/` (200 or 401).
-    async fn answers_v2(&self) -> bool {
-        let Ok(base) = self.base().await else {
-            return false;
-        };
-        let Ok(url) = join(base, "v2/", &self.inner.name) else {
-            return false;
-        };
-        match self.inner.http.get(url).send().await {
-            Ok(resp) => resp.status().is_success() || resp.status() == StatusCode::UNAUTHORIZED,
-            Err(_) => false,
         }
     }
 
@@ -280,6 +285,7 @@ impl V1Registry {
                 })?;
                 request.headers_mut().insert(AUTHORIZATION, value);
             }
+            tracing::debug!(registry = %inner.name, "{}", crate::transport::describe_request(&request));
             let (failure, retry_after) = match inner.http.execute(request).await {
                 Ok(resp) => {
                     let status = resp.status();
@@ -294,7 +300,7 @@ impl V1Registry {
                 }
                 Err(e) => {
                     let err = transport_error(&inner.name, &e);
-                    if !retry_connect && (e.is_connect() || e.is_timeout()) {
+                    if !retry_connect && (e.is_connect() || e.is_timeout() || !err.is_retryable()) {
                         return Err(err);
                     }
                     (err, None)
@@ -304,7 +310,7 @@ impl V1Registry {
                 return Err(failure);
             }
             let delay = inner.retry.delay(attempt, retry_after);
-            tracing::debug!(
+            tracing::info!(
                 registry = %inner.name,
                 "{} failed (attempt {attempt} of {}): {failure}; retrying in {delay:?}",
                 op.action,
@@ -326,7 +332,7 @@ impl V1Registry {
         match auth {
             Auth::Token(Some(token)) => Some(format!("Token {token}")),
             Auth::Basic | Auth::Token(None) if on_index => basic(),
-            _ => None,
+            Auth::None | Auth::Basic | Auth::Token(None) => None,
         }
     }
 

@@ -89,6 +89,8 @@ pub fn haul_command(root: &Path, args: &[&str]) -> Command {
         .arg(root)
         .args(args)
         .env_remove("HAUL_ROOT")
+        .env_remove("HAUL_CONFIG")
+        .env("XDG_CONFIG_HOME", root.join("no-xdg-config"))
         .env("HAUL_RETRY_TICK_MS", "1")
         .env("DOCKER_CONFIG", root.join("no-docker-config"));
     command
