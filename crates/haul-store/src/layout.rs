@@ -91,8 +91,8 @@ impl Store {
         self.root.join("gc.lock")
     }
 
-    /// Rewrites `content/index.json` from the references and image records.
-    /// Callers hold the store lock.
+    /// Rewrites `content/index.json` from the references and image records,
+    /// leaving out images with a blob missing. Callers hold the store lock.
     pub(crate) fn write_index_json(&self, refs: &BTreeMap<String, Digest>) -> Result<()> {
         let mut images: BTreeMap<Digest, Option<ImageRecord>> = BTreeMap::new();
         let mut manifests = Vec::new();
@@ -101,6 +101,11 @@ impl Store {
                 images.insert(id.clone(), self.get_image(id)?);
             }
             let Some(image) = &images[id] else { continue };
+            // The layout names only images it holds whole: a reader such as
+            // skopeo must find every blob an entry needs.
+            if !self.missing_blobs(image).is_empty() {
+                continue;
+            }
             let mut descriptor = json!({
                 "mediaType": image.manifest_media_type,
                 "digest": image.manifest_digest,

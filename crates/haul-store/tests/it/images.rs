@@ -256,6 +256,30 @@ fn images_are_found_by_id_and_unique_id_prefix() {
 }
 
 #[test]
+fn index_json_names_only_images_whose_every_blob_is_present() {
+    let (_dir, store) = new_store();
+    let (one, _) = put_image(&store, &small_image(1), "a:1");
+    let (two, _) = put_image(&store, &small_image(2), "b:1");
+    // b's own layer blob goes missing (as when a layer "already exists"
+    // under another blob): the layout must not name b.
+    let own_layer = &two.layers[1].digest;
+    assert!(one.layers.iter().all(|l| &l.digest != own_layer));
+    std::fs::remove_file(store.blob_path(own_layer)).unwrap();
+    store.tag(&r("a:2"), &one.id).unwrap();
+    let names: Vec<String> = index_ref_names(&store)
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            "docker.io/library/a:1".to_string(),
+            "docker.io/library/a:2".to_string()
+        ]
+    );
+}
+
+#[test]
 fn remove_image_drops_the_record_with_its_last_reference() {
     let (_dir, store) = new_store();
     let (one, _) = put_image(&store, &small_image(1), "a:1");
