@@ -242,6 +242,26 @@ pub(crate) async fn stage_from_store(
     .await
 }
 
+/// The diffID of a layer blob that is in the store: the digest of its
+/// uncompressed content, read and hashed as a stream.
+pub(crate) async fn diff_id_of_stored_blob(store: &Store, blob: &LayerBlobInfo) -> Result<Digest> {
+    let store = store.clone();
+    let blob = blob.clone();
+    blocking(move || {
+        let file = store.open_blob(&blob.digest)?;
+        let mut reader = haul_store::decompressing_reader(
+            std::io::BufReader::with_capacity(256 * 1024, file),
+            blob.compression.unwrap_or(Compression::Uncompressed),
+        )
+        .map_err(|e| Error::Decompress(e.to_string()))?;
+        let mut digester = haul_oci::Digester::sha256();
+        std::io::copy(&mut reader, &mut digester)
+            .map_err(|e| Error::Decompress(format!("layer {}: {e}", blob.digest)))?;
+        Ok(digester.finish())
+    })
+    .await
+}
+
 /// Runs blocking store work off the async threads.
 pub(crate) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T> + Send + 'static,

@@ -22,7 +22,7 @@ pub use error::{Error, Result};
 pub use pull::{PullOptions, PullReport, PullSettings, Puller};
 pub use push::{PushReport, PushSettings, Pusher};
 pub use resolve::{fetch_manifest, manifest_reference, resolve, Resolved};
-pub use store_layers::{StoreLayer, StoreLayers};
+pub use store_layers::{PulledLayer, StoreLayer, StoreLayers};
 pub use v1_pull::V1Puller;
 pub use v1_push::{V1PushReport, V1Pusher};
 

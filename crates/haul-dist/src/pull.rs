@@ -374,7 +374,17 @@ impl Puller {
                     message: None,
                 }
             })?;
-            layers.push((blob_info(digest, size, media_type::DOCKER_LAYER_GZIP), None));
+            // A blob pulled before is known by its diffID: the layer can
+            // then be found "Already exists" without downloading it.
+            let known = {
+                let store = self.store.clone();
+                let digest = digest.clone();
+                blocking(move || Ok(store.diff_id_for_blob(&digest).ok().flatten())).await?
+            };
+            layers.push((
+                blob_info(digest, size, media_type::DOCKER_LAYER_GZIP),
+                known,
+            ));
         }
         let sizes: Vec<(Digest, u64)> = layers
             .iter()

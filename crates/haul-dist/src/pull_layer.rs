@@ -6,12 +6,12 @@ use std::sync::Arc;
 use haul_oci::Digest;
 use haul_registry::Repository;
 use haul_store::Store;
-use haul_xfer::{short_id, DiffId, DownloadDescriptor, LayerBlob, Progress, ProgressOutput};
+use haul_xfer::{short_id, DiffId, DownloadDescriptor, Progress, ProgressOutput};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
-use crate::layer_fetch::{fetch_layer, LayerBlobInfo};
-use crate::store_layers::SharedLayers;
+use crate::layer_fetch::{diff_id_of_stored_blob, fetch_layer, LayerBlobInfo};
+use crate::store_layers::{PulledLayer, SharedLayers};
 
 /// Least bytes between two "Downloading" records (besides the last).
 const PROGRESS_STEP: u64 = 512 * 1024;
@@ -22,7 +22,8 @@ pub(crate) struct PullLayer {
     pub store: Store,
     pub layers: SharedLayers,
     pub blob: LayerBlobInfo,
-    /// The diffID the image config gives for this layer.
+    /// The layer's diffID if known: from the image config, or (schema 1)
+    /// from an earlier pull of the same blob.
     pub diff_id: Option<Digest>,
     /// Bytes that crossed the network for this layer.
     pub transferred: Arc<AtomicU64>,
@@ -35,6 +36,8 @@ impl PullLayer {
 }
 
 impl DownloadDescriptor for PullLayer {
+    type Blob = PulledLayer;
+
     fn key(&self) -> String {
         format!("v2:{}", self.blob.digest)
     }
@@ -51,7 +54,7 @@ impl DownloadDescriptor for PullLayer {
         &self,
         cancel: CancellationToken,
         progress: Arc<dyn ProgressOutput>,
-    ) -> Result<LayerBlob, haul_xfer::Error> {
+    ) -> Result<PulledLayer, haul_xfer::Error> {
         let id = self.short();
         let total = self.blob.size;
         let last = AtomicU64::new(0);
@@ -79,24 +82,22 @@ impl DownloadDescriptor for PullLayer {
             .fetch_add(fetched.transferred, Ordering::Relaxed);
         progress.update(&id, "Verifying Checksum");
         progress.update(&id, "Download complete");
-        let diff_id = match fetched.staged {
-            Some(staged) => {
-                let diff_id = staged.diff_id().clone();
-                self.layers.stage(staged, &self.blob.digest);
-                Some(diff_id)
+        let blob = self.blob.digest.clone();
+        match (fetched.staged, &self.diff_id) {
+            (Some(staged), _) => Ok(PulledLayer::Staged { staged, blob }),
+            (None, Some(diff_id)) => Ok(PulledLayer::Blob {
+                blob,
+                diff_id: diff_id.clone(),
+            }),
+            // A blobs-only pull of a layer whose diffID nothing told (a
+            // schema 1 image seen for the first time): hash its content.
+            (None, None) => {
+                let diff_id = diff_id_of_stored_blob(&self.store, &self.blob)
+                    .await
+                    .map_err(into_transfer_error)?;
+                Ok(PulledLayer::Blob { blob, diff_id })
             }
-            None => {
-                if let Some(d) = &self.diff_id {
-                    self.layers.note_blob(d, &self.blob.digest);
-                }
-                self.diff_id.clone()
-            }
-        };
-        Ok(LayerBlob {
-            stream: Box::pin(tokio::io::empty()),
-            size: 0,
-            diff_id: diff_id.map(|d| DiffId::new(d.to_string())),
-        })
+        }
     }
 }
 
