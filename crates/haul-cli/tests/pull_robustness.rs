@@ -668,3 +668,102 @@ fn interrupt_cancels_a_pull_stalled_on_its_manifest() {
         pull.stderr()
     );
 }
+
+/// `haul pull A B` of two schema 1 images sharing their base (diffIDs
+/// unknown: a first pull), with one download at a time and the proxy
+/// holding blobs so the order is known: A's base1 is registered before B
+/// asks for it (B starts its own base1 transfer, which waits for the
+/// slot), B joins A's transfer for base2, its top. When base2 is done, B
+/// is done, whatever its own base1 does (Docker reads the diffIDs from the
+/// top layer's parents); it must not fail with "too few parent layers".
+#[test]
+fn two_first_time_schema1_pulls_sharing_a_base_both_succeed() {
+    let Some(env) = Env::start(RegistryConfig::no_auth().with_schema1()) else {
+        return;
+    };
+    let base1 = LayerSpec::gzip(vec![Entry::random("base1", 0o644, 100_000, 11)]);
+    let base2 = LayerSpec::gzip(vec![Entry::random("base2", 0o644, 100_000, 12)]);
+    let top = LayerSpec::gzip(vec![Entry::random("top", 0o644, 100_000, 13)]);
+    let image_a = ImageBuilder::new()
+        .layer(base1.clone())
+        .layer(base2.clone())
+        .layer(top);
+    let image_b = ImageBuilder::new().layer(base1).layer(base2);
+    put_schema1(&env, &image_a, "library/s1a");
+    put_schema1(&env, &image_b, "library/s1b");
+    let built = image_a.write_oci_layout(&env.dir("built-a"), "t").unwrap();
+    let digest = |i: usize| built.layers[i].blob.digest.clone();
+    let id = |i: usize| short(&built.layers[i].blob.digest).to_string();
+
+    let proxy = FaultProxy::start(&env.registry.host()).unwrap();
+    let hold = |matcher: Match| {
+        let gate = haul_testkit::Gate::new();
+        proxy.add_rule(Rule::new(
+            matcher,
+            Fault::Hold {
+                after_bytes: 0,
+                gate: gate.clone(),
+            },
+        ));
+        gate
+    };
+    let b_manifest = hold(Match::path_contains("/library/s1b/manifests/").method("GET"));
+    let base2_blob = hold(Match::path_ends_with(digest(1).as_str()).method("GET"));
+    let top_blob = hold(Match::path_ends_with(digest(2).as_str()).method("GET"));
+
+    let a = format!("{}/library/s1a:old", proxy.authority());
+    let b = format!("{}/library/s1b:old", proxy.authority());
+    let mut command = haul_command(
+        env.root.path(),
+        &[
+            "--progress",
+            "plain",
+            "--max-concurrent-downloads",
+            "1",
+            "pull",
+            &a,
+            &b,
+        ],
+    );
+    command.env("HAUL_RETRY_TICK_MS", "1");
+    let mut pull = Running::spawn(command, &env.dir("out"), "pull");
+    let minute = Duration::from_secs(60);
+    let after = |text: &str, first: &str, then: &str| {
+        text.find(first).is_some_and(|at| text[at..].contains(then))
+    };
+    wait_until(minute, "A's base1 registered", || {
+        pull.stdout().contains(&format!("{}: Pull complete", id(0)))
+    });
+    b_manifest.open();
+    wait_until(minute, "B's own base1 waiting for the slot", || {
+        after(
+            &pull.stdout(),
+            &format!("{}: Pull complete", id(0)),
+            &format!("{}: Waiting", id(0)),
+        )
+    });
+    base2_blob.open();
+    wait_until(minute, "base2 registered", || {
+        pull.stdout().contains(&format!("{}: Pull complete", id(1)))
+    });
+    let b_status = format!("Status: Downloaded newer image for {b}");
+    let waited = Instant::now();
+    while !pull.stdout().contains(&b_status) && waited.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let b_done_before_a = pull.stdout().contains(&b_status);
+    top_blob.open();
+    pull.assert_ok(minute);
+    assert!(
+        b_done_before_a,
+        "B was done as soon as its top layer was, while A's top was held:\n{}",
+        pull.stdout()
+    );
+    assert_eq!(
+        proxy.count_matching("GET", digest(1).as_str()),
+        1,
+        "base2 moved once, for both pulls"
+    );
+    assert_exports(&env, &a, &image_a, "export-a");
+    assert_exports(&env, &b, &image_b, "export-b");
+}
