@@ -610,3 +610,52 @@ fn schema1_images_can_be_pulled_blobs_only_and_copied_to_an_oci_layout() {
         .collect();
     assert_eq!(copied, want, "skopeo reads the copied image's diffIDs");
 }
+
+/// A complete download that does not match its digest is tried once more
+/// (a proxy may have corrupted it), not five times: then the pull fails
+/// with one sentence naming the expected and the actual digest.
+#[test]
+fn a_corrupt_layer_is_retried_once_then_fails_naming_both_digests() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let built = env.put_image(&sample_image(), "library/bad:1");
+    let proxy = FaultProxy::start(&env.registry.host()).unwrap();
+    let victim = built.layers[0].blob.digest.clone();
+    proxy.add_rule(Rule::new(
+        Match::path_ends_with(victim.as_str()).method("GET"),
+        Fault::FlipByte { offset: 100 },
+    ));
+    let start = std::time::Instant::now();
+    let out = haul_command(
+        env.root.path(),
+        &[
+            "--progress",
+            "plain",
+            "pull",
+            &format!("{}/library/bad:1", proxy.authority()),
+        ],
+    )
+    .env("HAUL_RETRY_TICK_MS", "1")
+    .output()
+    .unwrap();
+    let took = start.elapsed();
+    assert_eq!(out.status.code(), Some(1), "stdout: {}", stdout(&out));
+    let gets = proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.path.ends_with(victim.as_str()))
+        .count();
+    assert_eq!(gets, 2, "one download and one retry");
+    let err = stderr(&out);
+    assert_eq!(err.trim().lines().count(), 1, "one line of error: {err}");
+    assert!(
+        err.contains(victim.as_str()),
+        "names the expected digest: {err}"
+    );
+    assert!(
+        err.matches("sha256:").count() >= 2,
+        "names the digest the content had too: {err}"
+    );
+    assert!(took < std::time::Duration::from_secs(5), "took {took:?}");
+}

@@ -471,13 +471,12 @@ fn retry_countdown_shows_in_plain_progress() {
     let built = env.put_image(&image, "library/sample:1");
     let victim = &built.layers[0].blob;
     let proxy = FaultProxy::start(&env.registry.host()).unwrap();
-    // The registry client retries 5xx and broken connections itself (and a
-    // broken body is resumed, not failed); a corrupted blob is what only a
-    // new attempt of the whole layer can fix.
+    // A failing request is one attempt of the layer, shown as a countdown
+    // (the registry client does not retry layer GETs on its own).
     proxy.add_rule(
         Rule::new(
             Match::path_ends_with(victim.digest.as_str()).method("GET"),
-            Fault::FlipByte { offset: 100 },
+            Fault::status(500),
         )
         .times(2),
     );
@@ -517,7 +516,7 @@ fn retry_countdown_shows_in_plain_progress() {
     assert_eq!(
         blob_gets(&proxy, &victim.digest).len(),
         3,
-        "two corrupted attempts and a good one"
+        "two failed attempts and a good one"
     );
     assert!(
         took < Duration::from_secs(10),
@@ -766,4 +765,140 @@ fn two_first_time_schema1_pulls_sharing_a_base_both_succeed() {
     );
     assert_exports(&env, &a, &image_a, "export-a");
     assert_exports(&env, &b, &image_b, "export-b");
+}
+
+/// The first layer of the sample image in the registry, behind a proxy.
+fn sample_behind_proxy(env: &Env) -> (BuiltImage, FaultProxy, String) {
+    let built = env.put_image(&sample_image(), "library/sample:1");
+    let proxy = FaultProxy::start(&env.registry.host()).unwrap();
+    let reference = format!("{}/library/sample:1", proxy.authority());
+    (built, proxy, reference)
+}
+
+/// A blob that answers 500 every time costs exactly the layer's attempts
+/// (5 by default): one request each, each failure shown as a countdown in
+/// plain and JSON progress and logged at -v with its attempt number.
+#[test]
+fn a_blob_answering_500_costs_one_request_per_layer_attempt() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let (built, proxy, reference) = sample_behind_proxy(&env);
+    let victim = built.layers[0].blob.digest.clone();
+    proxy.add_rule(Rule::new(
+        Match::path_ends_with(victim.as_str()).method("GET"),
+        Fault::status(500),
+    ));
+    let id = short(&victim).to_string();
+    for mode in ["plain", "json"] {
+        proxy.reset_counters();
+        let out = haul_command(
+            env.root.path(),
+            &["-v", "--progress", mode, "pull", &reference],
+        )
+        .env("HAUL_RETRY_TICK_MS", "1")
+        .output()
+        .expect("haul runs");
+        assert_eq!(out.status.code(), Some(1), "{mode}: {}", stdout(&out));
+        assert_eq!(
+            blob_gets(&proxy, &victim).len(),
+            5,
+            "{mode}: one request per attempt, 5 attempts"
+        );
+        let text = stdout(&out);
+        for seconds in [5, 10, 15, 20] {
+            let shown = format!("Retrying in {seconds} seconds");
+            let seen = match mode {
+                "plain" => text.contains(&format!("{id}: {shown}")),
+                _ => text.lines().any(|line| {
+                    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                    v["id"] == id.as_str() && v["status"] == shown.as_str()
+                }),
+            };
+            assert!(
+                seen,
+                "{mode}: the countdown after attempt {} shows\n{text}",
+                seconds / 5
+            );
+        }
+        let log = stderr(&out);
+        for attempt in 1..=4 {
+            assert!(
+                log.contains(&format!("(attempt {attempt} of 5), retrying")),
+                "{mode}: -v logs attempt {attempt}:\n{log}"
+            );
+        }
+    }
+}
+
+/// `--max-download-attempts 1` means one request, and the error comes at
+/// once (no countdown, no hidden retries), with the real tick.
+#[test]
+fn one_download_attempt_means_one_request_and_a_prompt_error() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let (built, proxy, reference) = sample_behind_proxy(&env);
+    let victim = built.layers[0].blob.digest.clone();
+    proxy.add_rule(Rule::new(
+        Match::path_ends_with(victim.as_str()).method("GET"),
+        Fault::status(500),
+    ));
+    let start = Instant::now();
+    let out = env.haul(&[
+        "--progress",
+        "plain",
+        "--max-download-attempts",
+        "1",
+        "pull",
+        &reference,
+    ]);
+    let took = start.elapsed();
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert_eq!(blob_gets(&proxy, &victim).len(), 1, "one try");
+    assert!(!stdout(&out).contains("Retrying"), "{}", stdout(&out));
+    assert!(took < Duration::from_secs(3), "the error took {took:?}");
+}
+
+/// A connection dropped midway after moving the download on is resumed
+/// with Range at once and spends no attempt: one attempt is enough.
+#[test]
+fn a_dropped_then_resumed_blob_spends_no_attempt() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let image = big_image(BIG);
+    let built = env.put_image(&image, "library/big:1");
+    let big = big_blob(&built).clone();
+    let proxy = FaultProxy::start(&env.registry.host()).unwrap();
+    proxy.add_rule(
+        Rule::new(
+            Match::path_ends_with(big.digest.as_str()).method("GET"),
+            Fault::DropAfterBytes(BIG / 3),
+        )
+        .times(2),
+    );
+    let reference = format!("{}/library/big:1", proxy.authority());
+    let out = env.haul(&[
+        "--progress",
+        "plain",
+        "--max-download-attempts",
+        "1",
+        "pull",
+        &reference,
+    ]);
+    assert_ok(&out);
+    assert!(!stdout(&out).contains("Retrying"), "{}", stdout(&out));
+    let gets = blob_gets(&proxy, &big.digest);
+    assert_eq!(gets.len(), 3, "two drops, each resumed: {gets:#?}");
+    assert_eq!(
+        gets[1].header("range"),
+        Some(format!("bytes={}-", BIG / 3).as_str())
+    );
+    assert_eq!(
+        gets.iter().map(|g| g.response_bytes).sum::<u64>(),
+        big.size,
+        "no byte fetched twice"
+    );
+    assert_exports(&env, &reference, &image, "export");
 }

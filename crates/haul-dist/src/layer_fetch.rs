@@ -136,7 +136,7 @@ pub(crate) async fn fetch_layer(
         if present >= blob.size {
             return Ok(()); // a previous attempt got every byte
         }
-        let mut stream = repo.blob_stream_unverified(&blob.digest, Some(blob.size), offset);
+        let mut stream = repo.blob_stream_attempt(&blob.digest, Some(blob.size), offset);
         loop {
             let next = tokio::select! {
                 _ = cancel.cancelled() => return Err(Error::Cancelled),

@@ -334,6 +334,7 @@ impl Puller {
                     blob,
                     diff_id,
                     transferred: Arc::clone(transferred),
+                    corrupt_downloads: Default::default(),
                 })
             })
             .collect();

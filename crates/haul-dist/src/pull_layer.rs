@@ -27,7 +27,14 @@ pub(crate) struct PullLayer {
     pub diff_id: Option<Digest>,
     /// Bytes that crossed the network for this layer.
     pub transferred: Arc<AtomicU64>,
+    /// Complete downloads that did not match the digest so far.
+    pub corrupt_downloads: AtomicU64,
 }
+
+/// Complete downloads of a layer that may fail their digest check before
+/// the layer fails: the second try is for a proxy that corrupted the first;
+/// a registry that serves the same wrong bytes again will not do better.
+const CORRUPT_DOWNLOADS_ALLOWED: u64 = 2;
 
 impl PullLayer {
     fn short(&self) -> String {
@@ -77,7 +84,15 @@ impl DownloadDescriptor for PullLayer {
             &report,
         )
         .await
-        .map_err(into_transfer_error)?;
+        .map_err(|err| {
+            if is_corrupt_download(&err)
+                && self.corrupt_downloads.fetch_add(1, Ordering::Relaxed) + 1
+                    >= CORRUPT_DOWNLOADS_ALLOWED
+            {
+                return haul_xfer::Error::do_not_retry(err);
+            }
+            into_transfer_error(err)
+        })?;
         self.transferred
             .fetch_add(fetched.transferred, Ordering::Relaxed);
         progress.update(&id, "Verifying Checksum");
@@ -99,6 +114,16 @@ impl DownloadDescriptor for PullLayer {
             }
         }
     }
+}
+
+/// Whether a whole download failed its size or digest check.
+fn is_corrupt_download(err: &Error) -> bool {
+    matches!(
+        err,
+        Error::Store(
+            haul_store::Error::DigestMismatch { .. } | haul_store::Error::SizeMismatch { .. }
+        ) | Error::Registry(haul_registry::Error::DigestMismatch { .. })
+    )
 }
 
 /// Sorts a pull error into "try again" and "give up".
