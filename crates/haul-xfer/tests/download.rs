@@ -166,6 +166,7 @@ async fn watchers_see_waiting_and_the_whole_retry_countdown() {
             "Retrying in 2 seconds",
             "Retrying in 1 second",
             "Downloading",
+            "Extracting",
             "Pull complete"
         ]
     );
@@ -175,16 +176,21 @@ async fn watchers_see_waiting_and_the_whole_retry_countdown() {
             "Pulling fs layer",
             "Waiting",
             "Downloading",
+            "Extracting",
             "Pull complete"
         ],
         "the fourth download waits for one of the three slots"
     );
-    // ("Extracting" is written too, but the in-memory store registers
-    // without pausing, so "Pull complete" replaces it before any watcher
-    // looks: watchers get the latest record, not every one.)
+    // Every stage reaches every watcher, also one replaced at once (the
+    // in-memory store registers without pausing); only counts coalesce.
     assert_eq!(
         actions("id2"),
-        ["Pulling fs layer", "Downloading", "Pull complete"]
+        [
+            "Pulling fs layer",
+            "Downloading",
+            "Extracting",
+            "Pull complete"
+        ]
     );
     assert!(
         started.elapsed() >= Duration::from_secs(5),
