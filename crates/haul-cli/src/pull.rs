@@ -61,12 +61,17 @@ pub fn run(
             let options = &options;
             let cancel = cancel.clone();
             async move {
-                let v1 = crate::protocol::use_v1(client, reference.registry(), protocol, &output)
-                    .await
-                    .map_err(|e| haul_dist::Error::Internal(format!("{e:#}")));
+                let v1 =
+                    crate::protocol::use_v1(client, reference.registry(), protocol, &output).await;
                 match v1 {
-                    Ok(true) => v1_puller.pull(reference, output, cancel).await,
-                    Ok(false) => puller.pull(reference, options, output, cancel).await,
+                    Ok(true) => v1_puller
+                        .pull(reference, output, cancel)
+                        .await
+                        .map_err(anyhow::Error::from),
+                    Ok(false) => puller
+                        .pull(reference, options, output, cancel)
+                        .await
+                        .map_err(anyhow::Error::from),
                     Err(e) => Err(e),
                 }
             }
@@ -82,7 +87,7 @@ pub fn run(
                 Ok(report) => println!("{}", report.reference),
                 Err(err) => failures.push(format!(
                     "failed to pull {reference}: {}",
-                    crate::error_sentence(&err.into())
+                    crate::error_sentence(&err)
                 )),
             }
         }

@@ -181,10 +181,11 @@ pub(crate) async fn fetch_layer(
     }
     let staged = staged.transpose()?;
     if present != blob.size {
-        return Err(Error::Internal(format!(
-            "layer {} stopped at byte {present} of {}",
-            blob.digest, blob.size
-        )));
+        return Err(Error::Truncated {
+            digest: blob.digest.clone(),
+            at: present,
+            size: blob.size,
+        });
     }
     Ok(Fetched {
         staged,

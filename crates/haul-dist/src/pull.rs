@@ -81,6 +81,7 @@ pub struct Puller {
     store: Store,
     layers: SharedLayers,
     downloads: DownloadManager<StoreLayers>,
+    max_download_attempts: u32,
 }
 
 impl Puller {
@@ -93,6 +94,7 @@ impl Puller {
             store,
             layers,
             downloads,
+            max_download_attempts: settings.max_download_attempts,
         }
     }
 
@@ -335,6 +337,8 @@ impl Puller {
                     diff_id,
                     transferred: Arc::clone(transferred),
                     corrupt_downloads: Default::default(),
+                    attempts: Default::default(),
+                    max_attempts: self.max_download_attempts,
                 })
             })
             .collect();

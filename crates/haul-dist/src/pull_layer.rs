@@ -1,6 +1,6 @@
 //! A layer of an image being pulled, as the download manager sees it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use haul_oci::Digest;
@@ -29,6 +29,10 @@ pub(crate) struct PullLayer {
     pub transferred: Arc<AtomicU64>,
     /// Complete downloads that did not match the digest so far.
     pub corrupt_downloads: AtomicU64,
+    /// Attempts made so far.
+    pub attempts: AtomicU32,
+    /// Attempts allowed (for error messages; the manager enforces it).
+    pub max_attempts: u32,
 }
 
 /// Complete downloads of a layer that may fail their digest check before
@@ -85,13 +89,25 @@ impl DownloadDescriptor for PullLayer {
         )
         .await
         .map_err(|err| {
-            if is_corrupt_download(&err)
+            let attempt = self.attempts.fetch_add(1, Ordering::Relaxed) + 1;
+            let give_up = is_corrupt_download(&err)
                 && self.corrupt_downloads.fetch_add(1, Ordering::Relaxed) + 1
-                    >= CORRUPT_DOWNLOADS_ALLOWED
-            {
-                return haul_xfer::Error::do_not_retry(err);
+                    >= CORRUPT_DOWNLOADS_ALLOWED;
+            let retry = !give_up && is_retryable(&err);
+            let err = match err {
+                Error::Cancelled => Error::Cancelled,
+                err => Error::Layer {
+                    digest: self.blob.digest.clone(),
+                    attempt,
+                    attempts: self.max_attempts.max(1),
+                    source: Box::new(err),
+                },
+            };
+            if retry {
+                haul_xfer::Error::failed(err)
+            } else {
+                haul_xfer::Error::do_not_retry(err)
             }
-            into_transfer_error(err)
         })?;
         self.transferred
             .fetch_add(fetched.transferred, Ordering::Relaxed);
@@ -128,7 +144,17 @@ fn is_corrupt_download(err: &Error) -> bool {
 
 /// Sorts a pull error into "try again" and "give up".
 pub(crate) fn into_transfer_error(err: Error) -> haul_xfer::Error {
-    let retry = match &err {
+    if is_retryable(&err) {
+        haul_xfer::Error::failed(err)
+    } else {
+        haul_xfer::Error::do_not_retry(err)
+    }
+}
+
+/// Whether another attempt may cure `err` (network trouble, a corrupted
+/// download); never for bugs, bad input or a full disk.
+fn is_retryable(err: &Error) -> bool {
+    match err {
         Error::Registry(e) => {
             e.is_retryable() || matches!(e, haul_registry::Error::DigestMismatch { .. })
         }
@@ -136,12 +162,8 @@ pub(crate) fn into_transfer_error(err: Error) -> haul_xfer::Error {
             e,
             haul_store::Error::DigestMismatch { .. } | haul_store::Error::SizeMismatch { .. }
         ),
-        Error::Internal(_) => true,
+        Error::Truncated { .. } => true,
+        Error::Io { source, .. } => source.kind() != std::io::ErrorKind::StorageFull,
         _ => false,
-    };
-    if retry {
-        haul_xfer::Error::failed(err)
-    } else {
-        haul_xfer::Error::do_not_retry(err)
     }
 }

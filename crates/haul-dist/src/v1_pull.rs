@@ -110,8 +110,10 @@ impl V1Puller {
         let (endpoint, chain) = match found {
             Some(f) => f,
             None => {
-                return Err(last_error
-                    .unwrap_or_else(|| Error::Internal("the index gave no endpoint".into())))
+                return Err(last_error.unwrap_or_else(|| Error::Protocol {
+                    registry: reference.registry().to_string(),
+                    message: format!("the index gave no endpoint for {reference}"),
+                }))
             }
         };
 
@@ -365,7 +367,10 @@ impl V1PullLayer {
             let (name, v1) = (self.registry().to_string(), self.id.clone());
             blocking(move || Ok(store.v1_partial_path(&name, &v1)?)).await?
         };
-        let io = |e: std::io::Error| Error::Internal(format!("{}: {e}", path.display()));
+        let io = |source: std::io::Error| Error::Io {
+            path: path.clone(),
+            source,
+        };
         let mut file = tokio::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -460,7 +465,10 @@ impl V1PullLayer {
         let (name, v1) = (self.registry().to_string(), self.id.clone());
         let path2 = path.clone();
         let digest = blocking(move || {
-            let io = |e: std::io::Error| Error::Internal(format!("{}: {e}", path2.display()));
+            let io = |source: std::io::Error| Error::Io {
+                path: path2.clone(),
+                source,
+            };
             let mut digester = Digester::sha256();
             let mut payload = haul_registry::v1::checksum::PayloadChecksum::new(&json);
             let mut f = std::fs::File::open(&path2).map_err(io)?;

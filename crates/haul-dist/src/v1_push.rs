@@ -308,7 +308,10 @@ impl V1Pusher {
         let path = self.store.blob_path(&img.layer.digest);
         let file = tokio::fs::File::open(&path)
             .await
-            .map_err(|e| Error::Internal(format!("{}: {e}", path.display())))?;
+            .map_err(|source| Error::Io {
+                path: path.clone(),
+                source,
+            })?;
         let checksum = Arc::new(Mutex::new(Some(PayloadChecksum::new(&img.json))));
         let total = img.layer.size;
         let body = {
