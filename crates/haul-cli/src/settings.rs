@@ -97,7 +97,8 @@ pub fn push_settings(cli: &Cli) -> PushSettings {
     }
 }
 
-/// A token cancelled by Ctrl-C (SIGINT) or SIGTERM.
+/// A token cancelled by the first Ctrl-C (SIGINT) or SIGTERM; a second one
+/// ends the process at once.
 pub fn cancel_on_interrupt() -> tokio_util::sync::CancellationToken {
     let cancel = tokio_util::sync::CancellationToken::new();
     let token = cancel.clone();
@@ -112,6 +113,15 @@ pub fn cancel_on_interrupt() -> tokio_util::sync::CancellationToken {
             _ = term.recv() => {}
         }
         token.cancel();
+        // A second interrupt ends the process at once (exit 130, as a
+        // shell reports an interrupted command), whatever is still
+        // winding down.
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!("haul: interrupted again; stopping at once");
+        std::process::exit(130);
     });
     cancel
 }

@@ -242,7 +242,13 @@ impl V1Pusher {
         let id = img.short();
         let mut attempt = 1;
         loop {
-            let err = match self.push_image(session, endpoint, img, output).await {
+            // Dropping the push on cancellation stops the upload at once.
+            let pushed = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Err(Error::Cancelled),
+                pushed = self.push_image(session, endpoint, img, output) => pushed,
+            };
+            let err = match pushed {
                 Ok(sent) => return Ok(sent),
                 Err(e) => e,
             };

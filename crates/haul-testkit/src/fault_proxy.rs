@@ -146,6 +146,10 @@ pub enum Fault {
         /// Opening it lets every response it holds go on.
         gate: Gate,
     },
+    /// Hold the request before forwarding it (its body unread) until the
+    /// gate opens: the client waits for an answer that has not begun, as
+    /// with a registry busy writing a blob. Then it is forwarded as usual.
+    HoldRequest(Gate),
     /// Forward the response body with the byte at `offset` XORed with `0xff`.
     FlipByte {
         /// Offset of the corrupted byte in the response body.
@@ -744,6 +748,9 @@ async fn handle_proxy(
             (response, BodyMode::Pass)
         }
         fault => {
+            if let Some(Fault::HoldRequest(gate)) = &fault {
+                gate.opened().await;
+            }
             if fault == Some(Fault::IgnoreRange) {
                 parts.headers.remove(header::RANGE);
             }
