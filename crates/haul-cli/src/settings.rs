@@ -54,6 +54,7 @@ pub fn pull_settings(cli: &Cli, unpack: bool) -> PullSettings {
         retry_tick: env_number("HAUL_RETRY_TICK_MS")
             .map_or(defaults.retry_tick, Duration::from_millis),
         unpack,
+        ..defaults
     }
 }
 

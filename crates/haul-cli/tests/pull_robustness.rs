@@ -902,3 +902,72 @@ fn a_dropped_then_resumed_blob_spends_no_attempt() {
     );
     assert_exports(&env, &reference, &image, "export");
 }
+
+/// A download slot covers network work only: with one slot, the second
+/// layer's download starts as soon as the first layer's blob is in,
+/// while the first is still extracting (128 MB of zeros from a small
+/// blob: fast to fetch, slow to unpack).
+#[test]
+fn the_next_download_starts_while_the_previous_layer_is_still_extracting() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let image = ImageBuilder::new()
+        .layer(LayerSpec::gzip(vec![Entry::file(
+            "zeros",
+            0o644,
+            vec![0u8; 128 * 1024 * 1024],
+        )]))
+        .layer(LayerSpec::gzip(vec![Entry::random(
+            "small", 0o644, 10_000, 5,
+        )]));
+    let built = env.put_image(&image, "library/slow-unpack:1");
+    let proxy = FaultProxy::start(&env.registry.host()).unwrap();
+    let reference = format!("{}/library/slow-unpack:1", proxy.authority());
+    let first = short(&built.layers[0].blob.digest).to_string();
+    let second = built.layers[1].blob.digest.clone();
+    let command = haul_command(
+        env.root.path(),
+        &[
+            "--progress",
+            "plain",
+            "--max-concurrent-downloads",
+            "1",
+            "pull",
+            &reference,
+        ],
+    );
+    let mut pull = Running::spawn(command, &env.dir("out"), "pull");
+    let start = Instant::now();
+    let (mut second_started, mut first_done) = (None, None);
+    while first_done.is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{}",
+            pull.stdout()
+        );
+        if second_started.is_none() && !blob_gets(&proxy, &second).is_empty() {
+            second_started = Some(Instant::now());
+        }
+        if pull.stdout().contains(&format!("{first}: Pull complete")) {
+            first_done = Some(Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    pull.assert_ok(Duration::from_secs(60));
+    let second_started =
+        second_started.expect("the second layer was fetched before the first was complete");
+    let overlap = first_done.unwrap() - second_started;
+    eprintln!("the second download started {overlap:?} before the first layer was extracted");
+    assert!(
+        overlap > Duration::from_millis(50),
+        "the second download started only {overlap:?} before the first layer was extracted"
+    );
+    let text = pull.stdout();
+    let at = |line: &str| {
+        text.find(line)
+            .unwrap_or_else(|| panic!("{line:?} in\n{text}"))
+    };
+    assert!(at(&format!("{first}: Download complete")) < at(&format!("{first}: Extracting")));
+    assert_exports(&env, &reference, &image, "export");
+}

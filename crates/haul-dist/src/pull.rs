@@ -37,6 +37,9 @@ pub struct PullSettings {
     pub retry_tick: Duration,
     /// Unpack layers (`false`: keep the blobs only).
     pub unpack: bool,
+    /// Layers unpacking at once (0 = unlimited; default: the cores). An
+    /// unpack never holds a download slot.
+    pub max_concurrent_unpacks: usize,
 }
 
 impl Default for PullSettings {
@@ -46,6 +49,7 @@ impl Default for PullSettings {
             max_download_attempts: 5,
             retry_tick: Duration::from_secs(1),
             unpack: true,
+            max_concurrent_unpacks: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }
@@ -418,7 +422,11 @@ pub(crate) fn layer_downloads(
     unpack: Option<UnpackOptions>,
     settings: &PullSettings,
 ) -> (SharedLayers, DownloadManager<StoreLayers>) {
-    let layers = Arc::new(StoreLayers::new(store.clone(), unpack));
+    let layers = Arc::new(StoreLayers::new(
+        store.clone(),
+        unpack,
+        settings.max_concurrent_unpacks,
+    ));
     let retry = RetryPolicy::default()
         .with_max_attempts(settings.max_download_attempts)
         .with_tick(settings.retry_tick);

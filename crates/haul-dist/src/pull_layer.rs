@@ -10,7 +10,7 @@ use haul_xfer::{short_id, DiffId, DownloadDescriptor, Progress, ProgressOutput};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
-use crate::layer_fetch::{diff_id_of_stored_blob, fetch_layer, LayerBlobInfo};
+use crate::layer_fetch::{diff_id_of_stored_blob, fetch_layer, LayerBlobInfo, UnpackPlan};
 use crate::store_layers::{PulledLayer, SharedLayers};
 
 /// Least bytes between two "Downloading" records (besides the last).
@@ -77,7 +77,14 @@ impl DownloadDescriptor for PullLayer {
                 progress.write(Progress::counts(&id, "Downloading", present, total));
             }
         };
-        let unpack = self.layers.unpack_options().cloned();
+        let unpack = self
+            .layers
+            .unpack_options()
+            .cloned()
+            .map(|options| UnpackPlan {
+                options,
+                slots: Arc::clone(self.layers.unpack_slots()),
+            });
         let fetched = fetch_layer(
             &self.repo,
             &self.store,
@@ -114,8 +121,8 @@ impl DownloadDescriptor for PullLayer {
         progress.update(&id, "Verifying Checksum");
         progress.update(&id, "Download complete");
         let blob = self.blob.digest.clone();
-        match (fetched.staged, &self.diff_id) {
-            (Some(staged), _) => Ok(PulledLayer::Staged { staged, blob }),
+        match (fetched.unpacking, &self.diff_id) {
+            (Some(unpacking), _) => Ok(PulledLayer::Unpacking { unpacking, blob }),
             (None, Some(diff_id)) => Ok(PulledLayer::Blob {
                 blob,
                 diff_id: diff_id.clone(),

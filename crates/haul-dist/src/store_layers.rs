@@ -6,6 +6,7 @@ use haul_store::{StagedLayer, Store, UnpackOptions};
 use haul_xfer::{ChainId, DiffId, Registration};
 
 use crate::layer_fetch::blocking;
+use crate::unpack_follow::{unpack_slots, UnpackSlots, Unpacking};
 
 /// A layer of the store, as the download manager handles it.
 #[derive(Debug, Clone)]
@@ -31,6 +32,14 @@ impl haul_xfer::Layer for StoreLayer {
 /// download manager (never through a table another pull could read).
 #[derive(Debug)]
 pub enum PulledLayer {
+    /// The layer is being unpacked from its blob (complete in the store),
+    /// under the unpack limit; registration waits for it ("Extracting").
+    Unpacking {
+        /// The unpack under way.
+        unpacking: Unpacking,
+        /// The blob it comes from (in the store).
+        blob: Digest,
+    },
     /// The layer was unpacked while its blob downloaded and waits, staged,
     /// for its parent; dropping it removes the staging directory.
     Staged {
@@ -51,7 +60,9 @@ pub enum PulledLayer {
 impl PulledLayer {
     fn blob(&self) -> &Digest {
         match self {
-            PulledLayer::Staged { blob, .. } | PulledLayer::Blob { blob, .. } => blob,
+            PulledLayer::Staged { blob, .. }
+            | PulledLayer::Blob { blob, .. }
+            | PulledLayer::Unpacking { blob, .. } => blob,
         }
     }
 }
@@ -66,12 +77,23 @@ impl PulledLayer {
 pub struct StoreLayers {
     store: Store,
     unpack: Option<UnpackOptions>,
+    slots: UnpackSlots,
 }
 
 impl StoreLayers {
-    /// Layers of `store`; `unpack` is `None` for a blobs-only pull.
-    pub fn new(store: Store, unpack: Option<UnpackOptions>) -> Self {
-        Self { store, unpack }
+    /// Layers of `store`; `unpack` is `None` for a blobs-only pull. At most
+    /// `max_unpacks` layers unpack at once (0 = unlimited).
+    pub fn new(store: Store, unpack: Option<UnpackOptions>, max_unpacks: usize) -> Self {
+        Self {
+            store,
+            unpack,
+            slots: unpack_slots(max_unpacks),
+        }
+    }
+
+    /// The unpack limit every pull of these layers shares.
+    pub(crate) fn unpack_slots(&self) -> &UnpackSlots {
+        &self.slots
     }
 
     /// How layers are unpacked, if they are.
@@ -126,7 +148,7 @@ impl haul_xfer::LayerStore for StoreLayers {
         &self,
         pulled: PulledLayer,
         parent: Option<&ChainId>,
-        _registration: &Registration,
+        registration: &Registration,
     ) -> Result<StoreLayer, haul_xfer::Error> {
         let parent_digest = parent.map(|p| parse(p.as_str())).transpose()?;
         let blob = pulled.blob().clone();
@@ -139,6 +161,15 @@ impl haul_xfer::LayerStore for StoreLayers {
                     chain_id,
                     blob: Some(blob),
                 })
+            }
+            PulledLayer::Unpacking { mut unpacking, .. } => {
+                let staged = extracting(&mut unpacking, registration).await?;
+                let store = self.store.clone();
+                let info =
+                    blocking(move || Ok(store.commit_staged(staged, parent_digest.as_ref())?))
+                        .await
+                        .map_err(haul_xfer::Error::do_not_retry)?;
+                Ok(layer_of(info, blob))
             }
             PulledLayer::Staged { staged, .. } => {
                 let store = self.store.clone();
@@ -200,6 +231,37 @@ impl haul_xfer::LayerStore for StoreLayers {
 
     async fn release(&self, _layer: StoreLayer) {
         // Layers are kept alive by image records and leases, not counts.
+    }
+}
+
+/// Waits for an unpack, reporting "Extracting" with the bytes of the blob
+/// it has read, until it ends or the registration is cancelled.
+async fn extracting(
+    unpacking: &mut Unpacking,
+    registration: &Registration,
+) -> Result<StagedLayer, haul_xfer::Error> {
+    let report = |unpacking: &Unpacking| {
+        let (current, total) = unpacking.progress();
+        registration.progress().write(haul_xfer::Progress::counts(
+            registration.id(),
+            "Extracting",
+            current,
+            total,
+        ));
+    };
+    let mut ticks = tokio::time::interval(std::time::Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            biased;
+            _ = registration.cancellation_token().cancelled() => {
+                return Err(haul_xfer::Error::RegistrationCancelled);
+            }
+            staged = unpacking.finished() => {
+                report(unpacking);
+                return staged.map_err(haul_xfer::Error::do_not_retry);
+            }
+            _ = ticks.tick() => report(unpacking),
+        }
     }
 }
 
