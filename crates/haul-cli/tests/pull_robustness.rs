@@ -823,9 +823,16 @@ fn a_blob_answering_500_costs_one_request_per_layer_attempt() {
         }
         let log = stderr(&out);
         for attempt in 1..=4 {
+            let line = log
+                .lines()
+                .find(|l| l.contains(&format!("(attempt {attempt} of 5), retrying")))
+                .unwrap_or_else(|| panic!("{mode}: -v logs attempt {attempt}:\n{log}"));
+            // The line names the image (the pull's span) and the layer
+            // (the transfer's span).
             assert!(
-                log.contains(&format!("(attempt {attempt} of 5), retrying")),
-                "{mode}: -v logs attempt {attempt}:\n{log}"
+                line.contains(&format!("pull{{image={reference}}}"))
+                    && line.contains(&format!("layer{{id={id}}}")),
+                "{mode}: {line}"
             );
         }
     }

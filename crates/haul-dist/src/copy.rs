@@ -62,6 +62,7 @@ impl Copier {
     }
 
     /// Copies `source` to `target`.
+    #[tracing::instrument(name = "copy", skip_all, fields(from = %source, to = %target))]
     pub async fn copy(
         &self,
         source: &Reference,

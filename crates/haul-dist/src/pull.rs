@@ -109,6 +109,7 @@ impl Puller {
 
     /// Pulls `reference`, writing progress to `output`. `cancel` stops this
     /// pull (layers another pull shares go on).
+    #[tracing::instrument(name = "pull", skip_all, fields(image = %reference))]
     pub async fn pull(
         &self,
         reference: &Reference,

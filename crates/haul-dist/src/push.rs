@@ -79,6 +79,7 @@ impl Pusher {
     }
 
     /// Pushes the local image `reference` names to that reference.
+    #[tracing::instrument(name = "push", skip_all, fields(image = %reference))]
     pub async fn push(
         &self,
         reference: &Reference,

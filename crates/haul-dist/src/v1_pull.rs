@@ -63,6 +63,7 @@ impl V1Puller {
     }
 
     /// Pulls `reference` (a tag; v1 knows no digests).
+    #[tracing::instrument(name = "pull", skip_all, fields(image = %reference))]
     pub async fn pull(
         &self,
         reference: &Reference,

@@ -102,6 +102,7 @@ impl V1Pusher {
 
     /// Pushes the local image `reference` names to that reference's
     /// registry with the v1 protocol.
+    #[tracing::instrument(name = "push", skip_all, fields(image = %reference))]
     pub async fn push(
         &self,
         reference: &Reference,

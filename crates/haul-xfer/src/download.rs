@@ -53,6 +53,7 @@ use std::sync::Arc;
 
 use tokio::io::AsyncRead;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::cancel_reader::CancelAwareReader;
 use crate::error::{Error, Operation};
@@ -393,7 +394,10 @@ impl<S: LayerStore> DownloadManager<S> {
                     let store = Arc::clone(&self.store);
                     let descriptor = Arc::clone(descriptor);
                     let source = source.clone();
-                    let work = move |ctx| reregister_layer(ctx, store, descriptor, source, parent);
+                    let span = tracing::info_span!("layer", id = %descriptor.id());
+                    let work = move |ctx| {
+                        reregister_layer(ctx, store, descriptor, source, parent).instrument(span)
+                    };
                     self.transfers
                         .transfer(transfer_key.clone(), work, Arc::clone(&output))
                         .await
@@ -410,7 +414,12 @@ impl<S: LayerStore> DownloadManager<S> {
                     let store = Arc::clone(&self.store);
                     let retry = self.retry;
                     let layer = Arc::clone(descriptor);
-                    let work = move |ctx| download_layer(ctx, store, layer, parent, retry);
+                    // The transfer's span is a child of the caller's (a
+                    // pull's), so its log lines say which layer of which image.
+                    let span = tracing::info_span!("layer", id = %layer.id());
+                    let work = move |ctx| {
+                        download_layer(ctx, store, layer, parent, retry).instrument(span)
+                    };
                     let watcher = self
                         .transfers
                         .transfer(transfer_key.clone(), work, Arc::clone(&output))

@@ -89,7 +89,6 @@ impl RetryPolicy {
                 return Err(err);
             }
             tracing::info!(
-                %operation, %id, attempt, max = self.max_attempts, error = %err,
                 "{operation} of {id} failed (attempt {attempt} of {}), retrying: {err}",
                 self.max_attempts
             );
