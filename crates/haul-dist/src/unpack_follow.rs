@@ -214,3 +214,70 @@ impl Drop for Unpacking {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn follower(dir: &tempfile::TempDir) -> (File, FollowReader, Arc<Written>, Arc<AtomicU64>) {
+        let path = dir.path().join("blob.partial");
+        let writer = File::create(&path).unwrap();
+        let written = Written::growing(0);
+        let read = Arc::new(AtomicU64::new(0));
+        let reader = FollowReader::new(
+            File::open(&path).unwrap(),
+            Arc::clone(&written),
+            Arc::clone(&read),
+        );
+        (writer, reader, written, read)
+    }
+
+    #[test]
+    fn the_reader_follows_the_writer_and_ends_with_the_blob() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut file, mut reader, written, read) = follower(&dir);
+        let writer = std::thread::spawn(move || {
+            for i in 0..50u8 {
+                file.write_all(&[i; 1000]).unwrap();
+                written.advance(1000);
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            written.finish(Ok(()));
+        });
+        let mut all = Vec::new();
+        reader.read_to_end(&mut all).unwrap();
+        writer.join().unwrap();
+        assert_eq!(all.len(), 50_000);
+        assert!(all
+            .chunks(1000)
+            .enumerate()
+            .all(|(i, c)| c.iter().all(|b| *b == i as u8)));
+        assert_eq!(read.load(Ordering::Relaxed), 50_000);
+    }
+
+    #[test]
+    fn a_failed_download_or_a_cancel_fails_the_waiting_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut file, mut reader, written, _) = follower(&dir);
+        file.write_all(b"abc").unwrap();
+        written.advance(3);
+        let mut buf = [0u8; 10];
+        assert_eq!(reader.read(&mut buf).unwrap(), 3);
+        let finisher = {
+            let written = Arc::clone(&written);
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                written.finish(Err("connection reset".into()));
+            })
+        };
+        let err = reader.read(&mut buf).unwrap_err();
+        finisher.join().unwrap();
+        assert_eq!(err.to_string(), "connection reset");
+
+        let dir = tempfile::tempdir().unwrap();
+        let (_file, mut reader, written, _) = follower(&dir);
+        written.cancel();
+        assert!(reader.read(&mut buf).is_err());
+    }
+}
