@@ -58,10 +58,16 @@ pub fn run(
             async move {
                 let v1 = crate::protocol::use_v1(client, reference.registry(), protocol, &output)
                     .await
-                    .map_err(haul_dist::Error::Registry);
+                    .map_err(|e| anyhow::Error::from(haul_dist::Error::Registry(e)));
                 match v1 {
-                    Ok(true) => v1_puller.pull(reference, output, cancel).await,
-                    Ok(false) => puller.pull(reference, options, output, cancel).await,
+                    Ok(true) => v1_puller
+                        .pull(reference, output, cancel)
+                        .await
+                        .map_err(anyhow::Error::from),
+                    Ok(false) => puller
+                        .pull(reference, options, output, cancel)
+                        .await
+                        .map_err(anyhow::Error::from),
                     Err(e) => Err(e),
                 }
             }
@@ -85,7 +91,7 @@ pub fn run(
                 Ok(report) => crate::outln!("{}", report.reference),
                 Err(err) => failures.push(format!(
                     "failed to pull {reference}: {}",
-                    crate::error_sentence(&err.into())
+                    crate::error_sentence(&err)
                 )),
             }
         }

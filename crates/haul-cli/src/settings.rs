@@ -118,6 +118,7 @@ pub fn pull_settings(cli: &Cli, unpack: bool) -> PullSettings {
         retry_tick: env_number("HAUL_RETRY_TICK_MS")
             .map_or(defaults.retry_tick, Duration::from_millis),
         unpack,
+        ..defaults
     }
 }
 
@@ -178,7 +179,8 @@ pub fn interrupted_exit_code() -> Option<u8> {
     }
 }
 
-/// A token cancelled by Ctrl-C (SIGINT) or SIGTERM.
+/// A token cancelled by the first Ctrl-C (SIGINT) or SIGTERM; a second one
+/// ends the process at once.
 pub fn cancel_on_interrupt() -> tokio_util::sync::CancellationToken {
     let cancel = tokio_util::sync::CancellationToken::new();
     let token = cancel.clone();
@@ -194,6 +196,15 @@ pub fn cancel_on_interrupt() -> tokio_util::sync::CancellationToken {
         };
         INTERRUPTED.store(signal, std::sync::atomic::Ordering::SeqCst);
         token.cancel();
+        // A second interrupt ends the process at once (exit 130, as a
+        // shell reports an interrupted command), whatever is still
+        // winding down.
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!("haul: interrupted again; stopping at once");
+        std::process::exit(128 + i32::from(signal));
     });
     cancel
 }

@@ -10,7 +10,9 @@ use haul_registry::{BlobSource, Repository, UploadSession};
 use haul_xfer::{ProgressOutput, ProgressReader};
 use tokio::io::AsyncRead;
 
-use crate::error::Result;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result};
 
 /// Blobs above this size are sent in chunks, by default.
 pub const DEFAULT_CHUNKED_ABOVE: u64 = 256 * 1024 * 1024;
@@ -60,6 +62,10 @@ impl Default for Chunking {
 
 /// Uploads `size` bytes of `source` as blob `digest`, continuing `session`
 /// when the caller has one (a mount that fell back to an upload).
+///
+/// Stops as soon as `cancel` fires: the request in flight is dropped (no
+/// more bytes go out) and the registry's upload session is cancelled
+/// (`DELETE`), then [`Error::Cancelled`] is returned.
 pub(crate) async fn upload_blob(
     repo: &Repository,
     digest: &Digest,
@@ -67,17 +73,57 @@ pub(crate) async fn upload_blob(
     source: &dyn BlobSource,
     session: Option<UploadSession>,
     chunking: Chunking,
+    cancel: &CancellationToken,
 ) -> Result<()> {
-    match session {
-        Some(session) => {
-            repo.continue_chunked(session, digest, size, source, chunking.size)
-                .await?
+    if cancel.is_cancelled() {
+        if let Some(session) = session {
+            let _ = repo.cancel_upload(session).await;
         }
-        None if size > chunking.above => {
-            repo.upload_chunked(digest, size, source, chunking.size)
-                .await?
-        }
-        None => repo.upload_monolithic(digest, size, source).await?,
+        return Err(Error::Cancelled);
     }
-    Ok(())
+    let given = session.is_some();
+    let session = match session {
+        Some(session) => session,
+        None => tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Err(Error::Cancelled),
+            session = repo.start_upload() => session?,
+        },
+    };
+    let opened = session.clone();
+    let upload = async {
+        if given || size > chunking.above {
+            repo.continue_chunked(session, digest, size, source, chunking.size)
+                .await
+        } else {
+            repo.upload_monolithic_on(session, digest, size, source)
+                .await
+        }
+    };
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => {
+            // A session that moved on (chunks taken) may have a newer
+            // location; the registry then refuses this one and frees the
+            // session itself later.
+            if let Err(e) = repo.cancel_upload(opened).await {
+                tracing::debug!("cancelling the upload session of {digest}: {e}");
+            }
+            Err(Error::Cancelled)
+        }
+        done = upload => Ok(done?),
+    }
+}
+
+/// `work`, unless `cancel` fires first: then [`Error::Cancelled`] (the
+/// request in flight is dropped).
+pub(crate) async fn or_cancelled<T, E: Into<Error>>(
+    cancel: &CancellationToken,
+    work: impl std::future::Future<Output = std::result::Result<T, E>>,
+) -> Result<std::result::Result<T, Error>> {
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => Err(Error::Cancelled),
+        done = work => Ok(done.map_err(Into::into)),
+    }
 }

@@ -17,7 +17,7 @@ use haul_xfer::{
 use tokio::io::AsyncRead;
 use tokio_util::sync::CancellationToken;
 
-use crate::blob_upload::{upload_blob, Chunking, ProgressSource};
+use crate::blob_upload::{or_cancelled, upload_blob, Chunking, ProgressSource};
 use crate::error::{Error, Result};
 use crate::pull_layer::into_transfer_error;
 use crate::push::PushSettings;
@@ -62,6 +62,7 @@ impl Copier {
     }
 
     /// Copies `source` to `target`.
+    #[tracing::instrument(name = "copy", skip_all, fields(from = %source, to = %target))]
     pub async fn copy(
         &self,
         source: &Reference,
@@ -194,14 +195,21 @@ impl BlobSource for RegistrySource {
 }
 
 impl CopyBlob {
-    async fn copy(&self, progress: &Arc<dyn ProgressOutput>) -> Result<RemoteDescriptor> {
+    async fn copy(
+        &self,
+        progress: &Arc<dyn ProgressOutput>,
+        cancel: &CancellationToken,
+    ) -> Result<RemoteDescriptor> {
         let id = self.id();
         let remote = RemoteDescriptor {
             digest: self.digest.to_string(),
             size: self.size,
             media_type: self.media_type.clone(),
         };
-        if self.to.head_blob(&self.digest).await?.is_some() {
+        if or_cancelled(cancel, self.to.head_blob(&self.digest))
+            .await??
+            .is_some()
+        {
             progress.update(&id, "Layer already exists");
             return Ok(remote);
         }
@@ -209,7 +217,7 @@ impl CopyBlob {
         if self.from.registry() == self.to.registry() {
             // A refused mount (no pull right on the source, say) is not
             // fatal: the blob is then streamed like any other.
-            match self.to.mount_blob(&self.digest, self.from.name()).await {
+            match or_cancelled(cancel, self.to.mount_blob(&self.digest, self.from.name())).await? {
                 Ok(MountOutcome::Mounted) => {
                     progress.update(&id, &format!("Mounted from {}", self.from.name()));
                     return Ok(remote);
@@ -236,6 +244,7 @@ impl CopyBlob {
             &source,
             session,
             self.chunking,
+            cancel,
         )
         .await?;
         progress.update(&id, "Pushed");
@@ -254,10 +263,14 @@ impl UploadDescriptor for CopyBlob {
 
     async fn upload(
         &self,
-        _cancel: CancellationToken,
+        cancel: CancellationToken,
         progress: Arc<dyn ProgressOutput>,
     ) -> Result<RemoteDescriptor, haul_xfer::Error> {
-        self.copy(&progress).await.map_err(into_transfer_error)
+        // Every step stops at once on cancellation; an upload session
+        // already open is cancelled on the registry too.
+        self.copy(&progress, &cancel)
+            .await
+            .map_err(into_transfer_error)
     }
 
     fn set_remote_descriptor(&self, _descriptor: RemoteDescriptor) {}

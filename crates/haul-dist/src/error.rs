@@ -157,7 +157,43 @@ pub enum Error {
         source: Box<Error>,
     },
 
-    /// A bug or a crashed worker.
+    /// A registry answered something its protocol does not allow.
+    #[error("{registry}: {message}")]
+    Protocol {
+        /// The registry (host, or v1 endpoint).
+        registry: String,
+        /// What it did wrong.
+        message: String,
+    },
+
+    /// A layer blob's answer ended before the blob did.
+    #[error("layer {digest}: the download stopped at byte {at} of {size}")]
+    Truncated {
+        /// The blob.
+        digest: Digest,
+        /// Bytes received.
+        at: u64,
+        /// Bytes it has.
+        size: u64,
+    },
+
+    /// One layer of a pull failed: which, at which attempt, and why (the
+    /// cause is kept typed).
+    #[error("layer {digest}: {source} (attempt {attempt} of {attempts})")]
+    Layer {
+        /// The layer blob.
+        digest: Digest,
+        /// The attempt that failed last (1-based).
+        attempt: u32,
+        /// Attempts allowed.
+        attempts: u32,
+        /// What went wrong.
+        #[source]
+        source: Box<Error>,
+    },
+
+    /// A bug or a crashed worker (never retried; never used for network,
+    /// disk or input problems).
     #[error("internal error: {0}")]
     Internal(String),
 }

@@ -1,10 +1,11 @@
 //! One layer blob, fetched in one pass: the bytes from the registry go at
 //! once to the store's ingest (which hashes and keeps them, resumable) and,
-//! unless the pull keeps blobs only, through a decompressor into a staged
-//! layer (which hashes the diff and unpacks it). No blob is held in memory:
-//! chunks flow through small bounded channels to two blocking threads.
+//! unless the pull keeps blobs only, an unpacker follows them through the
+//! ingest's file (decompressing, hashing the diff, unpacking) without ever
+//! making the download wait (see [`crate::unpack_follow`]). No blob is held
+//! in memory: chunks flow through a small bounded channel to the writer.
 
-use std::io::Read;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,6 +13,8 @@ use futures::StreamExt;
 use haul_oci::{Compression, Digest};
 use haul_registry::Repository;
 use haul_store::{IngestOutcome, StagedLayer, Store, UnpackOptions};
+
+use crate::unpack_follow::{UnpackSlots, Unpacking, Written};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -34,41 +37,58 @@ pub(crate) struct LayerBlobInfo {
 
 /// What a fetch produced.
 pub(crate) struct Fetched {
-    /// The unpacked layer, when unpacking was asked for.
-    pub staged: Option<StagedLayer>,
+    /// The layer being unpacked from the blob, when unpacking was asked
+    /// for; it may still be going on (the download does not wait for it).
+    pub unpacking: Option<Unpacking>,
     /// Bytes that crossed the network in this call.
     pub transferred: u64,
 }
 
-/// Reads chunks from a channel as a byte stream, for blocking consumers.
-struct ChannelReader {
-    receiver: mpsc::Receiver<Bytes>,
-    current: Bytes,
+/// How a fetch unpacks its layer, and under which limit.
+#[derive(Clone)]
+pub(crate) struct UnpackPlan {
+    pub options: UnpackOptions,
+    pub slots: UnpackSlots,
 }
 
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.current.is_empty() {
-            match self.receiver.blocking_recv() {
-                Some(chunk) => self.current = chunk,
-                None => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.current.len());
-        buf[..n].copy_from_slice(&self.current.split_to(n));
-        Ok(n)
-    }
+/// Starts unpacking the blob whose file is `file` (written as far as
+/// `written` says), checking the diffID when known.
+fn start_unpack(
+    store: &Store,
+    blob: &LayerBlobInfo,
+    expected_diff_id: Option<&Digest>,
+    plan: UnpackPlan,
+    file: std::fs::File,
+    written: Arc<Written>,
+) -> Unpacking {
+    let store = store.clone();
+    let compression = blob.compression;
+    let expected = expected_diff_id.cloned();
+    Unpacking::start(&plan.slots, file, written, blob.size, move |reader| {
+        let reader = haul_store::decompressing_reader(
+            std::io::BufReader::with_capacity(256 * 1024, reader),
+            compression.unwrap_or(Compression::Uncompressed),
+        )
+        .map_err(|e| Error::Decompress(e.to_string()))?;
+        Ok(store.stage_layer(
+            haul_store::read_ahead(reader),
+            expected.as_ref(),
+            &plan.options,
+        )?)
+    })
 }
 
-/// Fetches `blob` into the store and, with `unpack`, stages its layer,
-/// checking the diffID against `expected_diff_id` when known. `progress`
+/// Fetches `blob` into the store and, with `unpack`, starts unpacking its
+/// layer from the blob's file as the bytes land there (checking the
+/// diffID against `expected_diff_id` when known). Returns once the blob is
+/// whole and committed; the unpack goes on under its own limit. `progress`
 /// hears the bytes of the blob present so far (resumed bytes included).
 pub(crate) async fn fetch_layer(
     repo: &Repository,
     store: &Store,
     blob: &LayerBlobInfo,
     expected_diff_id: Option<&Digest>,
-    unpack: Option<UnpackOptions>,
+    unpack: Option<UnpackPlan>,
     cancel: &CancellationToken,
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<Fetched> {
@@ -76,14 +96,23 @@ pub(crate) async fn fetch_layer(
     let mut ingest = match outcome {
         IngestOutcome::Present { .. } => {
             progress(blob.size);
-            let staged = match unpack {
-                Some(options) => {
-                    Some(stage_from_store(store, blob, expected_diff_id, options).await?)
+            let unpacking = match unpack {
+                Some(plan) => {
+                    let file = store.open_blob(&blob.digest)?;
+                    let written = Written::complete(blob.size);
+                    Some(start_unpack(
+                        store,
+                        blob,
+                        expected_diff_id,
+                        plan,
+                        file,
+                        written,
+                    ))
                 }
                 None => None,
             };
             return Ok(Fetched {
-                staged,
+                unpacking,
                 transferred: 0,
             });
         }
@@ -91,52 +120,46 @@ pub(crate) async fn fetch_layer(
     };
     let offset = ingest.offset();
 
-    // The unpacker reads the bytes a previous attempt left on disk first,
-    // then the new ones as they arrive.
-    let (unpack_tx, unpack_task) = match unpack {
-        Some(options) => {
-            let prefix = ingest.prefix_reader()?;
-            let (tx, rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
-            let reader = prefix.chain(ChannelReader {
-                receiver: rx,
-                current: Bytes::new(),
-            });
-            let store = store.clone();
-            let compression = blob.compression;
-            let expected = expected_diff_id.cloned();
-            let task = tokio::task::spawn_blocking(move || -> Result<StagedLayer> {
-                let reader = haul_store::decompressing_reader(
-                    reader,
-                    compression.unwrap_or(Compression::Uncompressed),
-                )
-                .map_err(|e| Error::Decompress(e.to_string()))?;
-                Ok(store.stage_layer(
-                    haul_store::read_ahead(reader),
-                    expected.as_ref(),
-                    &options,
-                )?)
-            });
-            (Some(tx), Some(task))
+    // The unpacker reads the partial file from its start (the bytes a
+    // previous attempt left, then the new ones as they are written).
+    let follow = match unpack {
+        Some(plan) => {
+            let file = ingest.prefix_reader()?.into_inner();
+            let written = Written::growing(offset);
+            let unpacking = start_unpack(
+                store,
+                blob,
+                expected_diff_id,
+                plan,
+                file,
+                Arc::clone(&written),
+            );
+            Some((written, unpacking))
         }
-        None => (None, None),
+        None => None,
     };
+    let written = follow.as_ref().map(|(w, _)| Arc::clone(w));
 
     let (write_tx, mut write_rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
+    let writer_written = written.clone();
     let writer_task = tokio::task::spawn_blocking(move || -> Result<haul_store::Ingest> {
         while let Some(chunk) = write_rx.blocking_recv() {
             ingest.write_all(&chunk)?;
+            if let Some(written) = &writer_written {
+                ingest.flush()?;
+                written.advance(chunk.len() as u64);
+            }
         }
         Ok(ingest)
     });
 
     let mut present = offset;
     let mut transferred = 0u64;
-    let mut unpack_tx = unpack_tx;
     let download: Result<()> = async {
         if present >= blob.size {
             return Ok(()); // a previous attempt got every byte
         }
-        let mut stream = repo.blob_stream_unverified(&blob.digest, Some(blob.size), offset);
+        let mut stream = repo.blob_stream_attempt(&blob.digest, Some(blob.size), offset);
         loop {
             let next = tokio::select! {
                 _ = cancel.cancelled() => return Err(Error::Cancelled),
@@ -146,14 +169,6 @@ pub(crate) async fn fetch_layer(
             let chunk = chunk?;
             present += chunk.len() as u64;
             transferred += chunk.len() as u64;
-            if let Some(tx) = &unpack_tx {
-                if tx.send(chunk.clone()).await.is_err() {
-                    // The unpacker stopped early. The download goes on: if
-                    // the blob turns out corrupt, that is the error to
-                    // report; otherwise the unpacker's error is.
-                    unpack_tx = None;
-                }
-            }
             if write_tx.send(chunk).await.is_err() {
                 return Ok(()); // the writer failed; its error says why
             }
@@ -162,34 +177,47 @@ pub(crate) async fn fetch_layer(
     }
     .await;
     drop(write_tx);
-    drop(unpack_tx);
 
-    let ingest = writer_task.await.map_err(join_error)?;
-    let staged = match unpack_task {
-        Some(task) => Some(task.await.map_err(join_error).and_then(|r| r)),
-        None => None,
-    };
-    // A download error comes first: the unpacker then only saw a short tar.
-    download?;
-    let ingest = ingest?;
-    if present == blob.size {
-        // Commit verifies size and digest of everything written (also the
-        // part a previous attempt left); a mismatch leaves nothing behind.
-        let digest = blob.digest.clone();
-        let size = blob.size;
-        blocking(move || ingest.commit(size, &digest).map_err(Error::from)).await?;
+    let committed: Result<()> = async {
+        let ingest = writer_task.await.map_err(join_error)?;
+        download?;
+        let ingest = ingest?;
+        if present == blob.size {
+            // Commit verifies size and digest of everything written (also
+            // the part a previous attempt left); a mismatch leaves nothing
+            // behind. The unpacker's open file survives the rename.
+            let digest = blob.digest.clone();
+            let size = blob.size;
+            blocking(move || ingest.commit(size, &digest).map_err(Error::from)).await?;
+        }
+        if present != blob.size {
+            return Err(Error::Truncated {
+                digest: blob.digest.clone(),
+                at: present,
+                size: blob.size,
+            });
+        }
+        Ok(())
     }
-    let staged = staged.transpose()?;
-    if present != blob.size {
-        return Err(Error::Internal(format!(
-            "layer {} stopped at byte {present} of {}",
-            blob.digest, blob.size
-        )));
+    .await;
+    match committed {
+        Ok(()) => {
+            if let Some(written) = &written {
+                written.finish(Ok(()));
+            }
+            Ok(Fetched {
+                unpacking: follow.map(|(_, unpacking)| unpacking),
+                transferred,
+            })
+        }
+        Err(err) => {
+            // Dropping the unpack stops it; its staging directory goes.
+            if let Some(written) = &written {
+                written.finish(Err(err.to_string()));
+            }
+            Err(err)
+        }
     }
-    Ok(Fetched {
-        staged,
-        transferred,
-    })
 }
 
 /// Opens the ingest of `digest`, waiting while another writer holds it,
@@ -238,6 +266,26 @@ pub(crate) async fn stage_from_store(
         )
         .map_err(|e| Error::Decompress(e.to_string()))?;
         Ok(store.stage_layer(haul_store::read_ahead(reader), expected.as_ref(), &options)?)
+    })
+    .await
+}
+
+/// The diffID of a layer blob that is in the store: the digest of its
+/// uncompressed content, read and hashed as a stream.
+pub(crate) async fn diff_id_of_stored_blob(store: &Store, blob: &LayerBlobInfo) -> Result<Digest> {
+    let store = store.clone();
+    let blob = blob.clone();
+    blocking(move || {
+        let file = store.open_blob(&blob.digest)?;
+        let mut reader = haul_store::decompressing_reader(
+            std::io::BufReader::with_capacity(256 * 1024, file),
+            blob.compression.unwrap_or(Compression::Uncompressed),
+        )
+        .map_err(|e| Error::Decompress(e.to_string()))?;
+        let mut digester = haul_oci::Digester::sha256();
+        std::io::copy(&mut reader, &mut digester)
+            .map_err(|e| Error::Decompress(format!("layer {}: {e}", blob.digest)))?;
+        Ok(digester.finish())
     })
     .await
 }

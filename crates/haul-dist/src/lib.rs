@@ -40,6 +40,7 @@ mod push;
 mod resolve;
 mod schema1;
 mod store_layers;
+mod unpack_follow;
 mod v1_pull;
 mod v1_push;
 
@@ -49,7 +50,8 @@ pub use error::{Error, Result};
 pub use pull::{PullOptions, PullReport, PullSettings, Puller};
 pub use push::{PushReport, PushSettings, Pusher};
 pub use resolve::{fetch_manifest, manifest_reference, resolve, Resolved};
-pub use store_layers::{StoreLayer, StoreLayers};
+pub use store_layers::{PulledLayer, StoreLayer, StoreLayers};
+pub use unpack_follow::Unpacking;
 pub use v1_pull::V1Puller;
 pub use v1_push::{V1PushReport, V1Pusher};
 

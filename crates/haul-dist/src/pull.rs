@@ -37,6 +37,9 @@ pub struct PullSettings {
     pub retry_tick: Duration,
     /// Unpack layers (`false`: keep the blobs only).
     pub unpack: bool,
+    /// Layers unpacking at once (0 = unlimited; default: the cores). An
+    /// unpack never holds a download slot.
+    pub max_concurrent_unpacks: usize,
 }
 
 impl Default for PullSettings {
@@ -46,6 +49,7 @@ impl Default for PullSettings {
             max_download_attempts: 5,
             retry_tick: Duration::from_secs(1),
             unpack: true,
+            max_concurrent_unpacks: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }
@@ -81,6 +85,7 @@ pub struct Puller {
     store: Store,
     layers: SharedLayers,
     downloads: DownloadManager<StoreLayers>,
+    max_download_attempts: u32,
 }
 
 impl Puller {
@@ -93,6 +98,7 @@ impl Puller {
             store,
             layers,
             downloads,
+            max_download_attempts: settings.max_download_attempts,
         }
     }
 
@@ -103,6 +109,7 @@ impl Puller {
 
     /// Pulls `reference`, writing progress to `output`. `cancel` stops this
     /// pull (layers another pull shares go on).
+    #[tracing::instrument(name = "pull", skip_all, fields(image = %reference))]
     pub async fn pull(
         &self,
         reference: &Reference,
@@ -334,6 +341,9 @@ impl Puller {
                     blob,
                     diff_id,
                     transferred: Arc::clone(transferred),
+                    corrupt_downloads: Default::default(),
+                    attempts: Default::default(),
+                    max_attempts: self.max_download_attempts,
                 })
             })
             .collect();
@@ -374,7 +384,17 @@ impl Puller {
                     message: None,
                 }
             })?;
-            layers.push((blob_info(digest, size, media_type::DOCKER_LAYER_GZIP), None));
+            // A blob pulled before is known by its diffID: the layer can
+            // then be found "Already exists" without downloading it.
+            let known = {
+                let store = self.store.clone();
+                let digest = digest.clone();
+                blocking(move || Ok(store.diff_id_for_blob(&digest).ok().flatten())).await?
+            };
+            layers.push((
+                blob_info(digest, size, media_type::DOCKER_LAYER_GZIP),
+                known,
+            ));
         }
         let sizes: Vec<(Digest, u64)> = layers
             .iter()
@@ -403,7 +423,11 @@ pub(crate) fn layer_downloads(
     unpack: Option<UnpackOptions>,
     settings: &PullSettings,
 ) -> (SharedLayers, DownloadManager<StoreLayers>) {
-    let layers = Arc::new(StoreLayers::new(store.clone(), unpack));
+    let layers = Arc::new(StoreLayers::new(
+        store.clone(),
+        unpack,
+        settings.max_concurrent_unpacks,
+    ));
     let retry = RetryPolicy::default()
         .with_max_attempts(settings.max_download_attempts)
         .with_tick(settings.retry_tick);

@@ -1,17 +1,17 @@
 //! A layer of an image being pulled, as the download manager sees it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use haul_oci::Digest;
 use haul_registry::Repository;
 use haul_store::Store;
-use haul_xfer::{short_id, DiffId, DownloadDescriptor, LayerBlob, Progress, ProgressOutput};
+use haul_xfer::{short_id, DiffId, DownloadDescriptor, Progress, ProgressOutput};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
-use crate::layer_fetch::{fetch_layer, LayerBlobInfo};
-use crate::store_layers::SharedLayers;
+use crate::layer_fetch::{diff_id_of_stored_blob, fetch_layer, LayerBlobInfo, UnpackPlan};
+use crate::store_layers::{PulledLayer, SharedLayers};
 
 /// Least bytes between two "Downloading" records (besides the last).
 const PROGRESS_STEP: u64 = 512 * 1024;
@@ -22,11 +22,23 @@ pub(crate) struct PullLayer {
     pub store: Store,
     pub layers: SharedLayers,
     pub blob: LayerBlobInfo,
-    /// The diffID the image config gives for this layer.
+    /// The layer's diffID if known: from the image config, or (schema 1)
+    /// from an earlier pull of the same blob.
     pub diff_id: Option<Digest>,
     /// Bytes that crossed the network for this layer.
     pub transferred: Arc<AtomicU64>,
+    /// Complete downloads that did not match the digest so far.
+    pub corrupt_downloads: AtomicU64,
+    /// Attempts made so far.
+    pub attempts: AtomicU32,
+    /// Attempts allowed (for error messages; the manager enforces it).
+    pub max_attempts: u32,
 }
+
+/// Complete downloads of a layer that may fail their digest check before
+/// the layer fails: the second try is for a proxy that corrupted the first;
+/// a registry that serves the same wrong bytes again will not do better.
+const CORRUPT_DOWNLOADS_ALLOWED: u64 = 2;
 
 impl PullLayer {
     fn short(&self) -> String {
@@ -35,6 +47,8 @@ impl PullLayer {
 }
 
 impl DownloadDescriptor for PullLayer {
+    type Blob = PulledLayer;
+
     fn key(&self) -> String {
         format!("v2:{}", self.blob.digest)
     }
@@ -51,7 +65,7 @@ impl DownloadDescriptor for PullLayer {
         &self,
         cancel: CancellationToken,
         progress: Arc<dyn ProgressOutput>,
-    ) -> Result<LayerBlob, haul_xfer::Error> {
+    ) -> Result<PulledLayer, haul_xfer::Error> {
         let id = self.short();
         let total = self.blob.size;
         let last = AtomicU64::new(0);
@@ -63,7 +77,14 @@ impl DownloadDescriptor for PullLayer {
                 progress.write(Progress::counts(&id, "Downloading", present, total));
             }
         };
-        let unpack = self.layers.unpack_options().cloned();
+        let unpack = self
+            .layers
+            .unpack_options()
+            .cloned()
+            .map(|options| UnpackPlan {
+                options,
+                slots: Arc::clone(self.layers.unpack_slots()),
+            });
         let fetched = fetch_layer(
             &self.repo,
             &self.store,
@@ -74,35 +95,73 @@ impl DownloadDescriptor for PullLayer {
             &report,
         )
         .await
-        .map_err(into_transfer_error)?;
+        .map_err(|err| {
+            let attempt = self.attempts.fetch_add(1, Ordering::Relaxed) + 1;
+            let give_up = is_corrupt_download(&err)
+                && self.corrupt_downloads.fetch_add(1, Ordering::Relaxed) + 1
+                    >= CORRUPT_DOWNLOADS_ALLOWED;
+            let retry = !give_up && is_retryable(&err);
+            let err = match err {
+                Error::Cancelled => Error::Cancelled,
+                err => Error::Layer {
+                    digest: self.blob.digest.clone(),
+                    attempt,
+                    attempts: self.max_attempts.max(1),
+                    source: Box::new(err),
+                },
+            };
+            if retry {
+                haul_xfer::Error::failed(err)
+            } else {
+                haul_xfer::Error::do_not_retry(err)
+            }
+        })?;
         self.transferred
             .fetch_add(fetched.transferred, Ordering::Relaxed);
         progress.update(&id, "Verifying Checksum");
         progress.update(&id, "Download complete");
-        let diff_id = match fetched.staged {
-            Some(staged) => {
-                let diff_id = staged.diff_id().clone();
-                self.layers.stage(staged, &self.blob.digest);
-                Some(diff_id)
+        let blob = self.blob.digest.clone();
+        match (fetched.unpacking, &self.diff_id) {
+            (Some(unpacking), _) => Ok(PulledLayer::Unpacking { unpacking, blob }),
+            (None, Some(diff_id)) => Ok(PulledLayer::Blob {
+                blob,
+                diff_id: diff_id.clone(),
+            }),
+            // A blobs-only pull of a layer whose diffID nothing told (a
+            // schema 1 image seen for the first time): hash its content.
+            (None, None) => {
+                let diff_id = diff_id_of_stored_blob(&self.store, &self.blob)
+                    .await
+                    .map_err(into_transfer_error)?;
+                Ok(PulledLayer::Blob { blob, diff_id })
             }
-            None => {
-                if let Some(d) = &self.diff_id {
-                    self.layers.note_blob(d, &self.blob.digest);
-                }
-                self.diff_id.clone()
-            }
-        };
-        Ok(LayerBlob {
-            stream: Box::pin(tokio::io::empty()),
-            size: 0,
-            diff_id: diff_id.map(|d| DiffId::new(d.to_string())),
-        })
+        }
     }
+}
+
+/// Whether a whole download failed its size or digest check.
+fn is_corrupt_download(err: &Error) -> bool {
+    matches!(
+        err,
+        Error::Store(
+            haul_store::Error::DigestMismatch { .. } | haul_store::Error::SizeMismatch { .. }
+        ) | Error::Registry(haul_registry::Error::DigestMismatch { .. })
+    )
 }
 
 /// Sorts a pull error into "try again" and "give up".
 pub(crate) fn into_transfer_error(err: Error) -> haul_xfer::Error {
-    let retry = match &err {
+    if is_retryable(&err) {
+        haul_xfer::Error::failed(err)
+    } else {
+        haul_xfer::Error::do_not_retry(err)
+    }
+}
+
+/// Whether another attempt may cure `err` (network trouble, a corrupted
+/// download); never for bugs, bad input or a full disk.
+fn is_retryable(err: &Error) -> bool {
+    match err {
         Error::Registry(e) => {
             e.is_retryable() || matches!(e, haul_registry::Error::DigestMismatch { .. })
         }
@@ -110,12 +169,8 @@ pub(crate) fn into_transfer_error(err: Error) -> haul_xfer::Error {
             e,
             haul_store::Error::DigestMismatch { .. } | haul_store::Error::SizeMismatch { .. }
         ),
-        Error::Internal(_) => true,
+        Error::Truncated { .. } => true,
+        Error::Io { source, .. } => source.kind() != std::io::ErrorKind::StorageFull,
         _ => false,
-    };
-    if retry {
-        haul_xfer::Error::failed(err)
-    } else {
-        haul_xfer::Error::do_not_retry(err)
     }
 }

@@ -21,7 +21,7 @@ use haul_xfer::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::blob_upload::{upload_blob, Chunking, ProgressSource};
+use crate::blob_upload::{or_cancelled, upload_blob, Chunking, ProgressSource};
 use crate::error::{Error, Result};
 use crate::layer_fetch::blocking;
 use crate::pull_layer::into_transfer_error;
@@ -79,6 +79,7 @@ impl Pusher {
     }
 
     /// Pushes the local image `reference` names to that reference.
+    #[tracing::instrument(name = "push", skip_all, fields(image = %reference))]
     pub async fn push(
         &self,
         reference: &Reference,
@@ -292,12 +293,19 @@ impl PushLayer {
         }
     }
 
-    async fn push(&self, progress: &Arc<dyn ProgressOutput>) -> Result<RemoteDescriptor> {
+    async fn push(
+        &self,
+        progress: &Arc<dyn ProgressOutput>,
+        cancel: &CancellationToken,
+    ) -> Result<RemoteDescriptor> {
         let id = self.id();
         let digest = &self.layer.digest;
         // Never send what the repository already has; a check that fails
         // (after the client's retries) is an error, not "absent".
-        if self.repo.head_blob(digest).await?.is_some() {
+        if or_cancelled(cancel, self.repo.head_blob(digest))
+            .await??
+            .is_some()
+        {
             progress.update(&id, "Layer already exists");
             self.record_source().await;
             return Ok(self.remote());
@@ -317,7 +325,7 @@ impl PushLayer {
             let Some(from) = source.repository.strip_prefix(&prefix) else {
                 continue;
             };
-            match self.repo.mount_blob(digest, from).await {
+            match or_cancelled(cancel, self.repo.mount_blob(digest, from)).await? {
                 Ok(MountOutcome::Mounted) => {
                     progress.update(&id, &format!("Mounted from {from}"));
                     self.record_source().await;
@@ -352,6 +360,7 @@ impl PushLayer {
             &source,
             session,
             self.chunking,
+            cancel,
         )
         .await?;
         progress.update(&id, "Pushed");
@@ -371,10 +380,14 @@ impl UploadDescriptor for PushLayer {
 
     async fn upload(
         &self,
-        _cancel: CancellationToken,
+        cancel: CancellationToken,
         progress: Arc<dyn ProgressOutput>,
     ) -> Result<RemoteDescriptor, haul_xfer::Error> {
-        self.push(&progress).await.map_err(into_transfer_error)
+        // Every step stops at once on cancellation; an upload session
+        // already open is cancelled on the registry too.
+        self.push(&progress, &cancel)
+            .await
+            .map_err(into_transfer_error)
     }
 
     fn set_remote_descriptor(&self, _descriptor: RemoteDescriptor) {

@@ -63,9 +63,10 @@ pub(crate) fn config_from_v1_chain(
     history: &[(Map<String, Value>, bool)],
     diff_ids: &[Digest],
 ) -> Result<Vec<u8>> {
-    let (top, _) = history
-        .last()
-        .ok_or_else(|| Error::Internal("an image without any v1 history".into()))?;
+    let (top, _) = history.last().ok_or_else(|| Error::Invalid {
+        what: "v1 image history".into(),
+        reason: "it has no entries".into(),
+    })?;
     let mut config = top.clone();
     for field in ["id", "parent", "Size", "parent_id", "layer_id", "throwaway"] {
         config.remove(field);

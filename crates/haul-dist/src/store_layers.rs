@@ -1,20 +1,21 @@
 //! The local store seen by the download manager: layers by chain ID, and
-//! registration of layers the pull already unpacked while downloading.
+//! registration of what a layer's download produced ([`PulledLayer`]).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-
-use haul_oci::Digest;
+use haul_oci::{Compression, Digest};
 use haul_store::{StagedLayer, Store, UnpackOptions};
-use haul_xfer::{ChainId, DiffId, LayerStream};
+use haul_xfer::{ChainId, DiffId, Registration};
 
 use crate::layer_fetch::blocking;
+use crate::unpack_follow::{unpack_slots, UnpackSlots, Unpacking};
 
 /// A layer of the store, as the download manager handles it.
 #[derive(Debug, Clone)]
 pub struct StoreLayer {
     diff_id: DiffId,
     chain_id: ChainId,
+    /// The blob it was registered from in this pull (`None` for a layer
+    /// found already present): what a second use in one image reads again.
+    blob: Option<Digest>,
 }
 
 impl haul_xfer::Layer for StoreLayer {
@@ -27,70 +28,95 @@ impl haul_xfer::Layer for StoreLayer {
     }
 }
 
+/// What one layer's download hands to its own registration, through the
+/// download manager (never through a table another pull could read).
+#[derive(Debug)]
+pub enum PulledLayer {
+    /// The layer is being unpacked from its blob (complete in the store),
+    /// under the unpack limit; registration waits for it ("Extracting").
+    Unpacking {
+        /// The unpack under way.
+        unpacking: Unpacking,
+        /// The blob it comes from (in the store).
+        blob: Digest,
+    },
+    /// The layer was unpacked while its blob downloaded and waits, staged,
+    /// for its parent; dropping it removes the staging directory.
+    Staged {
+        /// The unpacked layer.
+        staged: StagedLayer,
+        /// The blob it came from (in the store).
+        blob: Digest,
+    },
+    /// A blobs-only pull: the blob is in the store and its diffID known.
+    Blob {
+        /// The blob (in the store).
+        blob: Digest,
+        /// The digest of its uncompressed content.
+        diff_id: Digest,
+    },
+}
+
+impl PulledLayer {
+    fn blob(&self) -> &Digest {
+        match self {
+            PulledLayer::Staged { blob, .. }
+            | PulledLayer::Blob { blob, .. }
+            | PulledLayer::Unpacking { blob, .. } => blob,
+        }
+    }
+}
+
 /// The [`haul_xfer::LayerStore`] of a pull.
 ///
-/// Descriptors unpack their layer while it downloads (`StoreLayers::stage`);
-/// `register` then only puts that staged layer on its parent. A layer that
-/// arrives without a staged copy (the same layer twice in one image) is
-/// unpacked from its stream. With `unpack` off nothing is unpacked and
-/// registration only computes the chain ID.
+/// Descriptors unpack their layer while it downloads and hand it over as
+/// [`PulledLayer::Staged`]; `register` then only puts that staged layer on
+/// its parent. A layer used twice in one image is unpacked again from its
+/// blob. With `unpack` off nothing is unpacked and registration only
+/// computes the chain ID.
 pub struct StoreLayers {
     store: Store,
     unpack: Option<UnpackOptions>,
-    staged: Mutex<HashMap<DiffId, Vec<StagedLayer>>>,
-    blobs: Mutex<HashMap<DiffId, Digest>>,
+    slots: UnpackSlots,
 }
 
 impl StoreLayers {
-    /// Layers of `store`; `unpack` is `None` for a blobs-only pull.
-    pub fn new(store: Store, unpack: Option<UnpackOptions>) -> Self {
+    /// Layers of `store`; `unpack` is `None` for a blobs-only pull. At most
+    /// `max_unpacks` layers unpack at once (0 = unlimited).
+    pub fn new(store: Store, unpack: Option<UnpackOptions>, max_unpacks: usize) -> Self {
         Self {
             store,
             unpack,
-            staged: Mutex::new(HashMap::new()),
-            blobs: Mutex::new(HashMap::new()),
+            slots: unpack_slots(max_unpacks),
         }
+    }
+
+    /// The unpack limit every pull of these layers shares.
+    pub(crate) fn unpack_slots(&self) -> &UnpackSlots {
+        &self.slots
     }
 
     /// How layers are unpacked, if they are.
     pub fn unpack_options(&self) -> Option<&UnpackOptions> {
         self.unpack.as_ref()
     }
-
-    /// Keeps a layer unpacked ahead of registration, and which blob it
-    /// came from (to read it again if the image uses it twice).
-    pub(crate) fn stage(&self, staged: StagedLayer, blob: &Digest) {
-        let diff_id = DiffId::new(staged.diff_id().to_string());
-        lock(&self.blobs).insert(diff_id.clone(), blob.clone());
-        lock(&self.staged).entry(diff_id).or_default().push(staged);
-    }
-
-    /// Remembers the blob of a layer that was not staged (blobs-only pull).
-    pub(crate) fn note_blob(&self, diff_id: &Digest, blob: &Digest) {
-        lock(&self.blobs).insert(DiffId::new(diff_id.to_string()), blob.clone());
-    }
-
-    fn take_staged(&self, diff_id: &DiffId) -> Option<StagedLayer> {
-        let mut staged = lock(&self.staged);
-        let list = staged.get_mut(diff_id)?;
-        let layer = list.pop();
-        if list.is_empty() {
-            staged.remove(diff_id);
-        }
-        layer
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn parse(id: &str) -> Result<Digest, haul_xfer::Error> {
     Digest::parse(id).map_err(haul_xfer::Error::do_not_retry)
 }
 
+fn layer_of(info: haul_store::LayerInfo, blob: Digest) -> StoreLayer {
+    StoreLayer {
+        diff_id: DiffId::new(info.diff_id.to_string()),
+        chain_id: ChainId::new(info.chain_id.to_string()),
+        blob: Some(blob),
+    }
+}
+
 impl haul_xfer::LayerStore for StoreLayers {
     type Layer = StoreLayer;
+    type Blob = PulledLayer;
 
     fn chain_id(&self, parent: Option<&ChainId>, diff_id: &DiffId) -> ChainId {
         let chain = match (
@@ -114,70 +140,93 @@ impl haul_xfer::LayerStore for StoreLayers {
         Some(StoreLayer {
             diff_id: DiffId::new(info.diff_id.to_string()),
             chain_id: chain_id.clone(),
+            blob: None,
         })
     }
 
     async fn register(
         &self,
-        stream: LayerStream,
-        diff_id: Option<&DiffId>,
+        pulled: PulledLayer,
         parent: Option<&ChainId>,
+        registration: &Registration,
     ) -> Result<StoreLayer, haul_xfer::Error> {
         let parent_digest = parent.map(|p| parse(p.as_str())).transpose()?;
-        let Some(options) = self.unpack.clone() else {
-            let diff_id = diff_id.cloned().ok_or_else(|| {
-                haul_xfer::Error::do_not_retry("a blobs-only pull needs every layer's diffID")
-            })?;
-            let chain_id = haul_xfer::LayerStore::chain_id(self, parent, &diff_id);
-            return Ok(StoreLayer { diff_id, chain_id });
-        };
-        let store = self.store.clone();
-        let info =
-            match diff_id.and_then(|d| self.take_staged(d)) {
-                Some(staged) => {
-                    blocking(move || Ok(store.commit_staged(staged, parent_digest.as_ref())?)).await
-                }
-                None => {
-                    let reader = tokio_util::io::SyncIoBridge::new(stream);
-                    blocking(move || {
-                        let reader = haul_store::decompressing_reader(
-                            reader,
-                            haul_oci::Compression::Uncompressed,
-                        )
-                        .map_err(|e| crate::Error::Decompress(e.to_string()))?;
-                        Ok(store.register_layer_with(
-                            reader,
-                            parent_digest.as_ref(),
-                            None,
-                            &options,
-                        )?)
-                    })
-                    .await
-                }
+        let blob = pulled.blob().clone();
+        match pulled {
+            PulledLayer::Blob { diff_id, .. } => {
+                let diff_id = DiffId::new(diff_id.to_string());
+                let chain_id = haul_xfer::LayerStore::chain_id(self, parent, &diff_id);
+                Ok(StoreLayer {
+                    diff_id,
+                    chain_id,
+                    blob: Some(blob),
+                })
             }
-            .map_err(haul_xfer::Error::do_not_retry)?;
-        Ok(StoreLayer {
-            diff_id: DiffId::new(info.diff_id.to_string()),
-            chain_id: ChainId::new(info.chain_id.to_string()),
-        })
+            PulledLayer::Unpacking { mut unpacking, .. } => {
+                let staged = extracting(&mut unpacking, registration).await?;
+                let store = self.store.clone();
+                let info =
+                    blocking(move || Ok(store.commit_staged(staged, parent_digest.as_ref())?))
+                        .await
+                        .map_err(haul_xfer::Error::do_not_retry)?;
+                Ok(layer_of(info, blob))
+            }
+            PulledLayer::Staged { staged, .. } => {
+                let store = self.store.clone();
+                let info =
+                    blocking(move || Ok(store.commit_staged(staged, parent_digest.as_ref())?))
+                        .await
+                        .map_err(haul_xfer::Error::do_not_retry)?;
+                Ok(layer_of(info, blob))
+            }
+        }
     }
 
-    async fn diff_stream(&self, layer: &StoreLayer) -> Result<LayerStream, haul_xfer::Error> {
-        // The compressed blob: registration detects the compression itself.
-        let blob = lock(&self.blobs)
-            .get(&layer.diff_id)
-            .cloned()
-            .ok_or_else(|| {
-                haul_xfer::Error::do_not_retry(format!(
-                    "no blob is known for layer {}",
-                    layer.diff_id
-                ))
-            })?;
-        let path = self.store.blob_path(&blob);
-        let file = tokio::fs::File::open(&path)
-            .await
-            .map_err(|e| haul_xfer::Error::do_not_retry(format!("{}: {e}", path.display())))?;
-        Ok(Box::pin(file))
+    async fn register_again(
+        &self,
+        layer: &StoreLayer,
+        parent: Option<&ChainId>,
+        registration: &Registration,
+    ) -> Result<StoreLayer, haul_xfer::Error> {
+        let blob = layer.blob.clone().ok_or_else(|| {
+            haul_xfer::Error::do_not_retry(format!(
+                "layer {} was not registered from a blob in this pull",
+                layer.diff_id
+            ))
+        })?;
+        let Some(options) = self.unpack.clone() else {
+            let chain_id = haul_xfer::LayerStore::chain_id(self, parent, &layer.diff_id);
+            return Ok(StoreLayer {
+                diff_id: layer.diff_id.clone(),
+                chain_id,
+                blob: Some(blob),
+            });
+        };
+        let parent_digest = parent.map(|p| parse(p.as_str())).transpose()?;
+        let expected = parse(layer.diff_id.as_str())?;
+        let store = self.store.clone();
+        let cancel = registration.cancellation_token().clone();
+        let source = blob.clone();
+        let info = blocking(move || {
+            let file = store.open_blob(&source)?;
+            let reader = haul_store::decompressing_reader(
+                CancellableRead {
+                    inner: std::io::BufReader::with_capacity(256 * 1024, file),
+                    cancel,
+                },
+                Compression::Uncompressed,
+            )
+            .map_err(|e| crate::Error::Decompress(e.to_string()))?;
+            Ok(store.register_layer_with(
+                reader,
+                parent_digest.as_ref(),
+                Some(&expected),
+                &options,
+            )?)
+        })
+        .await
+        .map_err(haul_xfer::Error::do_not_retry)?;
+        Ok(layer_of(info, blob))
     }
 
     async fn release(&self, _layer: StoreLayer) {
@@ -185,5 +234,51 @@ impl haul_xfer::LayerStore for StoreLayers {
     }
 }
 
+/// Waits for an unpack, reporting "Extracting" with the bytes of the blob
+/// it has read, until it ends or the registration is cancelled.
+async fn extracting(
+    unpacking: &mut Unpacking,
+    registration: &Registration,
+) -> Result<StagedLayer, haul_xfer::Error> {
+    let report = |unpacking: &Unpacking| {
+        let (current, total) = unpacking.progress();
+        registration.progress().write(haul_xfer::Progress::counts(
+            registration.id(),
+            "Extracting",
+            current,
+            total,
+        ));
+    };
+    let mut ticks = tokio::time::interval(std::time::Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            biased;
+            _ = registration.cancellation_token().cancelled() => {
+                return Err(haul_xfer::Error::RegistrationCancelled);
+            }
+            staged = unpacking.finished() => {
+                report(unpacking);
+                return staged.map_err(haul_xfer::Error::do_not_retry);
+            }
+            _ = ticks.tick() => report(unpacking),
+        }
+    }
+}
+
+/// A blocking reader that fails once `cancel` fires.
+struct CancellableRead<R> {
+    inner: R,
+    cancel: tokio_util::sync::CancellationToken,
+}
+
+impl<R: std::io::Read> std::io::Read for CancellableRead<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.cancel.is_cancelled() {
+            return Err(std::io::Error::other("layer registration cancelled"));
+        }
+        self.inner.read(buf)
+    }
+}
+
 /// Shared form used by the pull.
-pub(crate) type SharedLayers = Arc<StoreLayers>;
+pub(crate) type SharedLayers = std::sync::Arc<StoreLayers>;

@@ -25,9 +25,7 @@ use haul_oci::{media_type, parse_image_config, Compression, Digest, Digester, Re
 use haul_registry::v1::{remote_name, Url, V1Session};
 use haul_registry::RegistryClient;
 use haul_store::{ImageRecord, IngestOutcome, Store, UnpackOptions, V1Layer};
-use haul_xfer::{
-    short_id, DiffId, DownloadDescriptor, DownloadManager, LayerBlob, Progress, ProgressOutput,
-};
+use haul_xfer::{short_id, DiffId, DownloadDescriptor, DownloadManager, Progress, ProgressOutput};
 use serde_json::{json, Map, Value};
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
@@ -36,7 +34,7 @@ use crate::error::{Error, Result};
 use crate::layer_fetch::{blocking, stage_from_store, LayerBlobInfo};
 use crate::pull::{PullReport, PullSettings};
 use crate::pull_layer::into_transfer_error;
-use crate::store_layers::{SharedLayers, StoreLayers};
+use crate::store_layers::{PulledLayer, SharedLayers, StoreLayers};
 
 /// Consecutive failed reads of one layer resumed within one attempt.
 const RESUMES_PER_ATTEMPT: u32 = 5;
@@ -65,6 +63,7 @@ impl V1Puller {
     }
 
     /// Pulls `reference` (a tag; v1 knows no digests).
+    #[tracing::instrument(name = "pull", skip_all, fields(image = %reference))]
     pub async fn pull(
         &self,
         reference: &Reference,
@@ -112,8 +111,10 @@ impl V1Puller {
         let (endpoint, chain) = match found {
             Some(f) => f,
             None => {
-                return Err(last_error
-                    .unwrap_or_else(|| Error::Internal("the index gave no endpoint".into())))
+                return Err(last_error.unwrap_or_else(|| Error::Protocol {
+                    registry: reference.registry().to_string(),
+                    message: format!("the index gave no endpoint for {reference}"),
+                }))
             }
         };
 
@@ -367,7 +368,10 @@ impl V1PullLayer {
             let (name, v1) = (self.registry().to_string(), self.id.clone());
             blocking(move || Ok(store.v1_partial_path(&name, &v1)?)).await?
         };
-        let io = |e: std::io::Error| Error::Internal(format!("{}: {e}", path.display()));
+        let io = |source: std::io::Error| Error::Io {
+            path: path.clone(),
+            source,
+        };
         let mut file = tokio::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -462,7 +466,10 @@ impl V1PullLayer {
         let (name, v1) = (self.registry().to_string(), self.id.clone());
         let path2 = path.clone();
         let digest = blocking(move || {
-            let io = |e: std::io::Error| Error::Internal(format!("{}: {e}", path2.display()));
+            let io = |source: std::io::Error| Error::Io {
+                path: path2.clone(),
+                source,
+            };
             let mut digester = Digester::sha256();
             let mut payload = haul_registry::v1::checksum::PayloadChecksum::new(&json);
             let mut f = std::fs::File::open(&path2).map_err(io)?;
@@ -516,6 +523,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl DownloadDescriptor for V1PullLayer {
+    type Blob = PulledLayer;
+
     fn key(&self) -> String {
         format!("v1:{}", self.id)
     }
@@ -534,7 +543,7 @@ impl DownloadDescriptor for V1PullLayer {
         &self,
         cancel: CancellationToken,
         progress: Arc<dyn ProgressOutput>,
-    ) -> Result<LayerBlob, haul_xfer::Error> {
+    ) -> Result<PulledLayer, haul_xfer::Error> {
         let digest = self
             .fetch(&cancel, &progress)
             .await
@@ -550,18 +559,15 @@ impl DownloadDescriptor for V1PullLayer {
         let staged = stage_from_store(&self.store, &info, None, options)
             .await
             .map_err(into_transfer_error)?;
-        let diff_id = staged.diff_id().clone();
-        self.layers.stage(staged, &digest);
         let (store, name, v1) = (
             self.store.clone(),
             self.registry().to_string(),
             self.id.clone(),
         );
         let _ = blocking(move || Ok(store.remove_v1_partial(&name, &v1)?)).await;
-        Ok(LayerBlob {
-            stream: Box::pin(tokio::io::empty()),
-            size: 0,
-            diff_id: Some(DiffId::new(diff_id.to_string())),
+        Ok(PulledLayer::Staged {
+            staged,
+            blob: digest,
         })
     }
 }

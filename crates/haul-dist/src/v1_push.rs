@@ -102,6 +102,7 @@ impl V1Pusher {
 
     /// Pushes the local image `reference` names to that reference's
     /// registry with the v1 protocol.
+    #[tracing::instrument(name = "push", skip_all, fields(image = %reference))]
     pub async fn push(
         &self,
         reference: &Reference,
@@ -242,7 +243,13 @@ impl V1Pusher {
         let id = img.short();
         let mut attempt = 1;
         loop {
-            let err = match self.push_image(session, endpoint, img, output).await {
+            // Dropping the push on cancellation stops the upload at once.
+            let pushed = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Err(Error::Cancelled),
+                pushed = self.push_image(session, endpoint, img, output) => pushed,
+            };
+            let err = match pushed {
                 Ok(sent) => return Ok(sent),
                 Err(e) => e,
             };
@@ -308,7 +315,10 @@ impl V1Pusher {
         let path = self.store.blob_path(&img.layer.digest);
         let file = tokio::fs::File::open(&path)
             .await
-            .map_err(|e| Error::Internal(format!("{}: {e}", path.display())))?;
+            .map_err(|source| Error::Io {
+                path: path.clone(),
+                source,
+            })?;
         let checksum = Arc::new(Mutex::new(Some(PayloadChecksum::new(&img.json))));
         let total = img.layer.size;
         let body = {

@@ -69,9 +69,18 @@ impl Repository {
     /// which never see our credentials). Checks that a ranged answer starts
     /// where asked; an answer that ignored the range starts at 0.
     pub async fn open_blob(&self, digest: &Digest, offset: u64) -> Result<BlobBody> {
+        self.open_blob_with(digest, offset, Retries::Client).await
+    }
+
+    async fn open_blob_with(
+        &self,
+        digest: &Digest,
+        offset: u64,
+        retries: Retries,
+    ) -> Result<BlobBody> {
         let mut last_error = None;
         for host in self.read_hosts() {
-            match self.open_blob_on(host, digest, offset).await {
+            match self.open_blob_on(host, digest, offset, retries).await {
                 Ok(b) => return Ok(b),
                 Err(e) if !std::sync::Arc::ptr_eq(host, &self.host) => {
                     tracing::info!(mirror = %host.name, "mirror failed, trying the next: {e}");
@@ -88,21 +97,24 @@ impl Repository {
         host: &crate::client::Host,
         digest: &Digest,
         offset: u64,
+        retries: Retries,
     ) -> Result<BlobBody> {
         let op = self.blob_op(digest, "GET");
         let url = host
             .url(&format!("v2/{}/blobs/{digest}", self.name))
             .await?;
-        let resp = host
-            .send(&op, &|http| {
-                let req = http.get(url.clone());
-                Ok(if offset > 0 {
-                    req.header(RANGE, format!("bytes={offset}-"))
-                } else {
-                    req
-                })
+        let build = |http: &reqwest::Client| {
+            let req = http.get(url.clone());
+            Ok(if offset > 0 {
+                req.header(RANGE, format!("bytes={offset}-"))
+            } else {
+                req
             })
-            .await?;
+        };
+        let resp = match retries {
+            Retries::Client => host.send(&op, &build).await?,
+            Retries::Caller => host.send_once(&op, &build).await?,
+        };
         let registry = host.name.clone();
         let (start, total) = match resp.status() {
             StatusCode::PARTIAL_CONTENT if offset > 0 => {
@@ -167,6 +179,24 @@ impl Repository {
         self.resuming_stream(digest, expected_size, offset, None)
     }
 
+    /// One attempt at the blob from byte `offset` on, unverified (like
+    /// [`Repository::blob_stream_unverified`]), for a caller that counts
+    /// attempts itself and shows them (a layer download): a failing
+    /// request is not retried here but ends the stream with its error; a
+    /// connection that breaks after delivering bytes is reopened with
+    /// `Range` at once, for free, as long as each connection moves the
+    /// download on. So the caller's attempts are the only retry budget.
+    pub fn blob_stream_attempt(
+        &self,
+        digest: &Digest,
+        expected_size: Option<u64>,
+        offset: u64,
+    ) -> ByteStream {
+        let mut state = self.resume_state(digest, expected_size, offset, None);
+        state.retries = Retries::Caller;
+        Box::pin(futures::stream::try_unfold(state, ResumeState::next))
+    }
+
     fn resuming_stream(
         &self,
         digest: &Digest,
@@ -174,7 +204,18 @@ impl Repository {
         received: u64,
         digester: Option<Digester>,
     ) -> ByteStream {
-        let state = ResumeState {
+        let state = self.resume_state(digest, expected_size, received, digester);
+        Box::pin(futures::stream::try_unfold(state, ResumeState::next))
+    }
+
+    fn resume_state(
+        &self,
+        digest: &Digest,
+        expected_size: Option<u64>,
+        received: u64,
+        digester: Option<Digester>,
+    ) -> ResumeState {
+        ResumeState {
             repo: self.clone(),
             digest: digest.clone(),
             expected_size,
@@ -184,9 +225,20 @@ impl Repository {
             body: None,
             skip: 0,
             failures: 0,
-        };
-        Box::pin(futures::stream::try_unfold(state, ResumeState::next))
+            retries: Retries::Client,
+            since_open: 0,
+        }
     }
+}
+
+/// Who retries failing requests of a blob stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retries {
+    /// The client, per its retry policy (requests and resumes alike).
+    Client,
+    /// The caller: requests are sent once; only resumes that follow
+    /// progress are made here.
+    Caller,
 }
 
 /// `bytes START-END/TOTAL` -> (START, TOTAL if known). The `bytes` unit is
@@ -240,6 +292,9 @@ struct ResumeState {
     /// Bytes still to drop from a body that restarted before our offset.
     skip: u64,
     failures: u32,
+    retries: Retries,
+    /// Bytes delivered since the body was last opened.
+    since_open: u64,
 }
 
 impl ResumeState {
@@ -250,8 +305,13 @@ impl ResumeState {
             }
             let body = match self.body.as_mut() {
                 Some(b) => b,
-                None => match self.repo.open_blob(&self.digest, self.received).await {
+                None => match self
+                    .repo
+                    .open_blob_with(&self.digest, self.received, self.retries)
+                    .await
+                {
                     Ok(opened) => {
+                        self.since_open = 0;
                         self.skip = self.received - opened.start.min(self.received);
                         if let (Some(total), Some(expected)) = (opened.total, self.expected_size) {
                             if total != expected {
@@ -294,6 +354,7 @@ impl ResumeState {
                         }
                     }
                     self.failures = 0;
+                    self.since_open += chunk.len() as u64;
                     return Ok(Some((chunk, self)));
                 }
                 Some(Err(e)) => {
@@ -310,6 +371,20 @@ impl ResumeState {
     }
 
     async fn retry_or_fail(&mut self, error: Error) -> Result<()> {
+        if self.retries == Retries::Caller {
+            // Free only when the broken connection had moved the download
+            // on; otherwise the failure is the caller's to count.
+            let progressed = std::mem::take(&mut self.since_open);
+            if error.is_retryable() && progressed > 0 {
+                tracing::debug!(
+                    "blob {}: {error}; resuming from byte {} (the connection had delivered {progressed} bytes)",
+                    self.digest,
+                    self.received,
+                );
+                return Ok(());
+            }
+            return Err(error);
+        }
         self.failures += 1;
         let policy = &self.repo.client.config().retry;
         if !error.is_retryable() || self.failures >= policy.max_attempts {

@@ -653,6 +653,27 @@ impl Host {
         op: &Operation,
         build: &(dyn Fn(&reqwest::Client) -> Result<RequestBuilder> + Sync),
     ) -> Result<Response> {
+        self.send_with_attempts(op, build, self.retry.max_attempts)
+            .await
+    }
+
+    /// Like [`Host::send`], but a failure is not retried: for callers that
+    /// count attempts themselves (a layer download, whose attempts are the
+    /// ones users see). Re-authenticating after a 401 is still done.
+    pub async fn send_once(
+        &self,
+        op: &Operation,
+        build: &(dyn Fn(&reqwest::Client) -> Result<RequestBuilder> + Sync),
+    ) -> Result<Response> {
+        self.send_with_attempts(op, build, 1).await
+    }
+
+    async fn send_with_attempts(
+        &self,
+        op: &Operation,
+        build: &(dyn Fn(&reqwest::Client) -> Result<RequestBuilder> + Sync),
+        max_attempts: u32,
+    ) -> Result<Response> {
         self.base().await?;
         let mut attempt = 1;
         let mut reauthenticated = false;
@@ -712,15 +733,14 @@ impl Host {
                     transport_error(&self.name, &e)
                 }
             };
-            if !failure.is_retryable() || !op.resendable || attempt >= self.retry.max_attempts {
+            if !failure.is_retryable() || !op.resendable || attempt >= max_attempts {
                 return Err(failure);
             }
             let delay = self.retry.delay(attempt, retry_after);
             tracing::info!(
                 registry = %self.name,
-                "{method} for {} failed (attempt {attempt} of {}): {failure}; retrying in {delay:?}",
+                "{method} for {} failed (attempt {attempt} of {max_attempts}): {failure}; retrying in {delay:?}",
                 op.action,
-                self.retry.max_attempts
             );
             tokio::time::sleep(delay).await;
             attempt += 1;

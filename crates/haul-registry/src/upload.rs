@@ -270,6 +270,19 @@ impl Repository {
         source: &dyn BlobSource,
     ) -> Result<()> {
         let session = self.start_upload().await?;
+        self.upload_monolithic_on(session, digest, size, source)
+            .await
+    }
+
+    /// Like [`Repository::upload_monolithic`], on a session the caller
+    /// opened (so it can cancel the session if it abandons the upload).
+    pub async fn upload_monolithic_on(
+        &self,
+        session: UploadSession,
+        digest: &Digest,
+        size: u64,
+        source: &dyn BlobSource,
+    ) -> Result<()> {
         let op = self.upload_op(Some(digest), "PUT blob", self.push_scope());
         let mut url = session.location.clone();
         url.query_pairs_mut().append_pair("digest", digest.as_str());

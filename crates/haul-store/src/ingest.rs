@@ -172,6 +172,17 @@ impl Ingest {
         Ok(file.take(self.offset))
     }
 
+    /// Pushes buffered bytes to the partial file, so that a reader of the
+    /// file (a layer unpacked while it downloads) sees every byte written.
+    pub fn flush(&mut self) -> Result<()> {
+        self.check_usable()?;
+        if let Err(e) = self.writer.flush() {
+            self.broken = true;
+            return Err(e).at(&self.data_path);
+        }
+        Ok(())
+    }
+
     /// Appends bytes, hashing them on the way. After an error the ingest is
     /// unusable ([`Error::IngestBroken`]): drop it and call
     /// [`Store::ingest`] again to resume from what reached the disk.

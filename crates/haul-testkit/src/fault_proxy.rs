@@ -137,6 +137,19 @@ pub enum Fault {
     /// records the follow-up request's headers and serves it by fetching the
     /// original URL from the upstream with the original request's headers.
     RedirectBlob,
+    /// Send the first `after_bytes` body bytes, then nothing until `gate`
+    /// is opened (with the connection open), then the rest. For tests that
+    /// need one transfer held at a known point while others go on.
+    Hold {
+        /// Body bytes sent before the hold.
+        after_bytes: u64,
+        /// Opening it lets every response it holds go on.
+        gate: Gate,
+    },
+    /// Hold the request before forwarding it (its body unread) until the
+    /// gate opens: the client waits for an answer that has not begun, as
+    /// with a registry busy writing a blob. Then it is forwarded as usual.
+    HoldRequest(Gate),
     /// Forward the response body with the byte at `offset` XORed with `0xff`.
     FlipByte {
         /// Offset of the corrupted byte in the response body.
@@ -172,6 +185,44 @@ impl Fault {
         }
     }
 }
+
+/// A gate for [`Fault::Hold`]: closed when made, opened once for good.
+/// Clones share the gate.
+#[derive(Clone, Debug)]
+pub struct Gate(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Gate {
+    /// A closed gate.
+    pub fn new() -> Self {
+        Gate(Arc::new(tokio::sync::watch::Sender::new(false)))
+    }
+
+    /// Opens the gate: held responses go on, and later ones are not held.
+    pub fn open(&self) {
+        self.0.send_replace(true);
+    }
+
+    fn opened(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut open = self.0.subscribe();
+        async move {
+            let _ = open.wait_for(|open| *open).await;
+        }
+    }
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Gate::new()
+    }
+}
+
+impl PartialEq for Gate {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Gate {}
 
 /// A fault for the requests a [`Match`] selects, at most `times` of them.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -697,6 +748,9 @@ async fn handle_proxy(
             (response, BodyMode::Pass)
         }
         fault => {
+            if let Some(Fault::HoldRequest(gate)) = &fault {
+                gate.opened().await;
+            }
             if fault == Some(Fault::IgnoreRange) {
                 parts.headers.remove(header::RANGE);
             }
@@ -940,16 +994,31 @@ enum BodyMode {
     DropAfter(u64),
     Stall {
         after: u64,
-        duration: Duration,
+        pause: Pause,
         close: bool,
         state: StallState,
     },
     Flip(u64),
 }
 
+/// What a stalled body waits for.
+enum Pause {
+    For(Duration),
+    Until(Gate),
+}
+
+impl Pause {
+    fn start(&self) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        match self {
+            Pause::For(duration) => Box::pin(tokio::time::sleep(*duration)),
+            Pause::Until(gate) => Box::pin(gate.opened()),
+        }
+    }
+}
+
 enum StallState {
     Waiting,
-    Sleeping(Pin<Box<tokio::time::Sleep>>),
+    Sleeping(Pin<Box<dyn Future<Output = ()> + Send>>),
     Done,
 }
 
@@ -963,8 +1032,14 @@ impl BodyMode {
                 close,
             }) => BodyMode::Stall {
                 after: *after_bytes,
-                duration: *duration,
+                pause: Pause::For(*duration),
                 close: *close,
+                state: StallState::Waiting,
+            },
+            Some(Fault::Hold { after_bytes, gate }) => BodyMode::Stall {
+                after: *after_bytes,
+                pause: Pause::Until(gate.clone()),
+                close: false,
                 state: StallState::Waiting,
             },
             Some(Fault::FlipByte { offset }) => BodyMode::Flip(*offset),
@@ -1051,12 +1126,12 @@ where
                 BodyMode::DropAfter(n) => Some(*n - this.sent),
                 BodyMode::Stall {
                     after,
-                    duration,
+                    pause,
                     state,
                     ..
                 } => match state {
                     StallState::Waiting if this.sent >= *after => {
-                        *state = StallState::Sleeping(Box::pin(tokio::time::sleep(*duration)));
+                        *state = StallState::Sleeping(pause.start());
                         this.pending = Some(data);
                         continue;
                     }

@@ -24,7 +24,7 @@ pub mod umoci;
 pub mod v1_registry;
 
 pub use error::{Error, Result};
-pub use fault_proxy::{Fault, FaultProxy, Match, RequestRecord, Rule, StorageRequest};
+pub use fault_proxy::{Fault, FaultProxy, Gate, Match, RequestRecord, Rule, StorageRequest};
 pub use htpasswd::Credentials;
 pub use image::{
     sample_image, sample_platform_images, write_oci_index_layout, BlobRef, BuiltImage, BuiltIndex,

@@ -5,14 +5,24 @@
 //! wakes every watcher, and never waits for any of them. Each watcher has its
 //! own delivery task that copies the cell to the watcher's output whenever it
 //! changed since the task last looked. A watcher that is slow therefore
-//! skips intermediate records (it sees the latest one when it gets round to
+//! skips intermediate counts (it sees the latest one when it gets round to
 //! it) but never holds the transfer up, and never sees a record twice or out
 //! of order.
+//!
+//! Status changes are not skipped: a record whose id, action or message
+//! differs from the one before it is also kept in a short log (the last
+//! [`CHANGES_KEPT`]), and a watcher writes every logged change it has not
+//! written before the latest record. So every watcher sees each stage
+//! ("Downloading", "Verifying Checksum", "Download complete",
+//! "Extracting", ...) even when they follow each other at once; only
+//! byte-count updates of one stage are coalesced. A new watcher starts at
+//! the latest record, not at the log's beginning.
 //!
 //! The cell also carries the "finished" flag, set once the transfer's work
 //! has returned. A delivery task that sees it writes the final record (unless
 //! it already wrote exactly that one) and exits.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
@@ -22,6 +32,9 @@ use crate::progress::{Progress, ProgressOutput};
 use crate::signal::Signal;
 use crate::sync::lock;
 
+/// Status changes a slow watcher can still catch up on.
+pub(crate) const CHANGES_KEPT: usize = 64;
+
 /// The content of the "latest record" cell.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Latest {
@@ -29,6 +42,32 @@ pub(crate) struct Latest {
     seq: u64,
     record: Option<Progress>,
     finished: bool,
+    /// The last status changes, oldest first, with their numbers.
+    changes: VecDeque<(u64, Progress)>,
+}
+
+impl Latest {
+    /// What a watcher that has written up to `written` should write now,
+    /// in order: the changes it missed, then the latest record.
+    fn unwritten(&self, written: u64) -> Vec<(u64, Progress)> {
+        let mut batch: Vec<(u64, Progress)> = self
+            .changes
+            .iter()
+            .filter(|(seq, _)| *seq > written)
+            .cloned()
+            .collect();
+        if self.seq > written && batch.last().map(|(seq, _)| *seq) != Some(self.seq) {
+            if let Some(record) = &self.record {
+                batch.push((self.seq, record.clone()));
+            }
+        }
+        batch
+    }
+}
+
+/// Whether `next` is a new status rather than new counts of the same one.
+fn is_change(previous: Option<&Progress>, next: &Progress) -> bool {
+    previous.is_none_or(|p| p.id != next.id || p.action != next.action || p.message != next.message)
 }
 
 /// One transfer's progress cell; also the transfer's [`ProgressOutput`].
@@ -62,8 +101,11 @@ impl Broadcast {
             }),
             exited: Signal::new(),
         };
+        // A new watcher starts at the latest record.
+        let start = self.latest.borrow().seq.saturating_sub(1);
         let task = deliver(
             self.latest.subscribe(),
+            start,
             output,
             delivery.stop.clone(),
             Arc::clone(&delivery.gate),
@@ -81,6 +123,12 @@ impl ProgressOutput for Broadcast {
                 return false;
             }
             latest.seq += 1;
+            if is_change(latest.record.as_ref(), &progress) {
+                if latest.changes.len() == CHANGES_KEPT {
+                    latest.changes.pop_front();
+                }
+                latest.changes.push_back((latest.seq, progress.clone()));
+            }
             latest.record = Some(progress);
             true
         });
@@ -150,24 +198,20 @@ impl Drop for ExitGuard {
 
 async fn deliver(
     mut latest: watch::Receiver<Latest>,
+    start: u64,
     output: Arc<dyn ProgressOutput>,
     stop: CancellationToken,
     gate: Arc<Gate>,
     _exit: ExitGuard,
 ) {
-    let mut written_seq = 0;
+    let mut written_seq = start;
     let mut stopping = false;
     loop {
         let (unwritten, finished) = {
             let latest = latest.borrow_and_update();
-            let unwritten = if latest.seq != written_seq {
-                latest.record.clone().map(|record| (latest.seq, record))
-            } else {
-                None
-            };
-            (unwritten, latest.finished)
+            (latest.unwritten(written_seq), latest.finished)
         };
-        if let Some((seq, record)) = unwritten {
+        for (seq, record) in unwritten {
             if !gate.write(&*output, record) {
                 return;
             }

@@ -16,19 +16,27 @@
 //!    transfer waits for a slot ("Waiting"), downloads with retries
 //!    ("Downloading", from the descriptor; "Retrying in N seconds"), gives
 //!    its slot back — the limit bounds network work only — waits for its
-//!    parent's transfer, registers the blob on top of it ("Extracting"),
-//!    and reports "Pull complete".
+//!    parent's transfer, hands what the download produced (the
+//!    descriptor's typed [`DownloadDescriptor::Blob`], e.g. a layer already
+//!    unpacked while it downloaded) to [`LayerStore::register`] on top of
+//!    the parent ("Extracting"), and reports "Pull complete". Nothing is
+//!    handed over through side tables: each registration gets exactly the
+//!    value its own download returned.
 //! 3. **The same layer twice in one image** (same key further up) is not
 //!    downloaded again and reports nothing of its own (its line is the
-//!    earlier one's): it re-registers the earlier layer's content on top of
-//!    its own parent.
+//!    earlier one's): the store registers the earlier layer's content again
+//!    on top of this layer's parent ([`LayerStore::register_again`]).
 //! 4. **Holding.** Every transfer this call joined or started stays watched
 //!    until the call returns, so a parent cannot be cancelled under a child.
 //!    On success the top-most transfer stays watched inside the returned
 //!    [`ReleaseHandle`], which keeps the downloaded chain referenced until
 //!    the caller (having created its image) releases it.
 //!
-//! It returns the image's diffIDs, bottom-most first, or the first error on
+//! It returns the image's diffIDs, bottom-most first, read from the top
+//! layer's own chain (each transfer's result carries the diffIDs of the
+//! chain it was registered on, as Docker walks a layer's parents), so a
+//! pull that joined another pull's transfer for layer N does not depend on
+//! its own transfers below N. Or it returns the first error on
 //! the chain: a child whose parent failed reports the parent's error value
 //! itself, so e.g. `simulating download attempt failure 5/5` reaches the
 //! caller word for word. If the caller's token fires first, it returns
@@ -45,6 +53,7 @@ use std::sync::Arc;
 
 use tokio::io::AsyncRead;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::cancel_reader::CancelAwareReader;
 use crate::error::{Error, Operation};
@@ -55,21 +64,32 @@ use crate::progress_reader::ProgressReader;
 use crate::retry::RetryPolicy;
 use crate::transfer::{Transfer, Watcher};
 
-/// A layer's bytes, as handed from a descriptor to the layer store.
+/// A layer's bytes as a stream: the [`LayerStore::Blob`] of stores that
+/// unpack a layer when it is registered (rather than while downloading).
 pub type LayerStream = Pin<Box<dyn AsyncRead + Send>>;
 
-/// What a successful [`DownloadDescriptor::download`] returns.
+/// A layer blob as a byte stream with its length, for stores whose
+/// [`LayerStore::Blob`] is a stream to read at registration.
 pub struct LayerBlob {
     /// The layer blob, exactly as stored in the registry (typically
-    /// compressed); the layer store detects the compression.
+    /// compressed).
     pub stream: LayerStream,
     /// Its length in bytes, 0 if unknown; used for "Extracting" progress.
     pub size: u64,
-    /// The layer's diffID, when the descriptor already computed it from the
-    /// bytes it fetched (for instance because it unpacked the layer into the
-    /// store while downloading it). Passed on to [`LayerStore::register`],
-    /// which may then use that prepared work instead of reading `stream`.
-    pub diff_id: Option<DiffId>,
+}
+
+impl LayerBlob {
+    /// The stream, reporting "Extracting" progress to every watcher of the
+    /// registration and failing with an I/O error once it is cancelled.
+    pub fn into_extracting(self, registration: &Registration) -> LayerStream {
+        Box::pin(ProgressReader::new(
+            CancelAwareReader::new(self.stream, registration.cancellation_token()),
+            Arc::clone(registration.progress()),
+            registration.id(),
+            "Extracting",
+            self.size,
+        ))
+    }
 }
 
 impl std::fmt::Debug for LayerBlob {
@@ -77,6 +97,43 @@ impl std::fmt::Debug for LayerBlob {
         f.debug_struct("LayerBlob")
             .field("size", &self.size)
             .finish()
+    }
+}
+
+/// What a layer store's registration gets besides the layer: whom to
+/// report to and when to stop.
+#[derive(Clone)]
+pub struct Registration {
+    id: String,
+    progress: Arc<dyn ProgressOutput>,
+    cancel: CancellationToken,
+}
+
+impl std::fmt::Debug for Registration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registration")
+            .field("id", &self.id)
+            .field("cancelled", &self.cancel.is_cancelled())
+            .finish()
+    }
+}
+
+impl Registration {
+    /// The id the layer's progress records carry.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The output every watcher of the layer reads: report "Extracting"
+    /// here.
+    pub fn progress(&self) -> &Arc<dyn ProgressOutput> {
+        &self.progress
+    }
+
+    /// Fires when every pull watching the layer has gone; the store should
+    /// then stop and leave nothing behind.
+    pub fn cancellation_token(&self) -> &CancellationToken {
+        &self.cancel
     }
 }
 
@@ -88,6 +145,13 @@ impl std::fmt::Debug for LayerBlob {
 /// key is already being transferred (by this pull or another) is never
 /// asked to download: the transfer in flight is joined.
 pub trait DownloadDescriptor: Send + Sync + 'static {
+    /// What a successful download produces and registration consumes:
+    /// the [`LayerStore::Blob`] of the store the layer goes into (a layer
+    /// unpacked while downloading, a file, a stream...). It travels through
+    /// the manager as it is, from this descriptor's `download` to the
+    /// registration of this descriptor's layer, and to nothing else.
+    type Blob: Send + 'static;
+
     /// The deduplication key of the blob, e.g. `"v2:" + blob digest`.
     fn key(&self) -> String;
 
@@ -109,12 +173,14 @@ pub trait DownloadDescriptor: Send + Sync + 'static {
     /// this layer has gone); pass it to all I/O. `progress` reaches every
     /// watcher of the layer: report "Downloading" there, e.g. with a
     /// [`ProgressReader`]. A [`Error::Failed`] error is retried, a
-    /// [`Error::DoNotRetry`] one fails the layer at once.
+    /// [`Error::DoNotRetry`] one fails the layer at once. A value dropped
+    /// unregistered (the transfer was cancelled, or the parent failed)
+    /// should clean up after itself in `Drop`.
     fn download(
         &self,
         cancel: CancellationToken,
         progress: Arc<dyn ProgressOutput>,
-    ) -> impl Future<Output = Result<LayerBlob, Error>> + Send;
+    ) -> impl Future<Output = Result<Self::Blob, Error>> + Send;
 
     /// Called once the layer is in the store under `diff_id`: after its
     /// registration, or when it was found "Already exists". Use it to record
@@ -144,13 +210,19 @@ pub trait Layer: Clone + Send + Sync + 'static {
 /// Where downloaded layers are registered: the local layer store.
 ///
 /// Execution model: `chain_id` and `get` are called from the task running
-/// [`DownloadManager::download`]; `register`, `diff_stream` and `release`
-/// from layer transfer tasks or tasks the manager spawns. Calls for
-/// different layers may run concurrently. Every handle obtained from `get`
-/// or `register` is eventually passed to `release` exactly once.
+/// [`DownloadManager::download`]; `register`, `register_again` and
+/// `release` from layer transfer tasks or tasks the manager spawns. Calls
+/// for different layers may run concurrently. Every handle obtained from
+/// `get`, `register` or `register_again` is eventually passed to `release`
+/// exactly once.
 pub trait LayerStore: Send + Sync + 'static {
     /// The store's layer handle.
     type Layer: Layer;
+
+    /// What a download hands to registration (see
+    /// [`DownloadDescriptor::Blob`]); [`LayerBlob`] for a store that reads
+    /// a stream.
+    type Blob: Send + 'static;
 
     /// The chain ID of the layer with diffID `diff_id` on top of `parent`
     /// (`None`: at the bottom): `chain(1) = diffID(1)`,
@@ -162,39 +234,62 @@ pub trait LayerStore: Send + Sync + 'static {
     /// then downloaded again.
     fn get(&self, chain_id: &ChainId) -> impl Future<Output = Option<Self::Layer>> + Send;
 
-    /// Unpacks `stream` (a layer blob, possibly compressed) as a new layer
-    /// on top of `parent` and returns it, referenced. `diff_id` is the
-    /// descriptor's [`LayerBlob::diff_id`] (or, for a layer seen twice in an
-    /// image, the earlier copy's diffID): a store that already holds that
-    /// layer unpacked, waiting for its parent, may register it without
-    /// reading `stream`. The stream fails with an I/O error once the
-    /// transfer is cancelled; a store should then leave nothing behind. An
-    /// error fails the layer with "failed to register layer: …" (never
-    /// retried).
+    /// Registers `blob`, the value this layer's own download returned, as a
+    /// new layer on top of `parent` and returns it, referenced. Report
+    /// "Extracting" to `registration`'s progress; once its token fires,
+    /// stop and leave nothing behind. An error fails the layer with
+    /// "failed to register layer: …" (never retried).
     fn register(
         &self,
-        stream: LayerStream,
-        diff_id: Option<&DiffId>,
+        blob: Self::Blob,
         parent: Option<&ChainId>,
+        registration: &Registration,
     ) -> impl Future<Output = Result<Self::Layer, Error>> + Send;
 
-    /// The uncompressed content (tar stream) of a registered layer. Only
-    /// called when the same layer appears twice in one image, to register
-    /// it a second time on another parent.
-    fn diff_stream(
+    /// Registers the content of `layer` (registered earlier in this pull)
+    /// again, on top of `parent`: for a layer that appears twice in one
+    /// image. Errors as for `register`.
+    fn register_again(
         &self,
         layer: &Self::Layer,
-    ) -> impl Future<Output = Result<LayerStream, Error>> + Send;
+        parent: Option<&ChainId>,
+        registration: &Registration,
+    ) -> impl Future<Output = Result<Self::Layer, Error>> + Send;
 
     /// Drops one reference on `layer`. Errors are the store's to log.
     fn release(&self, layer: Self::Layer) -> impl Future<Output = ()> + Send;
+}
+
+/// A layer a transfer registered, with the diffIDs of its whole chain
+/// (bottom-most first, this layer last): what a pull reads its image's
+/// diffIDs from, like walking a layer's parents.
+#[derive(Debug, Clone)]
+pub struct RegisteredLayer<L> {
+    layer: L,
+    chain: Arc<[DiffId]>,
+}
+
+impl<L> RegisteredLayer<L> {
+    /// The layer handle.
+    pub fn layer(&self) -> &L {
+        &self.layer
+    }
+
+    /// The diffIDs from the bottom of the image up to this layer.
+    pub fn chain_diff_ids(&self) -> &[DiffId] {
+        &self.chain
+    }
+}
+
+fn chain_with(below: &[DiffId], top: DiffId) -> Arc<[DiffId]> {
+    below.iter().cloned().chain(std::iter::once(top)).collect()
 }
 
 /// Pulls layers through a [`TransferManager`]; see the module docs.
 /// Clones share the store, the transfers and the slots.
 pub struct DownloadManager<S: LayerStore> {
     store: Arc<S>,
-    transfers: TransferManager<S::Layer>,
+    transfers: TransferManager<RegisteredLayer<S::Layer>>,
     retry: RetryPolicy,
 }
 
@@ -249,7 +344,7 @@ impl<S: LayerStore> DownloadManager<S> {
     }
 
     /// The underlying transfer manager (for its counters).
-    pub fn transfers(&self) -> &TransferManager<S::Layer> {
+    pub fn transfers(&self) -> &TransferManager<RegisteredLayer<S::Layer>> {
         &self.transfers
     }
 
@@ -257,7 +352,7 @@ impl<S: LayerStore> DownloadManager<S> {
     /// diffIDs with a handle to release once the image is created; see the
     /// module docs. Progress goes to `output`; `cancel` is the caller's
     /// token. Must be called within a Tokio runtime.
-    pub async fn download<D: DownloadDescriptor>(
+    pub async fn download<D: DownloadDescriptor<Blob = S::Blob>>(
         &self,
         cancel: &CancellationToken,
         layers: &[Arc<D>],
@@ -267,8 +362,9 @@ impl<S: LayerStore> DownloadManager<S> {
         let mut present_top = LayerRef::<S>::none();
         let mut probing = true;
         let mut transfer_key = String::new();
-        let mut held: Vec<Watcher<S::Layer>> = Vec::new();
-        let mut first_download_of_key: HashMap<String, Transfer<S::Layer>> = HashMap::new();
+        let mut held: Vec<Watcher<RegisteredLayer<S::Layer>>> = Vec::new();
+        let mut first_download_of_key: HashMap<String, Transfer<RegisteredLayer<S::Layer>>> =
+            HashMap::new();
 
         for descriptor in layers {
             if cancel.is_cancelled() {
@@ -298,7 +394,10 @@ impl<S: LayerStore> DownloadManager<S> {
                     let store = Arc::clone(&self.store);
                     let descriptor = Arc::clone(descriptor);
                     let source = source.clone();
-                    let work = move |ctx| reregister_layer(ctx, store, descriptor, source, parent);
+                    let span = tracing::info_span!("layer", id = %descriptor.id());
+                    let work = move |ctx| {
+                        reregister_layer(ctx, store, descriptor, source, parent).instrument(span)
+                    };
                     self.transfers
                         .transfer(transfer_key.clone(), work, Arc::clone(&output))
                         .await
@@ -307,12 +406,20 @@ impl<S: LayerStore> DownloadManager<S> {
                     output.update(&descriptor.id(), "Pulling fs layer");
                     let parent = match parent {
                         Some(transfer) => Parent::Download(transfer),
-                        None => Parent::Present(present_top.chain_id()),
+                        None => Parent::Present {
+                            chain_id: present_top.chain_id(),
+                            diff_ids: present_diff_ids.clone(),
+                        },
                     };
                     let store = Arc::clone(&self.store);
                     let retry = self.retry;
                     let layer = Arc::clone(descriptor);
-                    let work = move |ctx| download_layer(ctx, store, layer, parent, retry);
+                    // The transfer's span is a child of the caller's (a
+                    // pull's), so its log lines say which layer of which image.
+                    let span = tracing::info_span!("layer", id = %layer.id());
+                    let work = move |ctx| {
+                        download_layer(ctx, store, layer, parent, retry).instrument(span)
+                    };
                     let watcher = self
                         .transfers
                         .transfer(transfer_key.clone(), work, Arc::clone(&output))
@@ -336,31 +443,23 @@ impl<S: LayerStore> DownloadManager<S> {
             _ = cancel.cancelled() => Err(Error::Cancelled),
             result = top.wait() => result,
         };
-        if let Err(err) = outcome {
-            release_all(held).await;
-            present_top.release().await;
-            return Err(err);
-        }
-
-        let downloaded: Option<Vec<DiffId>> = held
-            .iter()
-            .map(|watcher| {
-                let layer = watcher.transfer().result()?.ok()?;
-                Some(layer.diff_id())
-            })
-            .collect();
-        let diff_ids = match downloaded {
-            Some(downloaded) if present_diff_ids.len() + downloaded.len() == layers.len() => {
-                let mut diff_ids = present_diff_ids;
-                diff_ids.extend(downloaded);
-                diff_ids
-            }
-            _ => {
+        let registered = match outcome {
+            Ok(registered) => registered,
+            Err(err) => {
                 release_all(held).await;
                 present_top.release().await;
-                return Err(Error::TooFewParentLayers);
+                return Err(err);
             }
         };
+        // The image's diffIDs are those of the top layer's own chain, not
+        // of the transfers this call holds: a joined transfer for layer N
+        // sits on the chain of whoever started it.
+        let diff_ids = registered.chain_diff_ids().to_vec();
+        if diff_ids.len() != layers.len() {
+            release_all(held).await;
+            present_top.release().await;
+            return Err(Error::TooFewParentLayers);
+        }
 
         let top_watcher = held
             .pop()
@@ -391,21 +490,25 @@ async fn release_all<T>(held: Vec<Watcher<T>>) {
 
 /// What a downloaded layer is registered on.
 enum Parent<L> {
-    /// A layer already in the store (or none: the bottom of the image).
-    Present(Option<ChainId>),
+    /// A layer already in the store (or none: the bottom of the image),
+    /// with the diffIDs of its chain.
+    Present {
+        chain_id: Option<ChainId>,
+        diff_ids: Vec<DiffId>,
+    },
     /// The layer being downloaded just below.
-    Download(Transfer<L>),
+    Download(Transfer<RegisteredLayer<L>>),
 }
 
 /// The work of one layer's transfer: wait for a slot, download with
 /// retries, give the slot back, wait for the parent, register.
-async fn download_layer<S: LayerStore, D: DownloadDescriptor>(
+async fn download_layer<S: LayerStore, D: DownloadDescriptor<Blob = S::Blob>>(
     ctx: TransferContext,
     store: Arc<S>,
     descriptor: Arc<D>,
     parent: Parent<S::Layer>,
     retry: RetryPolicy,
-) -> Result<S::Layer, Error> {
+) -> Result<RegisteredLayer<S::Layer>, Error> {
     let _close = CloseWhenDone(Arc::clone(&descriptor));
     let id = descriptor.id();
     let progress = ctx.progress();
@@ -427,30 +530,29 @@ async fn download_layer<S: LayerStore, D: DownloadDescriptor>(
         .await?;
     ctx.release_slot();
 
-    let parent_chain_id = match parent {
-        Parent::Present(chain_id) => chain_id,
-        Parent::Download(parent) => Some(wait_for_layer(&ctx, &parent).await?.chain_id()),
+    let (parent_chain_id, below) = match parent {
+        Parent::Present { chain_id, diff_ids } => (chain_id, Arc::from(diff_ids)),
+        Parent::Download(parent) => {
+            let parent = wait_for_layer(&ctx, &parent).await?;
+            (Some(parent.layer.chain_id()), parent.chain)
+        }
     };
-    let diff_id = blob.diff_id;
-    let stream = ProgressReader::new(
-        CancelAwareReader::new(blob.stream, &cancel),
-        Arc::clone(&progress),
-        id.clone(),
-        "Extracting",
-        blob.size,
-    );
-    let layer = register(
-        &ctx,
-        store.as_ref(),
-        Box::pin(stream),
-        diff_id.as_ref(),
-        parent_chain_id.as_ref(),
-    )
-    .await?;
+    let registration = Registration {
+        id: id.clone(),
+        progress: Arc::clone(&progress),
+        cancel,
+    };
+    let registered = store
+        .register(blob, parent_chain_id.as_ref(), &registration)
+        .await;
+    let layer = registration_outcome(&ctx, registered)?;
     progress.update(&id, "Pull complete");
     descriptor.registered(&layer.diff_id());
     release_layer_when_released(&ctx, store, layer.clone());
-    Ok(layer)
+    Ok(RegisteredLayer {
+        chain: chain_with(&below, layer.diff_id()),
+        layer,
+    })
 }
 
 /// The work of a layer that appears a second time in one image: register
@@ -461,30 +563,28 @@ async fn reregister_layer<S: LayerStore, D: DownloadDescriptor>(
     ctx: TransferContext,
     store: Arc<S>,
     descriptor: Arc<D>,
-    source: Transfer<S::Layer>,
-    parent: Transfer<S::Layer>,
-) -> Result<S::Layer, Error> {
+    source: Transfer<RegisteredLayer<S::Layer>>,
+    parent: Transfer<RegisteredLayer<S::Layer>>,
+) -> Result<RegisteredLayer<S::Layer>, Error> {
     ctx.release_slot();
-    let parent_layer = wait_for_layer(&ctx, &parent).await?;
-    let source_layer = wait_for_layer(&ctx, &source).await?;
-    let diff = match store.diff_stream(&source_layer).await {
-        Ok(diff) => diff,
-        Err(_) if ctx.is_cancelled() => return Err(Error::RegistrationCancelled),
-        Err(err) => return Err(Error::RegisterLayer(Box::new(err))),
+    let parent = wait_for_layer(&ctx, &parent).await?;
+    let source = wait_for_layer(&ctx, &source).await?;
+    let registration = Registration {
+        id: descriptor.id(),
+        progress: Arc::new(crate::progress::DiscardOutput),
+        cancel: ctx.cancellation_token().clone(),
     };
-    let stream = CancelAwareReader::new(diff, ctx.cancellation_token());
-    let parent_chain_id = parent_layer.chain_id();
-    let layer = register(
-        &ctx,
-        store.as_ref(),
-        Box::pin(stream),
-        Some(&source_layer.diff_id()),
-        Some(&parent_chain_id),
-    )
-    .await?;
+    let parent_chain_id = parent.layer.chain_id();
+    let registered = store
+        .register_again(&source.layer, Some(&parent_chain_id), &registration)
+        .await;
+    let layer = registration_outcome(&ctx, registered)?;
     descriptor.registered(&layer.diff_id());
     release_layer_when_released(&ctx, store, layer.clone());
-    Ok(layer)
+    Ok(RegisteredLayer {
+        chain: chain_with(&parent.chain, layer.diff_id()),
+        layer,
+    })
 }
 
 /// Waits for another layer's transfer and adopts its error as is.
@@ -503,14 +603,12 @@ async fn wait_for_layer<L: Clone>(
     Ok(layer)
 }
 
-async fn register<S: LayerStore>(
+/// A store's registration result, as the layer's transfer reports it.
+fn registration_outcome<L>(
     ctx: &TransferContext,
-    store: &S,
-    stream: LayerStream,
-    diff_id: Option<&DiffId>,
-    parent: Option<&ChainId>,
-) -> Result<S::Layer, Error> {
-    match store.register(stream, diff_id, parent).await {
+    registered: Result<L, Error>,
+) -> Result<L, Error> {
+    match registered {
         Ok(layer) => Ok(layer),
         Err(_) if ctx.is_cancelled() => Err(Error::RegistrationCancelled),
         Err(err) => Err(Error::RegisterLayer(Box::new(err))),
@@ -593,7 +691,7 @@ enum ReleaseKind<S: LayerStore> {
     /// Every layer was present: one store reference on the top layer.
     Layer(LayerRef<S>),
     /// The top-most download's transfer, still watched.
-    Watcher(Watcher<S::Layer>),
+    Watcher(Watcher<RegisteredLayer<S::Layer>>),
 }
 
 impl<S: LayerStore> std::fmt::Debug for ReleaseHandle<S> {
@@ -615,7 +713,7 @@ impl<S: LayerStore> ReleaseHandle<S> {
         }
     }
 
-    fn watcher(watcher: Watcher<S::Layer>) -> Self {
+    fn watcher(watcher: Watcher<RegisteredLayer<S::Layer>>) -> Self {
         ReleaseHandle {
             kind: ReleaseKind::Watcher(watcher),
         }
@@ -629,7 +727,7 @@ impl<S: LayerStore> ReleaseHandle<S> {
                 .transfer()
                 .result()
                 .and_then(Result::ok)
-                .map(|layer| layer.chain_id()),
+                .map(|registered| registered.layer.chain_id()),
         }
     }
 

@@ -81,7 +81,8 @@ pub mod transfer;
 pub mod upload;
 
 pub use download::{
-    DownloadDescriptor, DownloadManager, Layer, LayerBlob, LayerStore, LayerStream, ReleaseHandle,
+    DownloadDescriptor, DownloadManager, Layer, LayerBlob, LayerStore, LayerStream,
+    RegisteredLayer, Registration, ReleaseHandle,
 };
 pub use error::{Error, Operation, SharedError};
 pub use ids::{ChainId, DiffId};

@@ -89,8 +89,8 @@ impl RetryPolicy {
                 return Err(err);
             }
             tracing::info!(
-                %operation, %id, attempt, max = self.max_attempts, error = %err,
-                "{operation} failed, retrying"
+                "{operation} of {id} failed (attempt {attempt} of {}), retrying: {err}",
+                self.max_attempts
             );
             self.count_down(operation, id, cancel, output, self.delay_ticks(attempt))
                 .await?;

@@ -28,6 +28,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::error::{Error, Operation};
 use crate::manager::{TransferContext, TransferManager};
@@ -155,7 +156,8 @@ impl UploadManager {
             }
             let descriptor = Arc::clone(descriptor);
             let retry = self.retry;
-            let work = move |ctx| upload_layer(ctx, descriptor, retry);
+            let span = tracing::info_span!("layer", id = %descriptor.id());
+            let work = move |ctx| upload_layer(ctx, descriptor, retry).instrument(span);
             let watcher = self
                 .transfers
                 .transfer(key.clone(), work, Arc::clone(&output))

@@ -10,7 +10,9 @@
 //!   `ID: Downloading 12.3MB/40.5MB (2.46MB/s)`, the speed being the average
 //!   since that last line;
 //! - a `Retrying in N seconds` countdown prints its first step only
-//!   (`ID: Retrying in 5 seconds`); the next status after it prints again.
+//!   (`ID: Retrying in 5 seconds`); the next status after it prints again,
+//!   and so does the first step of the next countdown (a failed attempt
+//!   right after a countdown starts a longer one: `Retrying in 10 seconds`).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -72,7 +74,10 @@ impl Log {
             ));
         };
         if shown.action != progress.action {
-            let countdown_goes_on = is_retry(&shown.action) && is_retry(&progress.action);
+            let countdown_goes_on = matches!(
+                (retry_seconds(&shown.action), retry_seconds(&progress.action)),
+                (Some(before), Some(now)) if now < before
+            );
             *shown = Shown {
                 action: progress.action.clone(),
                 at: now,
@@ -97,9 +102,10 @@ impl Log {
     }
 }
 
-/// Whether an action is a step of the retry countdown.
-fn is_retry(action: &str) -> bool {
-    action.starts_with("Retrying in ")
+/// The seconds left, if an action is a step of the retry countdown.
+fn retry_seconds(action: &str) -> Option<u64> {
+    let rest = action.strip_prefix("Retrying in ")?;
+    rest.split(' ').next()?.parse().ok()
 }
 
 fn status_line(id: &str, action: &str, counts: Option<&str>) -> String {

@@ -8,6 +8,7 @@ mod copy;
 mod local;
 mod login;
 mod machine_output;
+mod messages;
 mod pull;
 mod pull_robustness;
 mod push;

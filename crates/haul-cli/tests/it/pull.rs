@@ -509,41 +509,7 @@ fn schema1_manifests_from_old_registries_are_pulled() {
             Entry::whiteout("etc/gone"),
             Entry::random("bin/tool", 0o755, 50_000, 4),
         ]));
-    let layout = env.dir("s1-layout");
-    image.write_oci_layout(&layout, "t").unwrap();
-    // Docker schema 2 in the registry, which converts it to a signed
-    // schema 1 manifest for a client that asks only for that.
-    let mut args: Vec<std::ffi::OsString> = vec!["copy".into(), "--format".into(), "v2s2".into()];
-    args.extend(haul_testkit::skopeo::registry_flags(&env.registry, "dest-"));
-    args.push(format!("oci:{}:t", layout.display()).into());
-    args.push(format!("docker://{}", env.reference("library/s1:src")).into());
-    haul_testkit::skopeo::run_skopeo(args).unwrap();
-    let agent = env.registry.http_agent();
-    let url = |tag: &str| format!("{}/v2/library/s1/manifests/{tag}", env.registry.url());
-    let schema1 = haul_testkit::http::send(agent.get(&url("src")).set(
-        "Accept",
-        "application/vnd.docker.distribution.manifest.v1+prettyjws",
-    ))
-    .unwrap();
-    assert_eq!(
-        schema1.content_type(),
-        "application/vnd.docker.distribution.manifest.v1+prettyjws"
-    );
-    let bytes = schema1.into_string().unwrap();
-    let stored = haul_testkit::http::send_bytes(
-        agent.put(&url("old")).set(
-            "Content-Type",
-            "application/vnd.docker.distribution.manifest.v1+prettyjws",
-        ),
-        bytes.as_bytes(),
-    )
-    .unwrap();
-    assert_eq!(
-        stored.status(),
-        201,
-        "the registry keeps the schema 1 manifest"
-    );
-    let digest = stored.header("Docker-Content-Digest").unwrap().to_string();
+    let digest = put_schema1(&env, &image, "library/s1");
 
     let reference = env.reference("library/s1:old");
     let out = env.haul(&["--progress", "plain", "pull", &reference]);
@@ -574,4 +540,147 @@ fn schema1_manifests_from_old_registries_are_pulled() {
         "the same layers, recognised by their diffIDs"
     );
     env.assert_store_invariants();
+}
+
+fn schema1_image() -> haul_testkit::ImageBuilder {
+    haul_testkit::ImageBuilder::new()
+        .layer(LayerSpec::gzip(vec![
+            Entry::dir("etc", 0o755),
+            Entry::file("etc/old", 0o644, "schema 1\n"),
+        ]))
+        .layer(LayerSpec::gzip(vec![Entry::random(
+            "bin/tool", 0o755, 50_000, 4,
+        )]))
+}
+
+#[test]
+fn schema1_layers_already_exist_on_a_second_pull() {
+    let Some(env) = Env::start(RegistryConfig::no_auth().with_schema1()) else {
+        return;
+    };
+    let image = schema1_image();
+    put_schema1(&env, &image, "library/s1");
+    let proxy = FaultProxy::start(&env.registry.host()).unwrap();
+    let reference = format!("{}/library/s1:old", proxy.authority());
+    assert_ok(&env.haul(&["--progress", "plain", "pull", &reference]));
+    proxy.reset_counters();
+
+    let out = env.haul(&["--progress", "plain", "pull", &reference]);
+    assert_ok(&out);
+    let text = stdout(&out);
+    let built = image.write_oci_layout(&env.dir("again"), "t").unwrap();
+    for layer in &built.layers {
+        let id = short(&layer.blob.digest);
+        assert!(
+            text.contains(&format!("{id}: Already exists")),
+            "layer {id} is known by its blob's diffID:\n{text}"
+        );
+        assert!(!text.contains(&format!("{id}: Extracting")), "{text}");
+    }
+    assert!(
+        text.contains(&format!("Status: Image is up to date for {reference}")),
+        "{text}"
+    );
+    assert_eq!(
+        proxy.count_matching("GET", "/blobs/"),
+        0,
+        "no layer blob was fetched again"
+    );
+}
+
+#[test]
+fn schema1_images_can_be_pulled_blobs_only_and_copied_to_an_oci_layout() {
+    let Some(env) = Env::start(RegistryConfig::no_auth().with_schema1()) else {
+        return;
+    };
+    let image = schema1_image();
+    put_schema1(&env, &image, "library/s1");
+    let reference = env.reference("library/s1:old");
+    let built = image.write_oci_layout(&env.dir("again"), "t").unwrap();
+    let want: Vec<&str> = built.layers.iter().map(|l| l.diff_id.as_str()).collect();
+
+    let out = env.haul(&["pull", "--no-unpack", &reference]);
+    assert_ok(&out);
+    let out = env.haul(&["inspect", &reference]);
+    assert_ok(&out);
+    let inspected: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let diff_ids: Vec<&str> = inspected["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["diffID"].as_str().unwrap())
+        .collect();
+    assert_eq!(diff_ids, want, "diffIDs computed from the blobs");
+
+    let dir = env.dir("s1-oci");
+    let root = env.dir("copy-root");
+    let out = haul_in(
+        &root,
+        &[
+            "copy",
+            &format!("docker://{reference}"),
+            &format!("oci:{}:t", dir.display()),
+        ],
+    );
+    assert_ok(&out);
+    let layout = format!("oci:{}:t", dir.display());
+    let config =
+        haul_testkit::skopeo::run_skopeo(["inspect", "--config", layout.as_str()]).unwrap();
+    let config: serde_json::Value = serde_json::from_slice(&config).unwrap();
+    let copied: Vec<&str> = config["rootfs"]["diff_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap())
+        .collect();
+    assert_eq!(copied, want, "skopeo reads the copied image's diffIDs");
+}
+
+/// A complete download that does not match its digest is tried once more
+/// (a proxy may have corrupted it), not five times: then the pull fails
+/// with one sentence naming the expected and the actual digest.
+#[test]
+fn a_corrupt_layer_is_retried_once_then_fails_naming_both_digests() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let built = env.put_image(&sample_image(), "library/bad:1");
+    let proxy = FaultProxy::start(&env.registry.host()).unwrap();
+    let victim = built.layers[0].blob.digest.clone();
+    proxy.add_rule(Rule::new(
+        Match::path_ends_with(victim.as_str()).method("GET"),
+        Fault::FlipByte { offset: 100 },
+    ));
+    let start = std::time::Instant::now();
+    let out = haul_command(
+        env.root.path(),
+        &[
+            "--progress",
+            "plain",
+            "pull",
+            &format!("{}/library/bad:1", proxy.authority()),
+        ],
+    )
+    .env("HAUL_RETRY_TICK_MS", "1")
+    .output()
+    .unwrap();
+    let took = start.elapsed();
+    assert_eq!(out.status.code(), Some(1), "stdout: {}", stdout(&out));
+    let gets = proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.path.ends_with(victim.as_str()))
+        .count();
+    assert_eq!(gets, 2, "one download and one retry");
+    let err = stderr(&out);
+    assert_eq!(err.trim().lines().count(), 1, "one line of error: {err}");
+    assert!(
+        err.contains(victim.as_str()),
+        "names the expected digest: {err}"
+    );
+    assert!(
+        err.matches("sha256:").count() >= 2,
+        "names the digest the content had too: {err}"
+    );
+    assert!(took < std::time::Duration::from_secs(5), "took {took:?}");
 }

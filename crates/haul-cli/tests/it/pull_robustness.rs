@@ -474,13 +474,12 @@ fn retry_countdown_shows_in_plain_progress() {
     let built = env.put_image(&image, "library/sample:1");
     let victim = &built.layers[0].blob;
     let proxy = FaultProxy::start(&env.registry.host()).unwrap();
-    // The registry client retries 5xx and broken connections itself (and a
-    // broken body is resumed, not failed); a corrupted blob is what only a
-    // new attempt of the whole layer can fix.
+    // A failing request is one attempt of the layer, shown as a countdown
+    // (the registry client does not retry layer GETs on its own).
     proxy.add_rule(
         Rule::new(
             Match::path_ends_with(victim.digest.as_str()).method("GET"),
-            Fault::FlipByte { offset: 100 },
+            Fault::status(500),
         )
         .times(2),
     );
@@ -520,7 +519,7 @@ fn retry_countdown_shows_in_plain_progress() {
     assert_eq!(
         blob_gets(&proxy, &victim.digest).len(),
         3,
-        "two corrupted attempts and a good one"
+        "two failed attempts and a good one"
     );
     assert!(
         took < Duration::from_secs(10),
@@ -674,4 +673,315 @@ fn interrupt_cancels_a_pull_stalled_on_its_manifest() {
         pull.stderr()
     );
     env.assert_store_invariants();
+}
+
+/// `haul pull A B` of two schema 1 images sharing their base (diffIDs
+/// unknown: a first pull), with one download at a time and the proxy
+/// holding blobs so the order is known: A's base1 is registered before B
+/// asks for it (B starts its own base1 transfer, which waits for the
+/// slot), B joins A's transfer for base2, its top. When base2 is done, B
+/// is done, whatever its own base1 does (Docker reads the diffIDs from the
+/// top layer's parents); it must not fail with "too few parent layers".
+#[test]
+fn two_first_time_schema1_pulls_sharing_a_base_both_succeed() {
+    let Some(env) = Env::start(RegistryConfig::no_auth().with_schema1()) else {
+        return;
+    };
+    let base1 = LayerSpec::gzip(vec![Entry::random("base1", 0o644, 100_000, 11)]);
+    let base2 = LayerSpec::gzip(vec![Entry::random("base2", 0o644, 100_000, 12)]);
+    let top = LayerSpec::gzip(vec![Entry::random("top", 0o644, 100_000, 13)]);
+    let image_a = ImageBuilder::new()
+        .layer(base1.clone())
+        .layer(base2.clone())
+        .layer(top);
+    let image_b = ImageBuilder::new().layer(base1).layer(base2);
+    put_schema1(&env, &image_a, "library/s1a");
+    put_schema1(&env, &image_b, "library/s1b");
+    let built = image_a.write_oci_layout(&env.dir("built-a"), "t").unwrap();
+    let digest = |i: usize| built.layers[i].blob.digest.clone();
+    let id = |i: usize| short(&built.layers[i].blob.digest).to_string();
+
+    let proxy = FaultProxy::start(&env.registry.host()).unwrap();
+    let hold = |matcher: Match| {
+        let gate = haul_testkit::Gate::new();
+        proxy.add_rule(Rule::new(
+            matcher,
+            Fault::Hold {
+                after_bytes: 0,
+                gate: gate.clone(),
+            },
+        ));
+        gate
+    };
+    let b_manifest = hold(Match::path_contains("/library/s1b/manifests/").method("GET"));
+    let base2_blob = hold(Match::path_ends_with(digest(1).as_str()).method("GET"));
+    let top_blob = hold(Match::path_ends_with(digest(2).as_str()).method("GET"));
+
+    let a = format!("{}/library/s1a:old", proxy.authority());
+    let b = format!("{}/library/s1b:old", proxy.authority());
+    let mut command = haul_command(
+        env.root.path(),
+        &[
+            "--progress",
+            "plain",
+            "--max-concurrent-downloads",
+            "1",
+            "pull",
+            &a,
+            &b,
+        ],
+    );
+    command.env("HAUL_RETRY_TICK_MS", "1");
+    let mut pull = Running::spawn(command, &env.dir("out"), "pull");
+    let minute = Duration::from_secs(60);
+    let after = |text: &str, first: &str, then: &str| {
+        text.find(first).is_some_and(|at| text[at..].contains(then))
+    };
+    wait_until(minute, "A's base1 registered", || {
+        pull.stdout().contains(&format!("{}: Pull complete", id(0)))
+    });
+    b_manifest.open();
+    wait_until(minute, "B's own base1 waiting for the slot", || {
+        after(
+            &pull.stdout(),
+            &format!("{}: Pull complete", id(0)),
+            &format!("{}: Waiting", id(0)),
+        )
+    });
+    base2_blob.open();
+    wait_until(minute, "base2 registered", || {
+        pull.stdout().contains(&format!("{}: Pull complete", id(1)))
+    });
+    let b_status = format!("Status: Downloaded newer image for {b}");
+    let waited = Instant::now();
+    while !pull.stdout().contains(&b_status) && waited.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let b_done_before_a = pull.stdout().contains(&b_status);
+    top_blob.open();
+    pull.assert_ok(minute);
+    assert!(
+        b_done_before_a,
+        "B was done as soon as its top layer was, while A's top was held:\n{}",
+        pull.stdout()
+    );
+    assert_eq!(
+        proxy.count_matching("GET", digest(1).as_str()),
+        1,
+        "base2 moved once, for both pulls"
+    );
+    assert_exports(&env, &a, &image_a, "export-a");
+    assert_exports(&env, &b, &image_b, "export-b");
+}
+
+/// The first layer of the sample image in the registry, behind a proxy.
+fn sample_behind_proxy(env: &Env) -> (BuiltImage, FaultProxy, String) {
+    let built = env.put_image(&sample_image(), "library/sample:1");
+    let proxy = FaultProxy::start(&env.registry.host()).unwrap();
+    let reference = format!("{}/library/sample:1", proxy.authority());
+    (built, proxy, reference)
+}
+
+/// A blob that answers 500 every time costs exactly the layer's attempts
+/// (5 by default): one request each, each failure shown as a countdown in
+/// plain and JSON progress and logged at -v with its attempt number.
+#[test]
+fn a_blob_answering_500_costs_one_request_per_layer_attempt() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let (built, proxy, reference) = sample_behind_proxy(&env);
+    let victim = built.layers[0].blob.digest.clone();
+    proxy.add_rule(Rule::new(
+        Match::path_ends_with(victim.as_str()).method("GET"),
+        Fault::status(500),
+    ));
+    let id = short(&victim).to_string();
+    for mode in ["plain", "json"] {
+        proxy.reset_counters();
+        let out = haul_command(
+            env.root.path(),
+            &["-v", "--progress", mode, "pull", &reference],
+        )
+        .env("HAUL_RETRY_TICK_MS", "1")
+        .output()
+        .expect("haul runs");
+        assert_eq!(out.status.code(), Some(1), "{mode}: {}", stdout(&out));
+        assert_eq!(
+            blob_gets(&proxy, &victim).len(),
+            5,
+            "{mode}: one request per attempt, 5 attempts"
+        );
+        let text = stdout(&out);
+        for seconds in [5, 10, 15, 20] {
+            let shown = format!("Retrying in {seconds} seconds");
+            let seen = match mode {
+                "plain" => text.contains(&format!("{id}: {shown}")),
+                _ => text.lines().any(|line| {
+                    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                    v["id"] == id.as_str() && v["status"] == shown.as_str()
+                }),
+            };
+            assert!(
+                seen,
+                "{mode}: the countdown after attempt {} shows\n{text}",
+                seconds / 5
+            );
+        }
+        let log = stderr(&out);
+        for attempt in 1..=4 {
+            let line = log
+                .lines()
+                .find(|l| l.contains(&format!("(attempt {attempt} of 5), retrying")))
+                .unwrap_or_else(|| panic!("{mode}: -v logs attempt {attempt}:\n{log}"));
+            // The line names the image (the pull's span) and the layer
+            // (the transfer's span).
+            assert!(
+                line.contains(&format!("pull{{image={reference}}}"))
+                    && line.contains(&format!("layer{{id={id}}}")),
+                "{mode}: {line}"
+            );
+        }
+    }
+}
+
+/// `--max-download-attempts 1` means one request, and the error comes at
+/// once (no countdown, no hidden retries), with the real tick.
+#[test]
+fn one_download_attempt_means_one_request_and_a_prompt_error() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let (built, proxy, reference) = sample_behind_proxy(&env);
+    let victim = built.layers[0].blob.digest.clone();
+    proxy.add_rule(Rule::new(
+        Match::path_ends_with(victim.as_str()).method("GET"),
+        Fault::status(500),
+    ));
+    let start = Instant::now();
+    let out = env.haul(&[
+        "--progress",
+        "plain",
+        "--max-download-attempts",
+        "1",
+        "pull",
+        &reference,
+    ]);
+    let took = start.elapsed();
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert_eq!(blob_gets(&proxy, &victim).len(), 1, "one try");
+    assert!(!stdout(&out).contains("Retrying"), "{}", stdout(&out));
+    assert!(took < Duration::from_secs(3), "the error took {took:?}");
+}
+
+/// A connection dropped midway after moving the download on is resumed
+/// with Range at once and spends no attempt: one attempt is enough.
+#[test]
+fn a_dropped_then_resumed_blob_spends_no_attempt() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let image = big_image(BIG);
+    let built = env.put_image(&image, "library/big:1");
+    let big = big_blob(&built).clone();
+    let proxy = FaultProxy::start(&env.registry.host()).unwrap();
+    proxy.add_rule(
+        Rule::new(
+            Match::path_ends_with(big.digest.as_str()).method("GET"),
+            Fault::DropAfterBytes(BIG / 3),
+        )
+        .times(2),
+    );
+    let reference = format!("{}/library/big:1", proxy.authority());
+    let out = env.haul(&[
+        "--progress",
+        "plain",
+        "--max-download-attempts",
+        "1",
+        "pull",
+        &reference,
+    ]);
+    assert_ok(&out);
+    assert!(!stdout(&out).contains("Retrying"), "{}", stdout(&out));
+    let gets = blob_gets(&proxy, &big.digest);
+    assert_eq!(gets.len(), 3, "two drops, each resumed: {gets:#?}");
+    assert_eq!(
+        gets[1].header("range"),
+        Some(format!("bytes={}-", BIG / 3).as_str())
+    );
+    assert_eq!(
+        gets.iter().map(|g| g.response_bytes).sum::<u64>(),
+        big.size,
+        "no byte fetched twice"
+    );
+    assert_exports(&env, &reference, &image, "export");
+}
+
+/// A download slot covers network work only: with one slot, the second
+/// layer's download starts as soon as the first layer's blob is in,
+/// while the first is still extracting (128 MB of zeros from a small
+/// blob: fast to fetch, slow to unpack).
+#[test]
+fn the_next_download_starts_while_the_previous_layer_is_still_extracting() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let image = ImageBuilder::new()
+        .layer(LayerSpec::gzip(vec![Entry::file(
+            "zeros",
+            0o644,
+            vec![0u8; 128 * 1024 * 1024],
+        )]))
+        .layer(LayerSpec::gzip(vec![Entry::random(
+            "small", 0o644, 10_000, 5,
+        )]));
+    let built = env.put_image(&image, "library/slow-unpack:1");
+    let proxy = FaultProxy::start(&env.registry.host()).unwrap();
+    let reference = format!("{}/library/slow-unpack:1", proxy.authority());
+    let first = short(&built.layers[0].blob.digest).to_string();
+    let second = built.layers[1].blob.digest.clone();
+    let command = haul_command(
+        env.root.path(),
+        &[
+            "--progress",
+            "plain",
+            "--max-concurrent-downloads",
+            "1",
+            "pull",
+            &reference,
+        ],
+    );
+    let mut pull = Running::spawn(command, &env.dir("out"), "pull");
+    let start = Instant::now();
+    let (mut second_started, mut first_done) = (None, None);
+    while first_done.is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{}",
+            pull.stdout()
+        );
+        if second_started.is_none() && !blob_gets(&proxy, &second).is_empty() {
+            second_started = Some(Instant::now());
+        }
+        if pull.stdout().contains(&format!("{first}: Pull complete")) {
+            first_done = Some(Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    pull.assert_ok(Duration::from_secs(60));
+    let second_started =
+        second_started.expect("the second layer was fetched before the first was complete");
+    let overlap = first_done.unwrap() - second_started;
+    eprintln!("the second download started {overlap:?} before the first layer was extracted");
+    assert!(
+        overlap > Duration::from_millis(50),
+        "the second download started only {overlap:?} before the first layer was extracted"
+    );
+    let text = pull.stdout();
+    let at = |line: &str| {
+        text.find(line)
+            .unwrap_or_else(|| panic!("{line:?} in\n{text}"))
+    };
+    assert!(at(&format!("{first}: Download complete")) < at(&format!("{first}: Extracting")));
+    assert_exports(&env, &reference, &image, "export");
 }

@@ -338,3 +338,69 @@ fn a_push_outliving_its_token_gets_a_new_one() {
     );
     env.assert_store_invariants();
 }
+
+/// Ctrl-C stops a push; a second Ctrl-C ends the process at once, even
+/// while it waits for an answer the first one could not cut short (here
+/// the registry holds its answer to the manifest upload).
+#[test]
+fn a_second_interrupt_ends_a_push_at_once() {
+    use haul_testkit::fault_proxy::{Fault, Match, Rule};
+    use std::time::{Duration, Instant};
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let (_, source) = pulled_big_image(&env);
+    let target = Registry::start(RegistryConfig::no_auth()).unwrap();
+    let (proxy, reference) = tagged_for(&env, &source, &target, "team/big:1");
+    let gate = haul_testkit::Gate::new();
+    proxy.add_rule(Rule::new(
+        Match::path_contains("/manifests/").method("PUT"),
+        Fault::HoldRequest(gate.clone()),
+    ));
+    let outputs = env.dir("out");
+    std::fs::create_dir_all(&outputs).unwrap();
+    let mut child = haul_command(
+        env.root.path(),
+        &["--progress", "plain", "push", &reference],
+    )
+    .stdin(std::process::Stdio::null())
+    .stdout(std::fs::File::create(outputs.join("stdout")).unwrap())
+    .stderr(std::fs::File::create(outputs.join("stderr")).unwrap())
+    .spawn()
+    .unwrap();
+    let start = Instant::now();
+    while proxy.count_matching("PUT", "/manifests/") == 0 {
+        assert!(start.elapsed() < Duration::from_secs(30), "no manifest PUT");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let interrupt = || {
+        let status = std::process::Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    interrupt();
+    std::thread::sleep(Duration::from_millis(300));
+    interrupt();
+    let second = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if second.elapsed() > Duration::from_secs(3) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    gate.open();
+    let status = status.expect("the second interrupt ends haul at once");
+    assert!(!status.success());
+    assert!(
+        second.elapsed() < Duration::from_secs(1),
+        "ended {:?} after the second interrupt",
+        second.elapsed()
+    );
+}

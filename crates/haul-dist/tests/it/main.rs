@@ -2,3 +2,5 @@
 //! area) so that a change relinks one test executable, not one per file.
 
 mod archive;
+mod pull_races;
+mod upload_cancel;

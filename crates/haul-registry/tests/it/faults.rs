@@ -344,3 +344,52 @@ async fn interrupted_chunked_upload_continues_from_the_registry_offset() {
         "only the refused chunk was sent again, never the completed ones"
     );
 }
+
+/// A layer attempt's stream (the caller counts attempts): a failing
+/// request is sent once and ends the stream; a connection that breaks
+/// after moving the download on is resumed at once, every time.
+#[tokio::test]
+async fn an_attempt_stream_sends_a_failing_request_once_and_resumes_only_after_progress() {
+    use futures::TryStreamExt;
+    let Some((s, data, digest)) = setup(RegistryConfig::no_auth(), |_| {}).await else {
+        return;
+    };
+    let gets = |s: &Setup| {
+        s.proxy
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == "GET" && r.path.contains("/blobs/sha256:"))
+            .count()
+    };
+    s.proxy.add_rule(
+        Rule::new(
+            Match::path_contains("/blobs/sha256:").method("GET"),
+            Fault::status(500),
+        )
+        .once(),
+    );
+    let failed: Result<Vec<Bytes>, Error> = s
+        .repo
+        .blob_stream_attempt(&digest, Some(data.len() as u64), 0)
+        .try_collect()
+        .await;
+    assert!(failed.is_err(), "the 500 ends the attempt");
+    assert_eq!(gets(&s), 1, "sent once");
+
+    s.proxy.reset_counters();
+    s.proxy.add_rule(
+        Rule::new(
+            Match::path_contains("/blobs/sha256:").method("GET"),
+            Fault::DropAfterBytes(300_000),
+        )
+        .times(3),
+    );
+    let chunks: Vec<Bytes> = s
+        .repo
+        .blob_stream_attempt(&digest, Some(data.len() as u64), 0)
+        .try_collect()
+        .await
+        .expect("every drop followed progress: resumed for free");
+    assert_eq!(chunks.concat(), data);
+    assert_eq!(gets(&s), 4, "three drops, three resumes");
+}

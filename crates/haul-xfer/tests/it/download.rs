@@ -166,6 +166,7 @@ async fn watchers_see_waiting_and_the_whole_retry_countdown() {
             "Retrying in 2 seconds",
             "Retrying in 1 second",
             "Downloading",
+            "Extracting",
             "Pull complete"
         ]
     );
@@ -175,16 +176,21 @@ async fn watchers_see_waiting_and_the_whole_retry_countdown() {
             "Pulling fs layer",
             "Waiting",
             "Downloading",
+            "Extracting",
             "Pull complete"
         ],
         "the fourth download waits for one of the three slots"
     );
-    // ("Extracting" is written too, but the in-memory store registers
-    // without pausing, so "Pull complete" replaces it before any watcher
-    // looks: watchers get the latest record, not every one.)
+    // Every stage reaches every watcher, also one replaced at once (the
+    // in-memory store registers without pausing); only counts coalesce.
     assert_eq!(
         actions("id2"),
-        ["Pulling fs layer", "Downloading", "Pull complete"]
+        [
+            "Pulling fs layer",
+            "Downloading",
+            "Extracting",
+            "Pull complete"
+        ]
     );
     assert!(
         started.elapsed() >= Duration::from_secs(5),
@@ -559,4 +565,91 @@ async fn cancelling_one_pull_does_not_cancel_layers_another_pull_waits_for() {
         .unwrap()
         .expect("the other pull completes");
     assert_eq!(diff_id_strings(&b_ids), [ID1, ID2]);
+}
+
+/// Docker reads an image's diffIDs from its top layer's parents. A pull
+/// that joins another pull's transfer for layer 2, while holding its own
+/// fresh transfer for layer 1 (the other pull's layer 1 had finished, its
+/// diffID unknown to the descriptor), must not depend on that fresh
+/// transfer: here it never finishes, and the pull still succeeds with the
+/// chain it joined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_joining_another_pulls_top_layer_reads_the_diff_ids_of_that_chain() {
+    let store = MockLayerStore::new();
+    let manager = DownloadManager::new(Arc::clone(&store)).with_retry_policy(fast_retries());
+    let release_b = CancellationToken::new();
+    let first = vec![
+        Arc::new(MockDownload::new("la")),
+        Arc::new(MockDownload::new("lb").gated(&release_b)),
+    ];
+    let first_output = RecordingOutput::new();
+    let first_pull = {
+        let manager = manager.clone();
+        let first = first.clone();
+        let output = output(&first_output);
+        tokio::spawn(async move {
+            manager
+                .download(&CancellationToken::new(), &first, output)
+                .await
+        })
+    };
+    // The first pull's bottom layer is registered and its transfer gone;
+    // its top layer is still downloading.
+    within(10, "the first pull's bottom layer", async {
+        while !first_output
+            .records_for("la")
+            .iter()
+            .any(|p| p.action == "Pull complete")
+            || manager.transfers().in_flight() != 1
+        {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+
+    let never = CancellationToken::new();
+    let second = vec![
+        Arc::new(MockDownload::new("la").gated(&never)),
+        Arc::new(MockDownload::new("lb")),
+    ];
+    let second_output = RecordingOutput::new();
+    let second_pull = {
+        let manager = manager.clone();
+        let second = second.clone();
+        let output = output(&second_output);
+        tokio::spawn(async move {
+            manager
+                .download(&CancellationToken::new(), &second, output)
+                .await
+        })
+    };
+    within(10, "the second pull's own bottom layer starts", async {
+        while second[0].attempts.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    release_b.cancel();
+
+    let expected = [
+        common::sha256_digest(&MockDownload::new("la").content()),
+        common::sha256_digest(&MockDownload::new("lb").content()),
+    ];
+    let (diff_ids, release) = within(10, "first pull", first_pull)
+        .await
+        .unwrap()
+        .expect("the first pull succeeds");
+    release.release().await;
+    assert_eq!(diff_id_strings(&diff_ids), expected);
+    let (diff_ids, release) = within(10, "second pull", second_pull)
+        .await
+        .unwrap()
+        .expect("the second pull succeeds on the chain it joined");
+    release.release().await;
+    assert_eq!(diff_id_strings(&diff_ids), expected);
+    assert_eq!(
+        second[1].attempts.load(Ordering::SeqCst),
+        0,
+        "the second pull joined the first pull's top layer"
+    );
 }

@@ -267,3 +267,44 @@ impl Env {
         assert_store_invariants(self.root.path());
     }
 }
+
+/// Puts `image` into the registry as `REPO:old` with a signed schema 1
+/// manifest (the registry converts a schema 2 one for a client that asks
+/// only for schema 1); returns that manifest's digest.
+pub fn put_schema1(env: &Env, image: &haul_testkit::ImageBuilder, repo: &str) -> String {
+    let layout = env.dir(&format!("s1-layout-{}", repo.replace('/', "_")));
+    image.write_oci_layout(&layout, "t").unwrap();
+    // Docker schema 2 in the registry, which converts it to a signed
+    // schema 1 manifest for a client that asks only for that.
+    let mut args: Vec<std::ffi::OsString> = vec!["copy".into(), "--format".into(), "v2s2".into()];
+    args.extend(haul_testkit::skopeo::registry_flags(&env.registry, "dest-"));
+    args.push(format!("oci:{}:t", layout.display()).into());
+    args.push(format!("docker://{}", env.reference(&format!("{repo}:src"))).into());
+    haul_testkit::skopeo::run_skopeo(args).unwrap();
+    let agent = env.registry.http_agent();
+    let url = |tag: &str| format!("{}/v2/{repo}/manifests/{tag}", env.registry.url());
+    let schema1 = haul_testkit::http::send(agent.get(&url("src")).set(
+        "Accept",
+        "application/vnd.docker.distribution.manifest.v1+prettyjws",
+    ))
+    .unwrap();
+    assert_eq!(
+        schema1.content_type(),
+        "application/vnd.docker.distribution.manifest.v1+prettyjws"
+    );
+    let bytes = schema1.into_string().unwrap();
+    let stored = haul_testkit::http::send_bytes(
+        agent.put(&url("old")).set(
+            "Content-Type",
+            "application/vnd.docker.distribution.manifest.v1+prettyjws",
+        ),
+        bytes.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(
+        stored.status(),
+        201,
+        "the registry keeps the schema 1 manifest"
+    );
+    stored.header("Docker-Content-Digest").unwrap().to_string()
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use haul_xfer::{
     ChainId, DiffId, DownloadDescriptor, Error, Layer, LayerBlob, LayerStore, LayerStream,
-    Progress, ProgressOutput, RemoteDescriptor, RetryPolicy, UploadDescriptor,
+    Progress, ProgressOutput, Registration, RemoteDescriptor, RetryPolicy, UploadDescriptor,
 };
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
@@ -204,21 +204,10 @@ impl MockLayerStore {
     }
 }
 
-impl LayerStore for MockLayerStore {
-    type Layer = MockLayer;
-
-    fn chain_id(&self, parent: Option<&ChainId>, diff_id: &DiffId) -> ChainId {
-        chain_id(parent, diff_id)
-    }
-
-    async fn get(&self, chain_id: &ChainId) -> Option<MockLayer> {
-        self.layers.lock().unwrap().get(chain_id).cloned()
-    }
-
-    async fn register(
+impl MockLayerStore {
+    async fn register_stream(
         &self,
         mut stream: LayerStream,
-        _diff_id: Option<&DiffId>,
         parent: Option<&ChainId>,
     ) -> Result<MockLayer, Error> {
         let gate = self.registration_gate.lock().unwrap().clone();
@@ -248,9 +237,42 @@ impl LayerStore for MockLayerStore {
         self.registrations.fetch_add(1, Ordering::SeqCst);
         Ok(layer)
     }
+}
 
-    async fn diff_stream(&self, layer: &MockLayer) -> Result<LayerStream, Error> {
-        Ok(Box::pin(Cursor::new(layer.bytes.as_ref().clone())))
+impl LayerStore for MockLayerStore {
+    type Layer = MockLayer;
+    type Blob = LayerBlob;
+
+    fn chain_id(&self, parent: Option<&ChainId>, diff_id: &DiffId) -> ChainId {
+        chain_id(parent, diff_id)
+    }
+
+    async fn get(&self, chain_id: &ChainId) -> Option<MockLayer> {
+        self.layers.lock().unwrap().get(chain_id).cloned()
+    }
+
+    async fn register(
+        &self,
+        blob: LayerBlob,
+        parent: Option<&ChainId>,
+        registration: &Registration,
+    ) -> Result<MockLayer, Error> {
+        self.register_stream(blob.into_extracting(registration), parent)
+            .await
+    }
+
+    async fn register_again(
+        &self,
+        layer: &MockLayer,
+        parent: Option<&ChainId>,
+        registration: &Registration,
+    ) -> Result<MockLayer, Error> {
+        let blob = LayerBlob {
+            stream: Box::pin(Cursor::new(layer.bytes.as_ref().clone())),
+            size: layer.bytes.len() as u64,
+        };
+        self.register_stream(blob.into_extracting(registration), parent)
+            .await
     }
 
     async fn release(&self, _layer: MockLayer) {
@@ -274,6 +296,8 @@ pub struct MockDownload {
     pub closed: AtomicUsize,
     /// If set, the failure is marked do-not-retry.
     pub permanent_failure: AtomicBool,
+    /// If set, `download` finishes only once this token fires.
+    pub gate: Option<CancellationToken>,
 }
 
 impl MockDownload {
@@ -289,7 +313,14 @@ impl MockDownload {
             registered: Mutex::new(None),
             closed: AtomicUsize::new(0),
             permanent_failure: AtomicBool::new(false),
+            gate: None,
         }
+    }
+
+    /// A download that completes only once `gate` fires.
+    pub fn gated(mut self, gate: &CancellationToken) -> Self {
+        self.gate = Some(gate.clone());
+        self
     }
 
     pub fn with_diff_id(mut self, diff_id: &str) -> Self {
@@ -317,6 +348,8 @@ impl MockDownload {
 }
 
 impl DownloadDescriptor for MockDownload {
+    type Blob = LayerBlob;
+
     fn key(&self) -> String {
         self.id.clone()
     }
@@ -353,6 +386,12 @@ impl DownloadDescriptor for MockDownload {
                 }
             }
         }
+        if let Some(gate) = &self.gate {
+            tokio::select! {
+                _ = cancel.cancelled() => return Err(Error::Cancelled),
+                _ = gate.cancelled() => {}
+            }
+        }
         if self.failures.load(Ordering::SeqCst) < self.simulate_retries {
             let failed = self.failures.fetch_add(1, Ordering::SeqCst) + 1;
             let err = Error::failed(format!(
@@ -367,7 +406,6 @@ impl DownloadDescriptor for MockDownload {
         Ok(LayerBlob {
             stream: Box::pin(Cursor::new(self.content())),
             size: 0,
-            diff_id: None,
         })
     }
 

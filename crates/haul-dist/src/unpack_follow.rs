@@ -1,0 +1,283 @@
+//! Unpacking a layer from its blob's file while the download writes it.
+//!
+//! The network never waits for the unpacker: the download appends to the
+//! ingest's partial file and publishes how far it got ([`Written`]); the
+//! unpacker reads that file behind it ([`FollowReader`], from the page
+//! cache), and waits when it has caught up. So a layer is still inflated
+//! and unpacked as its bytes arrive, but a slow unpack only falls behind,
+//! and the download (and its network slot) ends when the last byte is on
+//! disk. Unpacks run under their own limit ([`UnpackSlots`]).
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+
+use haul_store::StagedLayer;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+
+use crate::error::{Error, Result};
+
+/// How many layers unpack at once; shared by every pull of a puller.
+pub(crate) type UnpackSlots = Arc<Semaphore>;
+
+/// Unpack slots for `limit` layers at once (0 = unlimited).
+pub(crate) fn unpack_slots(limit: usize) -> UnpackSlots {
+    let permits = if limit == 0 {
+        Semaphore::MAX_PERMITS
+    } else {
+        limit
+    };
+    Arc::new(Semaphore::new(permits))
+}
+
+/// How far the download has written a blob's file, and how it ended.
+#[derive(Debug, Default)]
+pub(crate) struct Written {
+    state: Mutex<WrittenState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct WrittenState {
+    bytes: u64,
+    /// `Some` once no more bytes will come: `Ok` when the blob is whole.
+    end: Option<std::result::Result<(), String>>,
+    cancelled: bool,
+}
+
+impl Written {
+    /// A file already holding `bytes` bytes, more to come.
+    pub(crate) fn growing(bytes: u64) -> Arc<Self> {
+        let written = Written::default();
+        written.lock().bytes = bytes;
+        Arc::new(written)
+    }
+
+    /// A complete file of `bytes` bytes.
+    pub(crate) fn complete(bytes: u64) -> Arc<Self> {
+        let written = Written::growing(bytes);
+        written.finish(Ok(()));
+        written
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, WrittenState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `n` more bytes are in the file.
+    pub(crate) fn advance(&self, n: u64) {
+        self.lock().bytes += n;
+        self.changed.notify_all();
+    }
+
+    /// No more bytes will come: the blob is whole (`Ok`) or the download
+    /// failed (`Err`, which the reader then returns).
+    pub(crate) fn finish(&self, end: std::result::Result<(), String>) {
+        self.lock().end.get_or_insert(end);
+        self.changed.notify_all();
+    }
+
+    /// The unpack is no longer wanted: the reader fails at once.
+    pub(crate) fn cancel(&self) {
+        self.lock().cancelled = true;
+        self.changed.notify_all();
+    }
+}
+
+/// Reads a blob's file no further than [`Written`] says, waiting for more.
+pub(crate) struct FollowReader {
+    file: File,
+    position: u64,
+    written: Arc<Written>,
+    read: Arc<AtomicU64>,
+}
+
+impl FollowReader {
+    /// Reads `file` from its start; `read` tells how far it got.
+    pub(crate) fn new(file: File, written: Arc<Written>, read: Arc<AtomicU64>) -> Self {
+        Self {
+            file,
+            position: 0,
+            written,
+            read,
+        }
+    }
+}
+
+impl Read for FollowReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let available = {
+            let mut state = self.written.lock();
+            loop {
+                if state.cancelled {
+                    return Err(io::Error::other("layer unpack cancelled"));
+                }
+                if state.bytes > self.position {
+                    break state.bytes - self.position;
+                }
+                match &state.end {
+                    Some(Ok(())) => return Ok(0),
+                    Some(Err(message)) => return Err(io::Error::other(message.clone())),
+                    None => {
+                        state = self
+                            .written
+                            .changed
+                            .wait(state)
+                            .unwrap_or_else(|p| p.into_inner());
+                    }
+                }
+            }
+        };
+        let want = buf
+            .len()
+            .min(usize::try_from(available).unwrap_or(usize::MAX));
+        let n = self.file.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the blob's file is shorter than what was written to it",
+            ));
+        }
+        self.position += n as u64;
+        self.read.store(self.position, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// A layer being unpacked from its blob, handed from the download to the
+/// registration; dropping it unregistered stops the unpack (its staging
+/// directory is then removed).
+#[derive(Debug)]
+pub struct Unpacking {
+    task: Option<JoinHandle<Result<StagedLayer>>>,
+    written: Arc<Written>,
+    read: Arc<AtomicU64>,
+    size: u64,
+}
+
+impl Unpacking {
+    /// Starts unpacking once an unpack slot is free; `unpack` does the
+    /// work on a blocking thread with a reader of the blob.
+    pub(crate) fn start(
+        slots: &UnpackSlots,
+        file: File,
+        written: Arc<Written>,
+        size: u64,
+        unpack: impl FnOnce(FollowReader) -> Result<StagedLayer> + Send + 'static,
+    ) -> Self {
+        let read = Arc::new(AtomicU64::new(0));
+        let reader = FollowReader::new(file, Arc::clone(&written), Arc::clone(&read));
+        let slots = Arc::clone(slots);
+        let task = tokio::spawn(async move {
+            let _slot = slots
+                .acquire_owned()
+                .await
+                .map_err(|_| Error::Internal("the unpack slots were closed".into()))?;
+            tokio::task::spawn_blocking(move || unpack(reader))
+                .await
+                .map_err(|e| Error::Internal(format!("an unpack thread failed: {e}")))?
+        });
+        Self {
+            task: Some(task),
+            written,
+            read,
+            size,
+        }
+    }
+
+    /// Bytes of the blob the unpacker has read so far, and the blob's size.
+    pub fn progress(&self) -> (u64, u64) {
+        (self.read.load(Ordering::Relaxed), self.size)
+    }
+
+    /// Waits for the unpacked layer. Cancel-safe: dropping the future
+    /// leaves the unpack to be stopped by dropping `self`.
+    pub(crate) async fn finished(&mut self) -> Result<StagedLayer> {
+        let task = self
+            .task
+            .as_mut()
+            .ok_or_else(|| Error::Internal("an unpack was awaited twice".into()))?;
+        let result = task
+            .await
+            .map_err(|e| Error::Internal(format!("an unpack task failed: {e}")))?;
+        self.task = None;
+        result
+    }
+}
+
+impl Drop for Unpacking {
+    fn drop(&mut self) {
+        if self.task.is_some() {
+            self.written.cancel();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn follower(dir: &tempfile::TempDir) -> (File, FollowReader, Arc<Written>, Arc<AtomicU64>) {
+        let path = dir.path().join("blob.partial");
+        let writer = File::create(&path).unwrap();
+        let written = Written::growing(0);
+        let read = Arc::new(AtomicU64::new(0));
+        let reader = FollowReader::new(
+            File::open(&path).unwrap(),
+            Arc::clone(&written),
+            Arc::clone(&read),
+        );
+        (writer, reader, written, read)
+    }
+
+    #[test]
+    fn the_reader_follows_the_writer_and_ends_with_the_blob() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut file, mut reader, written, read) = follower(&dir);
+        let writer = std::thread::spawn(move || {
+            for i in 0..50u8 {
+                file.write_all(&[i; 1000]).unwrap();
+                written.advance(1000);
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            written.finish(Ok(()));
+        });
+        let mut all = Vec::new();
+        reader.read_to_end(&mut all).unwrap();
+        writer.join().unwrap();
+        assert_eq!(all.len(), 50_000);
+        assert!(all
+            .chunks(1000)
+            .enumerate()
+            .all(|(i, c)| c.iter().all(|b| *b == i as u8)));
+        assert_eq!(read.load(Ordering::Relaxed), 50_000);
+    }
+
+    #[test]
+    fn a_failed_download_or_a_cancel_fails_the_waiting_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut file, mut reader, written, _) = follower(&dir);
+        file.write_all(b"abc").unwrap();
+        written.advance(3);
+        let mut buf = [0u8; 10];
+        assert_eq!(reader.read(&mut buf).unwrap(), 3);
+        let finisher = {
+            let written = Arc::clone(&written);
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                written.finish(Err("connection reset".into()));
+            })
+        };
+        let err = reader.read(&mut buf).unwrap_err();
+        finisher.join().unwrap();
+        assert_eq!(err.to_string(), "connection reset");
+
+        let dir = tempfile::tempdir().unwrap();
+        let (_file, mut reader, written, _) = follower(&dir);
+        written.cancel();
+        assert!(reader.read(&mut buf).is_err());
+    }
+}
