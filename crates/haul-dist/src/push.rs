@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use haul_oci::{Digest, Reference};
-use haul_registry::{FileSource, MountOutcome, RegistryClient, Repository};
+use haul_registry::{FileSource, MountOutcome, RegistryClient, Repository, ResumableUpload};
 use haul_store::{ImageLayer, ImageRecord, Store};
 use haul_xfer::{
     short_id, ProgressOutput, RemoteDescriptor, RetryPolicy, UploadDescriptor, UploadManager,
@@ -213,6 +213,7 @@ impl Pusher {
                     layer: layer.clone(),
                     target: target.clone(),
                     chunking: self.chunking,
+                    upload: ResumableUpload::new(),
                 })
             })
             .collect();
@@ -263,6 +264,8 @@ struct PushLayer {
     /// `registry/repository` pushed to.
     target: String,
     chunking: Chunking,
+    /// The upload session across this layer's attempts.
+    upload: ResumableUpload,
 }
 
 impl PushLayer {
@@ -309,10 +312,11 @@ impl PushLayer {
             blocking(move || Ok(store.distribution_sources(&diff)?)).await?
         };
         let prefix = format!("{}/", self.repo.registry());
-        let mut session = None;
+        // An attempt that left a session goes on with it rather than mounting.
+        let resuming = self.upload.session().is_some();
         for source in sources
             .iter()
-            .filter(|s| &s.digest == digest && s.repository != self.target)
+            .filter(|s| !resuming && &s.digest == digest && s.repository != self.target)
         {
             let Some(from) = source.repository.strip_prefix(&prefix) else {
                 continue;
@@ -324,7 +328,7 @@ impl PushLayer {
                     return Ok(self.remote());
                 }
                 Ok(MountOutcome::Upload(s)) => {
-                    session = Some(s);
+                    self.upload.offer(s);
                     break;
                 }
                 Err(e) => tracing::debug!("mount of {digest} from {from} failed: {e}"),
@@ -350,7 +354,7 @@ impl PushLayer {
             digest,
             self.layer.size,
             &source,
-            session,
+            &self.upload,
             self.chunking,
         )
         .await?;

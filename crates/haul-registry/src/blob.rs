@@ -38,6 +38,7 @@ impl Repository {
             action: format!("{action} blob {digest}"),
             scopes: self.pull_scope(),
             resendable: true,
+            resend_after_transport_error: true,
         }
     }
 

@@ -112,6 +112,7 @@ impl Repository {
             action: format!("{action} manifest {reference}"),
             scopes,
             resendable: true,
+            resend_after_transport_error: true,
         }
     }
 
@@ -303,6 +304,7 @@ impl Repository {
             action: "GET tags".into(),
             scopes: self.pull_scope(),
             resendable: true,
+            resend_after_transport_error: true,
         };
         let mut url = self
             .host
