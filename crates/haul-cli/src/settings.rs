@@ -26,10 +26,16 @@ pub fn store_root(cli: &Cli) -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from(home).join(".local/share/haul"))
 }
 
-/// Opens the store.
+/// Opens the store. The hidden `HAUL_LOCK_TIMEOUT_SECS` changes how long
+/// a lock another haul holds is waited for (default 10 minutes).
 pub fn open_store(cli: &Cli) -> anyhow::Result<Store> {
     let root = store_root(cli)?;
-    Store::open(&root).with_context(|| format!("cannot open the store at {}", root.display()))
+    let store = Store::open(&root)
+        .with_context(|| format!("cannot open the store at {}", root.display()))?;
+    Ok(match env_number("HAUL_LOCK_TIMEOUT_SECS") {
+        Some(secs) => store.with_lock_timeout(Some(Duration::from_secs(secs))),
+        None => store,
+    })
 }
 
 /// Registry client settings from the global options. The hidden

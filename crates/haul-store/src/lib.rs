@@ -104,7 +104,7 @@ pub use error::{Error, Result};
 pub use export::{ExportOptions, ExportReport};
 pub use gc::{GcOptions, GcReport};
 pub use images::{ImageLayer, ImageRecord};
-pub use ingest::{Ingest, IngestOutcome};
+pub use ingest::{Ingest, IngestOutcome, ParkedBlob};
 pub use layers::{chain_id, LayerInfo, StagedLayer};
 pub use layout::{ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME};
 pub use lock::Lease;
@@ -123,13 +123,22 @@ use crate::lock::{FileLock, LockKind};
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    /// How long a lock is waited for when the caller names no limit.
+    lock_timeout: Option<Duration>,
 }
+
+/// How long [`Store`] waits for a lock by default before failing with
+/// [`Error::LockTimeout`], which names the processes holding it.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(600);
 
 impl Store {
     /// Opens (creating if needed) the store at `root`.
     pub fn open(root: impl AsRef<Path>) -> Result<Self> {
         let root = root.as_ref().to_path_buf();
-        let store = Store { root };
+        let store = Store {
+            root,
+            lock_timeout: Some(DEFAULT_LOCK_TIMEOUT),
+        };
         for dir in [
             store.blobs_dir("sha256"),
             store.ingest_dir(),
@@ -169,6 +178,13 @@ impl Store {
         }
     }
 
+    /// The same store, waiting at most `timeout` (forever when `None`) for
+    /// a lock when a call names no limit of its own.
+    pub fn with_lock_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.lock_timeout = timeout;
+        self
+    }
+
     /// The directory everything of this store lives under.
     pub fn root(&self) -> &Path {
         &self.root
@@ -176,7 +192,7 @@ impl Store {
 
     /// Takes a [`Lease`], waiting while garbage collection runs.
     pub fn lease(&self) -> Result<Lease> {
-        self.lease_with_timeout(None)
+        self.lease_with_timeout(self.lock_timeout)
     }
 
     /// Takes a [`Lease`], waiting at most `timeout` (forever when `None`)
@@ -187,7 +203,11 @@ impl Store {
 
     /// The store-wide lock for metadata updates.
     pub(crate) fn lock_metadata(&self) -> Result<FileLock> {
-        FileLock::acquire(&self.store_lock_path(), LockKind::Exclusive, None)
+        FileLock::acquire(
+            &self.store_lock_path(),
+            LockKind::Exclusive,
+            self.lock_timeout,
+        )
     }
 }
 
