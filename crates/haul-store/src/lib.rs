@@ -27,6 +27,7 @@
 //!     diffid/sha256/HEX.json    diffID -> [(blob digest, registry/repository)]
 //!     blob/sha256/HEX.json      blob digest -> diffID
 //!   tmp/                        temporary files of atomic metadata writes
+//!   trash/                      entries being removed (unreachable)
 //!   store.lock, gc.lock         see the `lock` module
 //! ```
 //!
@@ -38,9 +39,11 @@
 //!   the file into `content/blobs/`. A partial survives the process and the
 //!   next [`Store::ingest`] of that digest resumes it. So `blobs/` only ever
 //!   holds complete, verified files, whatever moment a process is killed at.
-//! - **Layers appear whole.** [`Store::register_layer`] unpacks into
-//!   `layers/tmp-*`, writes `layer.json`, and renames the directory into
-//!   place; a directory under `layers/sha256/` is always complete.
+//! - **Layers appear whole, and go whole.** [`Store::register_layer`]
+//!   unpacks into `layers/tmp-*`, writes `layer.json` (with the diff's
+//!   entry count, checked on every read) and renames the directory into
+//!   place; removal renames it into `trash/` first, and the next command
+//!   deletes what a killed one left there.
 //! - **Metadata is replaced atomically** (write to `tmp/`, fsync, rename),
 //!   under the store lock; readers never lock.
 //! - **Two processes on one root are safe**: see [`Lease`] and the locking
@@ -146,9 +149,12 @@ impl Store {
             store.images_dir(),
             store.distribution_dir(),
             store.tmp_dir(),
+            store.trash_dir(),
         ] {
             create_dirs(&dir)?;
         }
+        // What removals killed midway left: unreachable already.
+        fsutil::empty_trash(&store.trash_dir());
         let marker = store.content_dir().join("oci-layout");
         let index = store.index_json_path();
         if !marker.is_file() || !index.is_file() || store.index_is_stale() {
