@@ -60,6 +60,10 @@ pub fn pull_settings(cli: &Cli, unpack: bool) -> PullSettings {
         retry_tick: env_number("HAUL_RETRY_TICK_MS")
             .map_or(defaults.retry_tick, Duration::from_millis),
         unpack,
+        expansion: haul_dist::store::ExpansionLimit {
+            ratio: cli.global.max_layer_expansion,
+            ..defaults.expansion
+        },
     }
 }
 

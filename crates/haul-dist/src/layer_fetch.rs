@@ -90,6 +90,7 @@ pub(crate) async fn fetch_layer(
         IngestOutcome::Writer(ingest) => ingest,
     };
     let offset = ingest.offset();
+    let unpack = unpack.map(|o| o.for_compressed_size(blob.size));
 
     // The unpacker reads the bytes a previous attempt left on disk first,
     // then the new ones as they arrive.
@@ -230,6 +231,7 @@ pub(crate) async fn stage_from_store(
     let store = store.clone();
     let blob = blob.clone();
     let expected = expected_diff_id.cloned();
+    let options = options.for_compressed_size(blob.size);
     blocking(move || {
         let file = store.open_blob(&blob.digest)?;
         let reader = haul_store::decompressing_reader(

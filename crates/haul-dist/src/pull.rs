@@ -37,6 +37,8 @@ pub struct PullSettings {
     pub retry_tick: Duration,
     /// Unpack layers (`false`: keep the blobs only).
     pub unpack: bool,
+    /// How far one layer may expand when unpacked (decompression bombs).
+    pub expansion: haul_store::ExpansionLimit,
 }
 
 impl Default for PullSettings {
@@ -46,6 +48,7 @@ impl Default for PullSettings {
             max_download_attempts: 5,
             retry_tick: Duration::from_secs(1),
             unpack: true,
+            expansion: haul_store::ExpansionLimit::default(),
         }
     }
 }
@@ -86,7 +89,10 @@ pub struct Puller {
 impl Puller {
     /// A puller writing into `store`.
     pub fn new(client: RegistryClient, store: Store, settings: &PullSettings) -> Self {
-        let unpack = settings.unpack.then(UnpackOptions::default);
+        let unpack = settings.unpack.then(|| UnpackOptions {
+            expansion: settings.expansion,
+            ..UnpackOptions::default()
+        });
         let (layers, downloads) = layer_downloads(&store, unpack, settings);
         Self {
             client,

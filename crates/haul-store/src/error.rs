@@ -98,6 +98,14 @@ pub enum Error {
         holders: String,
     },
 
+    /// A layer unpacked to more bytes than allowed (a decompression bomb,
+    /// or a limit set too low); nothing of it was kept.
+    #[error("layer expands to more than {limit} bytes, the limit for its compressed size (a decompression bomb?); raise --max-layer-expansion if it is genuine")]
+    LayerTooLarge {
+        /// The limit in bytes of uncompressed tar.
+        limit: u64,
+    },
+
     /// The layer tar stream could not be read.
     #[error("reading layer tar: {source}")]
     Tar {

@@ -112,7 +112,7 @@ pub use layers::{chain_id, LayerInfo, StagedLayer};
 pub use layout::{ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME};
 pub use lock::Lease;
 pub use refs::RemovedImage;
-pub use unpack::{UnpackOptions, UnpackReport};
+pub use unpack::{ExpansionLimit, UnpackOptions, UnpackReport};
 pub use v1meta::V1Layer;
 
 use crate::error::IoContext;

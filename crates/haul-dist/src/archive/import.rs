@@ -221,7 +221,13 @@ impl<'s> Pending<'s> {
             let layer_stream = haul_store::decompressing_reader(&mut tee, compression)
                 .map_err(|e| read_error(&member, e))?;
             if unpack_needed {
-                let staged = self.store.stage_layer(layer_stream, None, &self.unpack)?;
+                // A compressed blob may expand only so far (bombs); a plain
+                // tar is its own size.
+                let options = match expected_size {
+                    Some(size) => self.unpack.for_compressed_size(size),
+                    None => self.unpack.clone(),
+                };
+                let staged = self.store.stage_layer(layer_stream, None, &options)?;
                 let actual = staged.diff_id().clone();
                 Ok((Some(staged), actual))
             } else {
