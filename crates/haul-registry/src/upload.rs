@@ -655,7 +655,7 @@ fn parse_range_end(value: &str) -> Option<u64> {
     let (_, end) = v.split_once('-')?;
     match end.trim().parse::<u64>().ok()? {
         0 => None,
-        end => Some(end + 1),
+        end => end.checked_add(1),
     }
 }
 
@@ -672,6 +672,41 @@ fn tokio_util_reader_stream(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(cases()))]
+
+        #[test]
+        fn session_ranges_never_panic(value in "\\PC{0,40}") {
+            let _ = parse_range_end(&value);
+        }
+
+        #[test]
+        fn session_ranges_of_any_numbers_give_end_plus_one(
+            start: u64,
+            end in proptest::prop_oneof![proptest::prelude::any::<u64>(), u64::MAX - 2..=u64::MAX],
+            unit: bool,
+        ) {
+            let text = format!("{}{start}-{end}", if unit { "bytes=" } else { "" });
+            let expected = if end == 0 { None } else { end.checked_add(1) };
+            proptest::prop_assert_eq!(parse_range_end(&text), expected);
+        }
+    }
+
+    fn cases() -> u32 {
+        std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(256)
+    }
+
+    #[test]
+    fn a_range_ending_at_the_largest_offset_does_not_overflow() {
+        // Found while writing session_ranges_of_any_numbers_give_end_plus_one
+        // (which now tries the largest values too): `end + 1` panicked in
+        // debug builds and wrapped to 0 in release ones.
+        assert_eq!(parse_range_end("0-18446744073709551615"), None);
+    }
 
     #[test]
     fn session_ranges_give_bytes_held() {
