@@ -169,3 +169,73 @@ fn copy_survives_a_connection_cut_mid_patch() {
 fn copy_survives_a_connection_cut_mid_monolithic_put() {
     copy_survives_a_cut(Mode::Monolithic);
 }
+
+#[test]
+fn a_killed_push_run_again_continues_the_session_it_recorded() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let built = big_image(&env);
+    assert_ok(&env.haul(&["pull", &env.reference("library/big:1")]));
+    let target = Registry::start(RegistryConfig::no_auth()).unwrap();
+    let proxy = FaultProxy::start(&target.host()).unwrap();
+    let reference = format!("{}/library/big:1", proxy.authority());
+    assert_ok(&env.haul(&["tag", &env.reference("library/big:1"), &reference]));
+    // The big layer goes first; its third chunk is held until haul dies,
+    // so the registry holds exactly two chunks of a live session.
+    proxy.add_rule(
+        Rule::new(
+            Match::path_contains("/blobs/uploads/").method("PATCH"),
+            Fault::HoldRequest(std::time::Duration::from_secs(120)),
+        )
+        .after(2)
+        .once(),
+    );
+    let args = ["--max-concurrent-uploads", "1", "push", reference.as_str()];
+    let mut first = haul_command(env.root.path(), &args)
+        .env("HAUL_PUSH_CHUNK_BYTES", CHUNK.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while proxy.rule_uses() != vec![1] {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "the third chunk never came"
+        );
+        assert!(first.try_wait().unwrap().is_none(), "the push ended early");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    let records = std::fs::read_dir(env.root.path().join("uploads"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(records, 1, "the open session was recorded");
+    proxy.clear_rules();
+    proxy.reset_counters();
+
+    let out = run(
+        &env,
+        Mode::Chunked,
+        &["--max-concurrent-uploads", "1", "push", &reference],
+    );
+    assert_ok(&out);
+    let inspected = haul_testkit::skopeo::skopeo_inspect(&target, "library/big:1").unwrap();
+    assert_eq!(inspected["Digest"], built.manifest.digest.as_str());
+    assert!(
+        proxy.count_matching("GET", "/blobs/uploads/") >= 1,
+        "the registry was asked where the recorded session stands"
+    );
+    let sent = uploaded(&proxy);
+    let image = image_bytes(&built);
+    assert!(
+        sent <= image - 2 * CHUNK,
+        "the rerun sent {sent} bytes of an image of {image}: the two chunks the registry held went again"
+    );
+    let left = std::fs::read_dir(env.root.path().join("uploads"))
+        .unwrap()
+        .count();
+    assert_eq!(left, 0, "finished uploads are forgotten");
+}

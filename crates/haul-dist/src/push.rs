@@ -14,8 +14,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use haul_oci::{Digest, Reference};
-use haul_registry::{FileSource, MountOutcome, RegistryClient, Repository, ResumableUpload};
-use haul_store::{ImageLayer, ImageRecord, Store};
+use haul_registry::{
+    FileSource, MountOutcome, RegistryClient, Repository, ResumableUpload, UploadSession,
+};
+use haul_store::{ImageLayer, ImageRecord, Store, UploadRecord};
 use haul_xfer::{
     short_id, ProgressOutput, RemoteDescriptor, RetryPolicy, UploadDescriptor, UploadManager,
 };
@@ -213,7 +215,7 @@ impl Pusher {
                     layer: layer.clone(),
                     target: target.clone(),
                     chunking: self.chunking,
-                    upload: ResumableUpload::new(),
+                    upload: recorded_upload(&self.store, &target, &layer.digest),
                 })
             })
             .collect();
@@ -256,6 +258,38 @@ impl Pusher {
     }
 }
 
+/// An upload of `digest` to `target` that records its session in the
+/// store as it goes, continuing the session an earlier (killed) push
+/// recorded: the registry is asked where that session stands first.
+fn recorded_upload(store: &Store, target: &str, digest: &Digest) -> ResumableUpload {
+    let observer = {
+        let (store, target, digest) = (store.clone(), target.to_string(), digest.clone());
+        move |session: Option<&UploadSession>| {
+            let result = match session {
+                Some(s) => store.record_upload(
+                    &target,
+                    &digest,
+                    &UploadRecord {
+                        location: s.location().to_string(),
+                        offset: s.offset(),
+                    },
+                ),
+                None => store.forget_upload(&target, &digest),
+            };
+            if let Err(e) = result {
+                tracing::debug!("cannot record the upload session of {digest}: {e}");
+            }
+        }
+    };
+    let upload = ResumableUpload::new().with_observer(Box::new(observer));
+    if let Ok(Some(record)) = store.recorded_upload(target, digest) {
+        if let Some(session) = UploadSession::known(&record.location, record.offset) {
+            upload.offer(session);
+        }
+    }
+    upload
+}
+
 /// One layer of a push.
 struct PushLayer {
     repo: Repository,
@@ -284,8 +318,11 @@ impl PushLayer {
             self.layer.digest.clone(),
             self.target.clone(),
         );
-        let recorded =
-            blocking(move || Ok(store.add_distribution_source(&diff, &blob, &target)?)).await;
+        let recorded = blocking(move || {
+            store.forget_upload(&target, &blob)?;
+            Ok(store.add_distribution_source(&diff, &blob, &target)?)
+        })
+        .await;
         if let Err(e) = recorded {
             tracing::warn!(
                 "cannot record that {} has {}: {e}",

@@ -37,4 +37,6 @@ pub use config::{ClientConfig, RetryPolicy};
 pub use error::{Error, Result};
 pub use referrers::fallback_tag;
 pub use repository::{FetchedManifest, ManifestInfo, Repository, MANIFEST_LIMIT};
-pub use upload::{BlobSource, FileSource, MountOutcome, ResumableUpload, UploadSession};
+pub use upload::{
+    BlobSource, FileSource, MountOutcome, ResumableUpload, SessionObserver, UploadSession,
+};

@@ -68,24 +68,50 @@ impl UploadSession {
 
 impl UploadSession {
     /// A session known from elsewhere (recorded by an earlier run), to be
-    /// offered to a [`ResumableUpload`]; its offset is asked again before use.
-    pub fn known(location: Url, offset: u64) -> Self {
-        Self { location, offset }
+    /// offered to a [`ResumableUpload`]; its offset is asked again before
+    /// use. `None` when `location` is not an absolute URL.
+    pub fn known(location: &str, offset: u64) -> Option<Self> {
+        Some(Self {
+            location: Url::parse(location).ok()?,
+            offset,
+        })
     }
 }
+
+/// Told of every change of a [`ResumableUpload`]'s session: the session
+/// after a chunk the registry took (or a fresh one), `None` once the blob
+/// is uploaded or the session is gone. Called on the uploading task; keep
+/// it short (a small file write).
+pub type SessionObserver = Box<dyn Fn(Option<&UploadSession>) + Send + Sync>;
 
 /// One blob's upload across attempts (and, recorded, across runs): the
 /// session the last attempt left, so the next one continues it where the
 /// registry still holds it. See [`Repository::upload_resumable`].
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct ResumableUpload {
     session: Mutex<Option<UploadSession>>,
+    observer: Option<SessionObserver>,
+}
+
+impl std::fmt::Debug for ResumableUpload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResumableUpload")
+            .field("session", &*lock(&self.session))
+            .finish_non_exhaustive()
+    }
 }
 
 impl ResumableUpload {
     /// Nothing sent yet.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The same, telling `observer` of every change of the session (to
+    /// record it for a later run).
+    pub fn with_observer(mut self, observer: SessionObserver) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// Continues `session` at the next attempt (a mount that fell back to
@@ -104,6 +130,9 @@ impl ResumableUpload {
     }
 
     fn put(&self, session: Option<UploadSession>) {
+        if let Some(observer) = &self.observer {
+            observer(session.as_ref());
+        }
         *lock(&self.session) = session;
     }
 }
@@ -487,7 +516,9 @@ impl Repository {
             }
             Err(e) if e.is_retryable() => Err(e),
             Err(e) => {
-                if let Some(session) = upload.take() {
+                let session = upload.take();
+                upload.put(None);
+                if let Some(session) = session {
                     let _ = self.cancel_upload(session).await;
                 }
                 Err(e)

@@ -28,6 +28,7 @@
 //!     blob/sha256/HEX.json      blob digest -> diffID
 //!   tmp/                        temporary files of atomic metadata writes
 //!   trash/                      entries being removed (unreachable)
+//!   uploads/HEX.json            upload sessions a push left open
 //!   store.lock, gc.lock         see the `lock` module
 //! ```
 //!
@@ -96,6 +97,7 @@ mod layout;
 mod lock;
 mod refs;
 pub mod unpack;
+mod uploads;
 mod v1meta;
 
 use std::path::{Path, PathBuf};
@@ -113,6 +115,7 @@ pub use layout::{ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME};
 pub use lock::Lease;
 pub use refs::RemovedImage;
 pub use unpack::{ExpansionLimit, UnpackOptions, UnpackReport};
+pub use uploads::UploadRecord;
 pub use v1meta::V1Layer;
 
 use crate::error::IoContext;
