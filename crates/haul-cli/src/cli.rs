@@ -97,6 +97,13 @@ pub struct GlobalOptions {
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
+    /// Most bytes a layer may unpack to per byte of its compressed blob,
+    /// against decompression bombs (64 MiB always allowed, 64 GiB never
+    /// exceeded).
+    #[arg(long, global = true, default_value_t = 100, value_name = "RATIO",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_layer_expansion: u64,
+
     /// More log output (-v info, -vv debug, -vvv trace), on stderr.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,

@@ -37,10 +37,16 @@ pub fn store_root(cli: &Cli) -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from(home).join(".local/share/haul"))
 }
 
-/// Opens the store.
+/// Opens the store. The hidden `HAUL_LOCK_TIMEOUT_SECS` changes how long
+/// a lock another haul holds is waited for (default 10 minutes).
 pub fn open_store(cli: &Cli) -> anyhow::Result<Store> {
     let root = store_root(cli)?;
-    Store::open(&root).with_context(|| format!("cannot open the store at {}", root.display()))
+    let store = Store::open(&root)
+        .with_context(|| format!("cannot open the store at {}", root.display()))?;
+    Ok(match env_number("HAUL_LOCK_TIMEOUT_SECS") {
+        Some(secs) => store.with_lock_timeout(Some(Duration::from_secs(secs))),
+        None => store,
+    })
 }
 
 /// The config file, read once per process by [`load_config_file`].
@@ -118,6 +124,10 @@ pub fn pull_settings(cli: &Cli, unpack: bool) -> PullSettings {
         retry_tick: env_number("HAUL_RETRY_TICK_MS")
             .map_or(defaults.retry_tick, Duration::from_millis),
         unpack,
+        expansion: haul_dist::store::ExpansionLimit {
+            ratio: cli.global.max_layer_expansion,
+            ..defaults.expansion
+        },
         ..defaults
     }
 }

@@ -1,12 +1,14 @@
 //! Sending one blob to a registry: monolithic for small blobs, chunked for
-//! big ones (so an interrupted upload goes on from the offset the registry
-//! holds instead of starting over), with "Pushing" progress.
+//! big ones, with "Pushing" progress. Each call is one attempt of the
+//! layer's transfer: a failed one is retried by the upload manager (with
+//! its countdown) and goes on from the offset the registry holds, or
+//! starts over in a fresh session when the registry dropped the old one.
 
 use std::pin::Pin;
 use std::sync::Arc;
 
 use haul_oci::Digest;
-use haul_registry::{BlobSource, Repository, UploadSession};
+use haul_registry::{BlobSource, Repository, ResumableUpload};
 use haul_xfer::{ProgressOutput, ProgressReader};
 use tokio::io::AsyncRead;
 
@@ -15,11 +17,15 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{Error, Result};
 
 /// Blobs above this size are sent in chunks, by default.
-pub const DEFAULT_CHUNKED_ABOVE: u64 = 256 * 1024 * 1024;
+pub const DEFAULT_CHUNKED_ABOVE: u64 = 16 * 1024 * 1024;
 /// Size of one chunk, by default. Chunks stream from the source, so their
-/// size costs no memory; each costs a round trip, and an interrupted upload
-/// goes on from the last chunk the registry took.
-pub const DEFAULT_CHUNK_SIZE: usize = 256 * 1024 * 1024;
+/// size costs no memory. A 5xx on a chunk re-sends that chunk only, so this
+/// bounds what one refused request wastes (a blob at most this big goes in
+/// one `PUT`, with the same bound). Measured against distribution 2.8 on
+/// loopback, 256 MiB blob: 16 MiB chunks ran within ~5% of one `PUT`
+/// (267 vs 270-290 MB/s), 8 MiB ~10% slower, 4 MiB far slower (each
+/// request makes the registry reload and store its hash state).
+pub const DEFAULT_CHUNK_SIZE: usize = 16 * 1024 * 1024;
 
 /// A blob source that reports "Pushing" progress as it is read.
 pub(crate) struct ProgressSource<'a> {
@@ -60,8 +66,10 @@ impl Default for Chunking {
     }
 }
 
-/// Uploads `size` bytes of `source` as blob `digest`, continuing `session`
-/// when the caller has one (a mount that fell back to an upload).
+/// One attempt at uploading `size` bytes of `source` as blob `digest`,
+/// continuing what earlier attempts on `upload` left (the registry's
+/// session, at the offset it holds; a fresh session when it dropped it).
+/// A failure is returned for the layer's retry (with its countdown).
 ///
 /// Stops as soon as `cancel` fires: the request in flight is dropped (no
 /// more bytes go out) and the registry's upload session is cancelled
@@ -71,47 +79,22 @@ pub(crate) async fn upload_blob(
     digest: &Digest,
     size: u64,
     source: &dyn BlobSource,
-    session: Option<UploadSession>,
+    upload: &ResumableUpload,
     chunking: Chunking,
     cancel: &CancellationToken,
 ) -> Result<()> {
-    if cancel.is_cancelled() {
-        if let Some(session) = session {
-            let _ = repo.cancel_upload(session).await;
-        }
-        return Err(Error::Cancelled);
-    }
-    let given = session.is_some();
-    let session = match session {
-        Some(session) => session,
-        None => tokio::select! {
-            biased;
-            _ = cancel.cancelled() => return Err(Error::Cancelled),
-            session = repo.start_upload() => session?,
-        },
-    };
-    let opened = session.clone();
-    let upload = async {
-        if given || size > chunking.above {
-            repo.continue_chunked(session, digest, size, source, chunking.size)
-                .await
-        } else {
-            repo.upload_monolithic_on(session, digest, size, source)
-                .await
-        }
-    };
+    let chunk_size = (size > chunking.above).then_some(chunking.size as u64);
     tokio::select! {
         biased;
         _ = cancel.cancelled() => {
-            // A session that moved on (chunks taken) may have a newer
-            // location; the registry then refuses this one and frees the
-            // session itself later.
-            if let Err(e) = repo.cancel_upload(opened).await {
-                tracing::debug!("cancelling the upload session of {digest}: {e}");
+            if let Some(session) = upload.session() {
+                if let Err(e) = repo.cancel_upload(session).await {
+                    tracing::debug!("cancelling the upload session of {digest}: {e}");
+                }
             }
             Err(Error::Cancelled)
         }
-        done = upload => Ok(done?),
+        done = repo.upload_resumable(upload, digest, size, source, chunk_size) => Ok(done?),
     }
 }
 

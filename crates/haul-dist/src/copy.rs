@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::TryStreamExt;
 use haul_oci::{Digest, Manifest, ParsedManifest, Platform, Reference};
-use haul_registry::{BlobSource, MountOutcome, RegistryClient, Repository};
+use haul_registry::{BlobSource, MountOutcome, RegistryClient, Repository, ResumableUpload};
 use haul_xfer::{
     short_id, ProgressOutput, RemoteDescriptor, RetryPolicy, UploadDescriptor, UploadManager,
 };
@@ -156,6 +156,7 @@ impl Copier {
                 size: blob.size(),
                 media_type: blob.media_type().to_string(),
                 chunking: self.chunking,
+                upload: ResumableUpload::new(),
             }));
         }
         self.uploads
@@ -174,6 +175,8 @@ struct CopyBlob {
     size: u64,
     media_type: String,
     chunking: Chunking,
+    /// The upload session across this layer's attempts.
+    upload: ResumableUpload,
 }
 
 /// A blob read from a registry, from any offset, unverified: the target
@@ -213,8 +216,7 @@ impl CopyBlob {
             progress.update(&id, "Layer already exists");
             return Ok(remote);
         }
-        let mut session = None;
-        if self.from.registry() == self.to.registry() {
+        if self.from.registry() == self.to.registry() && self.upload.session().is_none() {
             // A refused mount (no pull right on the source, say) is not
             // fatal: the blob is then streamed like any other.
             match or_cancelled(cancel, self.to.mount_blob(&self.digest, self.from.name())).await? {
@@ -222,7 +224,7 @@ impl CopyBlob {
                     progress.update(&id, &format!("Mounted from {}", self.from.name()));
                     return Ok(remote);
                 }
-                Ok(MountOutcome::Upload(s)) => session = Some(s),
+                Ok(MountOutcome::Upload(s)) => self.upload.offer(s),
                 Err(e) => tracing::debug!("mount of {} failed, streaming it: {e}", self.digest),
             }
         }
@@ -242,7 +244,7 @@ impl CopyBlob {
             &self.digest,
             self.size,
             &source,
-            session,
+            &self.upload,
             self.chunking,
             cancel,
         )

@@ -64,17 +64,15 @@ fn start_unpack(
     let store = store.clone();
     let compression = blob.compression;
     let expected = expected_diff_id.cloned();
+    // The expansion limit (decompression bombs) scales with the blob.
+    let options = plan.options.for_compressed_size(blob.size);
     Unpacking::start(&plan.slots, file, written, blob.size, move |reader| {
         let reader = haul_store::decompressing_reader(
             std::io::BufReader::with_capacity(256 * 1024, reader),
             compression.unwrap_or(Compression::Uncompressed),
         )
         .map_err(|e| Error::Decompress(e.to_string()))?;
-        Ok(store.stage_layer(
-            haul_store::read_ahead(reader),
-            expected.as_ref(),
-            &plan.options,
-        )?)
+        Ok(store.stage_layer(haul_store::read_ahead(reader), expected.as_ref(), &options)?)
     })
 }
 
@@ -258,6 +256,7 @@ pub(crate) async fn stage_from_store(
     let store = store.clone();
     let blob = blob.clone();
     let expected = expected_diff_id.cloned();
+    let options = options.for_compressed_size(blob.size);
     blocking(move || {
         let file = store.open_blob(&blob.digest)?;
         let reader = haul_store::decompressing_reader(

@@ -40,6 +40,8 @@ pub struct PullSettings {
     /// Layers unpacking at once (0 = unlimited; default: the cores). An
     /// unpack never holds a download slot.
     pub max_concurrent_unpacks: usize,
+    /// How far one layer may expand when unpacked (decompression bombs).
+    pub expansion: haul_store::ExpansionLimit,
 }
 
 impl Default for PullSettings {
@@ -50,6 +52,7 @@ impl Default for PullSettings {
             retry_tick: Duration::from_secs(1),
             unpack: true,
             max_concurrent_unpacks: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            expansion: haul_store::ExpansionLimit::default(),
         }
     }
 }
@@ -91,7 +94,10 @@ pub struct Puller {
 impl Puller {
     /// A puller writing into `store`.
     pub fn new(client: RegistryClient, store: Store, settings: &PullSettings) -> Self {
-        let unpack = settings.unpack.then(UnpackOptions::default);
+        let unpack = settings.unpack.then(|| UnpackOptions {
+            expansion: settings.expansion,
+            ..UnpackOptions::default()
+        });
         let (layers, downloads) = layer_downloads(&store, unpack, settings);
         Self {
             client,

@@ -200,6 +200,7 @@ mod tests {
         let not_found = Error::Registry(haul_registry::Error::BlobNotFound {
             repository: "127.0.0.1:5000/app".into(),
             digest: haul_oci::Digest::sha256_of(b"x").to_string(),
+            message: None,
         });
         assert!(!into_transfer_error(not_found).is_retryable());
     }

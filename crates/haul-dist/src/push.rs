@@ -14,8 +14,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use haul_oci::{Digest, Reference};
-use haul_registry::{FileSource, MountOutcome, RegistryClient, Repository};
-use haul_store::{ImageLayer, ImageRecord, Store};
+use haul_registry::{
+    FileSource, MountOutcome, RegistryClient, Repository, ResumableUpload, UploadSession,
+};
+use haul_store::{ImageLayer, ImageRecord, Store, UploadRecord};
 use haul_xfer::{
     short_id, ProgressOutput, RemoteDescriptor, RetryPolicy, UploadDescriptor, UploadManager,
 };
@@ -214,6 +216,7 @@ impl Pusher {
                     layer: layer.clone(),
                     target: target.clone(),
                     chunking: self.chunking,
+                    upload: recorded_upload(&self.store, &target, &layer.digest),
                 })
             })
             .collect();
@@ -256,6 +259,38 @@ impl Pusher {
     }
 }
 
+/// An upload of `digest` to `target` that records its session in the
+/// store as it goes, continuing the session an earlier (killed) push
+/// recorded: the registry is asked where that session stands first.
+fn recorded_upload(store: &Store, target: &str, digest: &Digest) -> ResumableUpload {
+    let observer = {
+        let (store, target, digest) = (store.clone(), target.to_string(), digest.clone());
+        move |session: Option<&UploadSession>| {
+            let result = match session {
+                Some(s) => store.record_upload(
+                    &target,
+                    &digest,
+                    &UploadRecord {
+                        location: s.location().to_string(),
+                        offset: s.offset(),
+                    },
+                ),
+                None => store.forget_upload(&target, &digest),
+            };
+            if let Err(e) = result {
+                tracing::debug!("cannot record the upload session of {digest}: {e}");
+            }
+        }
+    };
+    let upload = ResumableUpload::new().with_observer(Box::new(observer));
+    if let Ok(Some(record)) = store.recorded_upload(target, digest) {
+        if let Some(session) = UploadSession::known(&record.location, record.offset) {
+            upload.offer(session);
+        }
+    }
+    upload
+}
+
 /// One layer of a push.
 struct PushLayer {
     repo: Repository,
@@ -264,6 +299,8 @@ struct PushLayer {
     /// `registry/repository` pushed to.
     target: String,
     chunking: Chunking,
+    /// The upload session across this layer's attempts.
+    upload: ResumableUpload,
 }
 
 impl PushLayer {
@@ -282,8 +319,11 @@ impl PushLayer {
             self.layer.digest.clone(),
             self.target.clone(),
         );
-        let recorded =
-            blocking(move || Ok(store.add_distribution_source(&diff, &blob, &target)?)).await;
+        let recorded = blocking(move || {
+            store.forget_upload(&target, &blob)?;
+            Ok(store.add_distribution_source(&diff, &blob, &target)?)
+        })
+        .await;
         if let Err(e) = recorded {
             tracing::warn!(
                 "cannot record that {} has {}: {e}",
@@ -317,10 +357,11 @@ impl PushLayer {
             blocking(move || Ok(store.distribution_sources(&diff)?)).await?
         };
         let prefix = format!("{}/", self.repo.registry());
-        let mut session = None;
+        // An attempt that left a session goes on with it rather than mounting.
+        let resuming = self.upload.session().is_some();
         for source in sources
             .iter()
-            .filter(|s| &s.digest == digest && s.repository != self.target)
+            .filter(|s| !resuming && &s.digest == digest && s.repository != self.target)
         {
             let Some(from) = source.repository.strip_prefix(&prefix) else {
                 continue;
@@ -332,7 +373,7 @@ impl PushLayer {
                     return Ok(self.remote());
                 }
                 Ok(MountOutcome::Upload(s)) => {
-                    session = Some(s);
+                    self.upload.offer(s);
                     break;
                 }
                 Err(e) => tracing::debug!("mount of {digest} from {from} failed: {e}"),
@@ -358,7 +399,7 @@ impl PushLayer {
             digest,
             self.layer.size,
             &source,
-            session,
+            &self.upload,
             self.chunking,
             cancel,
         )

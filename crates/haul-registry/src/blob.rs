@@ -38,6 +38,7 @@ impl Repository {
             action: format!("{action} blob {digest}"),
             scopes: self.pull_scope(),
             resendable: true,
+            resend_after_transport_error: true,
         }
     }
 
@@ -433,6 +434,32 @@ impl ResumeState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(cases()))]
+
+        #[test]
+        fn content_ranges_never_panic(value in "\\PC{0,60}") {
+            let _ = parse_content_range(&value);
+        }
+
+        #[test]
+        fn content_ranges_give_start_and_total(start: u64, last: u64, total: Option<u64>, unit: bool) {
+            let text = format!(
+                "{}{start}-{last}/{}",
+                if unit { "bytes " } else { "" },
+                total.map_or("*".to_string(), |t| t.to_string())
+            );
+            proptest::prop_assert_eq!(parse_content_range(&text), Some((start, total)));
+        }
+    }
+
+    fn cases() -> u32 {
+        std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(256)
+    }
 
     #[test]
     fn content_range_is_parsed() {

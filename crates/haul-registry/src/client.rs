@@ -215,6 +215,8 @@ pub(crate) enum Subject {
     Blob { repository: String, digest: String },
     /// A repository as a whole (tags, uploads).
     Repository { repository: String },
+    /// An upload session the registry opened (its URL), for one blob.
+    UploadSession { repository: String, digest: String },
 }
 
 impl Subject {
@@ -222,7 +224,8 @@ impl Subject {
         match self {
             Subject::Manifest { repository, .. }
             | Subject::Blob { repository, .. }
-            | Subject::Repository { repository } => repository,
+            | Subject::Repository { repository }
+            | Subject::UploadSession { repository, .. } => repository,
         }
     }
 }
@@ -234,6 +237,10 @@ pub(crate) struct Operation {
     pub action: String,
     pub scopes: Vec<String>,
     pub resendable: bool,
+    /// Whether a connection that broke during the request may be followed
+    /// by the same request. Not for bodies sent on an upload session: a
+    /// cut body leaves the session at an offset only the registry knows.
+    pub resend_after_transport_error: bool,
 }
 
 /// Where a registry answers and whether it speaks the v2 API.
@@ -729,8 +736,12 @@ impl Host {
                     self.status_error(op, resp).await
                 }
                 Err(e) => {
+                    let failure = transport_error(&self.name, &e);
+                    if !op.resend_after_transport_error {
+                        return Err(failure);
+                    }
                     retry_after = None;
-                    transport_error(&self.name, &e)
+                    failure
                 }
             };
             if !failure.is_retryable() || !op.resendable || attempt >= max_attempts {
@@ -770,6 +781,24 @@ impl Host {
         let has = |code: &str| errors.iter().any(|(c, _)| c == code);
         let repository = format!("{}/{}", self.name, op.subject.repository());
         let scope = op.scopes.join(" ");
+        let session_lost = has("BLOB_UPLOAD_UNKNOWN") || has("BLOB_UPLOAD_INVALID");
+        if session_lost
+            || status == StatusCode::NOT_FOUND
+                && matches!(op.subject, Subject::UploadSession { .. })
+        {
+            let digest = match &op.subject {
+                Subject::UploadSession { digest, .. } | Subject::Blob { digest, .. } => {
+                    digest.clone()
+                }
+                _ => String::new(),
+            };
+            return Error::UploadSessionLost {
+                repository,
+                digest,
+                status: status.as_u16(),
+                message,
+            };
+        }
         match status {
             StatusCode::NOT_FOUND => {
                 if has("NAME_UNKNOWN") {
@@ -789,10 +818,12 @@ impl Host {
                         digest: digest.clone(),
                         message,
                     },
-                    Subject::Repository { .. } => Error::RepositoryNotFound {
-                        repository,
-                        message,
-                    },
+                    Subject::Repository { .. } | Subject::UploadSession { .. } => {
+                        Error::RepositoryNotFound {
+                            repository,
+                            message,
+                        }
+                    }
                 }
             }
             StatusCode::UNAUTHORIZED => Error::Unauthorized {

@@ -36,6 +36,19 @@ pub enum Error {
         /// The registry's own words, if it sent any.
         message: Option<String>,
     },
+    /// The registry no longer holds an upload session (it cancelled it
+    /// after a broken request, or it expired): a fresh one must start.
+    #[error("{repository} no longer holds the upload session{} (HTTP {status}){}", of_blob(.digest), detail(.message))]
+    UploadSessionLost {
+        /// Repository, with its registry.
+        repository: String,
+        /// The blob being uploaded.
+        digest: String,
+        /// The status the registry answered.
+        status: u16,
+        /// The registry's own words, if it sent any.
+        message: Option<String>,
+    },
     /// The registry wants credentials we do not have or refused the ones we sent.
     #[error("{registry} refused access to {scope} (unauthorized){}; log in with `haul login {registry}`", detail(.message))]
     Unauthorized {
@@ -154,6 +167,14 @@ fn detail(message: &Option<String>) -> String {
     }
 }
 
+fn of_blob(digest: &str) -> String {
+    if digest.is_empty() {
+        String::new()
+    } else {
+        format!(" of blob {digest}")
+    }
+}
+
 fn retry_hint(retry_after: &Option<Duration>) -> String {
     match retry_after {
         Some(d) => format!(" (asked to wait {} s)", d.as_secs()),
@@ -169,7 +190,7 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Transport { retryable, .. } => *retryable,
-            Error::RateLimited { .. } => true,
+            Error::RateLimited { .. } | Error::UploadSessionLost { .. } => true,
             Error::Status { status, .. } => *status == 408 || *status >= 500,
             _ => false,
         }

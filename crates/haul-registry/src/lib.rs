@@ -46,4 +46,6 @@ pub use config::{user_config_dir, ClientConfig, RetryPolicy};
 pub use error::{Error, Result};
 pub use referrers::fallback_tag;
 pub use repository::{FetchedManifest, ManifestInfo, Repository, MANIFEST_LIMIT};
-pub use upload::{BlobSource, FileSource, MountOutcome, UploadSession};
+pub use upload::{
+    BlobSource, FileSource, MountOutcome, ResumableUpload, SessionObserver, UploadSession,
+};

@@ -31,6 +31,7 @@ pub(crate) async fn list(
         action: format!("GET referrers of {subject}"),
         scopes: repo.pull_scope(),
         resendable: true,
+        resend_after_transport_error: true,
     };
     let mut url = host
         .url(&format!("v2/{}/referrers/{subject}", repo.name))

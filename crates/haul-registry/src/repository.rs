@@ -112,6 +112,7 @@ impl Repository {
             action: format!("{action} manifest {reference}"),
             scopes,
             resendable: true,
+            resend_after_transport_error: true,
         }
     }
 
@@ -303,6 +304,7 @@ impl Repository {
             action: "GET tags".into(),
             scopes: self.pull_scope(),
             resendable: true,
+            resend_after_transport_error: true,
         };
         let mut url = self
             .host
@@ -404,6 +406,45 @@ pub(crate) fn empty_index() -> ImageIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(cases()))]
+
+        #[test]
+        fn link_headers_never_panic(values in proptest::collection::vec("[ -~]{0,80}", 0..3)) {
+            let mut h = HeaderMap::new();
+            for v in &values {
+                if let Ok(v) = v.parse() {
+                    h.append(LINK, v);
+                }
+            }
+            let _ = next_link(&h);
+        }
+
+        #[test]
+        fn the_next_link_is_found_among_others(
+            target in "/v2/[a-z]{1,8}/tags/list\\?last=[a-z0-9]{1,8}&n=[0-9]{1,3}",
+            others in proptest::collection::vec(("/[a-z?=&]{0,20}", "prev|last|first"), 0..3),
+            quoted: bool,
+            first: bool,
+        ) {
+            let rel = if quoted { "rel=\"next\"" } else { "rel=next" };
+            let mut parts: Vec<String> =
+                others.iter().map(|(t, r)| format!("<{t}>; rel=\"{r}\"")).collect();
+            let next = format!("<{target}>; {rel}");
+            if first { parts.insert(0, next) } else { parts.push(next) }
+            let mut h = HeaderMap::new();
+            h.insert(LINK, parts.join(", ").parse().unwrap());
+            proptest::prop_assert_eq!(next_link(&h), Some(target));
+        }
+    }
+
+    fn cases() -> u32 {
+        std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(256)
+    }
 
     #[test]
     fn next_link_is_found_in_the_usual_spellings() {

@@ -66,6 +66,81 @@ impl UploadSession {
     }
 }
 
+impl UploadSession {
+    /// A session known from elsewhere (recorded by an earlier run), to be
+    /// offered to a [`ResumableUpload`]; its offset is asked again before
+    /// use. `None` when `location` is not an absolute URL.
+    pub fn known(location: &str, offset: u64) -> Option<Self> {
+        Some(Self {
+            location: Url::parse(location).ok()?,
+            offset,
+        })
+    }
+}
+
+/// Told of every change of a [`ResumableUpload`]'s session: the session
+/// after a chunk the registry took (or a fresh one), `None` once the blob
+/// is uploaded or the session is gone. Called on the uploading task; keep
+/// it short (a small file write).
+pub type SessionObserver = Box<dyn Fn(Option<&UploadSession>) + Send + Sync>;
+
+/// One blob's upload across attempts (and, recorded, across runs): the
+/// session the last attempt left, so the next one continues it where the
+/// registry still holds it. See [`Repository::upload_resumable`].
+#[derive(Default)]
+pub struct ResumableUpload {
+    session: Mutex<Option<UploadSession>>,
+    observer: Option<SessionObserver>,
+}
+
+impl std::fmt::Debug for ResumableUpload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResumableUpload")
+            .field("session", &*lock(&self.session))
+            .finish_non_exhaustive()
+    }
+}
+
+impl ResumableUpload {
+    /// Nothing sent yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The same, telling `observer` of every change of the session (to
+    /// record it for a later run).
+    pub fn with_observer(mut self, observer: SessionObserver) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// Continues `session` at the next attempt (a mount that fell back to
+    /// an upload, or a session an earlier run recorded).
+    pub fn offer(&self, session: UploadSession) {
+        self.put(Some(session));
+    }
+
+    /// The session the last attempt left, if any.
+    pub fn session(&self) -> Option<UploadSession> {
+        lock(&self.session).clone()
+    }
+
+    fn take(&self) -> Option<UploadSession> {
+        lock(&self.session).take()
+    }
+
+    fn put(&self, session: Option<UploadSession>) {
+        if let Some(observer) = &self.observer {
+            observer(session.as_ref());
+        }
+        *lock(&self.session) = session;
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// What a mount request achieved.
 #[derive(Debug)]
 pub enum MountOutcome {
@@ -90,6 +165,7 @@ impl Repository {
             action: action.to_string(),
             scopes,
             resendable: true,
+            resend_after_transport_error: true,
         }
     }
 
@@ -191,7 +267,10 @@ impl Repository {
     /// Asks how many bytes an upload session holds (`GET` on the session),
     /// so an interrupted upload continues where the registry stands.
     pub async fn upload_status(&self, session: &mut UploadSession) -> Result<u64> {
-        let op = self.upload_op(None, "GET upload status", self.push_scope());
+        let op = Operation {
+            resend_after_transport_error: true,
+            ..self.session_op(None, "GET upload status")
+        };
         let url = session.location.clone();
         let resp = self
             .host
@@ -223,7 +302,7 @@ impl Repository {
         digest: &Digest,
         body: Option<Body>,
     ) -> Result<()> {
-        let op = self.upload_op(Some(digest), "PUT upload", self.push_scope());
+        let op = self.session_op(Some(digest), "PUT upload");
         let mut url = session.location.clone();
         url.query_pairs_mut().append_pair("digest", digest.as_str());
         // A streaming body can be sent once only.
@@ -262,59 +341,17 @@ impl Repository {
     }
 
     /// Uploads a whole blob in one request: `POST` for a session, then one
-    /// `PUT` streaming `size` bytes from the source (reopened on a retry).
+    /// `PUT` streaming `size` bytes from the source. A failed attempt is
+    /// retried per the client's retry policy, resumed as
+    /// [`Repository::upload_resumable`] resumes.
     pub async fn upload_monolithic(
         &self,
         digest: &Digest,
         size: u64,
         source: &dyn BlobSource,
     ) -> Result<()> {
-        let session = self.start_upload().await?;
-        self.upload_monolithic_on(session, digest, size, source)
+        self.upload_with_retries(ResumableUpload::new(), digest, size, source, None)
             .await
-    }
-
-    /// Like [`Repository::upload_monolithic`], on a session the caller
-    /// opened (so it can cancel the session if it abandons the upload).
-    pub async fn upload_monolithic_on(
-        &self,
-        session: UploadSession,
-        digest: &Digest,
-        size: u64,
-        source: &dyn BlobSource,
-    ) -> Result<()> {
-        let op = self.upload_op(Some(digest), "PUT blob", self.push_scope());
-        let mut url = session.location.clone();
-        url.query_pairs_mut().append_pair("digest", digest.as_str());
-        let result = self
-            .host
-            .send(&op, &|http| {
-                let reader = source.open(0).map_err(|e| Error::Io {
-                    path: format!("blob {digest}"),
-                    source: e,
-                })?;
-                let stream = tokio_util_reader_stream(reader);
-                Ok(http
-                    .put(url.clone())
-                    .header(CONTENT_TYPE, "application/octet-stream")
-                    .header(CONTENT_LENGTH, size)
-                    .body(Body::wrap_stream(stream)))
-            })
-            .await;
-        match result {
-            Ok(resp) if resp.status() == StatusCode::CREATED || resp.status().is_success() => {
-                Ok(())
-            }
-            Ok(resp) => {
-                let err = self.host.status_error(&op, resp).await;
-                let _ = self.cancel_upload(session).await;
-                Err(err)
-            }
-            Err(e) => {
-                let _ = self.cancel_upload(session).await;
-                Err(e)
-            }
-        }
     }
 
     /// Uploads a blob of unknown length: one `PATCH` streaming everything,
@@ -324,6 +361,7 @@ impl Repository {
         let mut session = self.start_upload().await?;
         let op = Operation {
             resendable: false,
+            resend_after_transport_error: false,
             ..self.upload_op(Some(digest), "PATCH streamed blob", self.push_scope())
         };
         let url = session.location.clone();
@@ -358,10 +396,10 @@ impl Repository {
         self.finish_upload(session, digest, None).await
     }
 
-    /// Uploads a blob in chunks of `chunk_size` bytes. When a chunk fails for
-    /// a transient reason, asks the registry how much it holds and goes on
-    /// from there (re-reading the source at that offset), up to the retry
-    /// policy's attempts in a row. Memory use is one chunk.
+    /// Uploads a blob in chunks of `chunk_size` bytes. A failed attempt is
+    /// retried per the client's retry policy, going on from the offset the
+    /// registry holds (or from zero in a fresh session when the registry
+    /// dropped the old one). Memory use is one read buffer.
     pub async fn upload_chunked(
         &self,
         digest: &Digest,
@@ -369,48 +407,233 @@ impl Repository {
         source: &dyn BlobSource,
         chunk_size: usize,
     ) -> Result<()> {
-        let session = self.start_upload().await?;
-        self.continue_chunked(session, digest, size, source, chunk_size)
-            .await
+        self.upload_with_retries(
+            ResumableUpload::new(),
+            digest,
+            size,
+            source,
+            Some(chunk_size as u64),
+        )
+        .await
     }
 
     /// Continues a chunked upload on an existing session (one opened by
     /// [`Repository::start_upload`] or a mount that fell back), from the
-    /// session's offset.
+    /// offset the registry reports for it; retried like
+    /// [`Repository::upload_chunked`].
     pub async fn continue_chunked(
         &self,
-        mut session: UploadSession,
+        session: UploadSession,
         digest: &Digest,
         size: u64,
         source: &dyn BlobSource,
         chunk_size: usize,
     ) -> Result<()> {
-        let chunk_size = chunk_size.max(1) as u64;
-        let max_attempts = self.client.config().retry.max_attempts;
-        let mut failures = 0;
-        while session.offset < size {
-            let length = chunk_size.min(size - session.offset);
+        let upload = ResumableUpload::new();
+        upload.offer(session);
+        self.upload_with_retries(upload, digest, size, source, Some(chunk_size as u64))
+            .await
+    }
+
+    async fn upload_with_retries(
+        &self,
+        upload: ResumableUpload,
+        digest: &Digest,
+        size: u64,
+        source: &dyn BlobSource,
+        chunk_size: Option<u64>,
+    ) -> Result<()> {
+        let retry = &self.client.config().retry;
+        let mut attempt = 1;
+        loop {
             match self
-                .upload_chunk_from(&mut session, source, length, digest)
+                .upload_resumable(&upload, digest, size, source, chunk_size)
                 .await
             {
-                Ok(()) => failures = 0,
-                Err(e) if e.is_retryable() && failures + 1 < max_attempts => {
-                    failures += 1;
-                    let held = self.upload_status(&mut session).await?;
+                Ok(()) => return Ok(()),
+                // A session lost at its closing PUT may have made the blob.
+                Err(Error::UploadSessionLost { .. })
+                    if self.head_blob(digest).await.ok().flatten() == Some(size) =>
+                {
+                    return Ok(())
+                }
+                Err(e) if e.is_retryable() && attempt < retry.max_attempts => {
                     tracing::debug!(
-                        "upload of {digest} to {}/{}: {e}; the registry holds {held} bytes, going on from there",
+                        "upload of {digest} to {}/{} (attempt {attempt}): {e}; resuming",
                         self.registry(),
                         self.name()
                     );
+                    tokio::time::sleep(retry.delay(attempt, None)).await;
+                    attempt += 1;
                 }
-                Err(e) => {
-                    let _ = self.cancel_upload(session).await;
-                    return Err(e);
-                }
+                Err(e) => return Err(e),
             }
         }
-        self.finish_upload(session, digest, None).await
+    }
+
+    /// One attempt at uploading blob `digest` (`size` bytes of `source`),
+    /// continuing what earlier attempts on `upload` achieved:
+    ///
+    /// - a session an earlier attempt left (or one offered) is asked for its
+    ///   offset (`GET` on it); the upload goes on from there when the
+    ///   registry still holds it, and starts over in a fresh session when
+    ///   the registry says it is gone (`BLOB_UPLOAD_UNKNOWN`,
+    ///   `BLOB_UPLOAD_INVALID`, 404), as the distribution registry does
+    ///   after any request on the session broke midway;
+    /// - with `chunk_size`, the bytes go in `PATCH`es of that size, each
+    ///   recorded in `upload` as the registry takes it, then an empty
+    ///   closing `PUT`; without, in the closing `PUT` itself.
+    ///
+    /// A request cut midway is never sent again on the same session within
+    /// the attempt: the error is returned (retryable) and the next attempt
+    /// asks the registry where it stands. A 5xx or 429 answer leaves the
+    /// session where it was, so that request alone is sent again. On a
+    /// failure that retrying cannot mend the session is cancelled.
+    pub async fn upload_resumable(
+        &self,
+        upload: &ResumableUpload,
+        digest: &Digest,
+        size: u64,
+        source: &dyn BlobSource,
+        chunk_size: Option<u64>,
+    ) -> Result<()> {
+        let mut session = match self.resume_session(upload, size).await? {
+            Some(session) => session,
+            None => self.start_upload().await?,
+        };
+        upload.put(Some(session.clone()));
+        let result = self
+            .send_rest(upload, &mut session, digest, size, source, chunk_size)
+            .await;
+        match result {
+            Ok(()) => {
+                upload.put(None);
+                Ok(())
+            }
+            Err(e @ Error::UploadSessionLost { .. }) => {
+                upload.put(None);
+                Err(e)
+            }
+            Err(e) if e.is_retryable() => Err(e),
+            Err(e) => {
+                let session = upload.take();
+                upload.put(None);
+                if let Some(session) = session {
+                    let _ = self.cancel_upload(session).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The session of an earlier attempt, at the offset the registry holds,
+    /// if the registry still has it.
+    async fn resume_session(
+        &self,
+        upload: &ResumableUpload,
+        size: u64,
+    ) -> Result<Option<UploadSession>> {
+        let Some(mut session) = upload.take() else {
+            return Ok(None);
+        };
+        match self.upload_status(&mut session).await {
+            Ok(held) if held <= size => {
+                tracing::debug!(
+                    "{}/{}: upload session holds {held} of {size} bytes; going on from there",
+                    self.registry(),
+                    self.name()
+                );
+                Ok(Some(session))
+            }
+            Ok(_) => {
+                let _ = self.cancel_upload(session).await;
+                Ok(None)
+            }
+            Err(Error::UploadSessionLost { .. }) => {
+                tracing::debug!(
+                    "{}/{}: the registry dropped the upload session; starting a fresh one",
+                    self.registry(),
+                    self.name()
+                );
+                Ok(None)
+            }
+            Err(e) => {
+                upload.put(Some(session));
+                Err(e)
+            }
+        }
+    }
+
+    async fn send_rest(
+        &self,
+        upload: &ResumableUpload,
+        session: &mut UploadSession,
+        digest: &Digest,
+        size: u64,
+        source: &dyn BlobSource,
+        chunk_size: Option<u64>,
+    ) -> Result<()> {
+        let Some(chunk_size) = chunk_size else {
+            return self.put_rest(session, digest, size, source).await;
+        };
+        let chunk_size = chunk_size.max(1);
+        while session.offset < size {
+            let length = chunk_size.min(size - session.offset);
+            self.upload_chunk_from(session, source, length, digest)
+                .await?;
+            upload.put(Some(session.clone()));
+        }
+        self.finish_upload(session.clone(), digest, None).await
+    }
+
+    /// The closing `PUT` carrying every byte from the session's offset on.
+    async fn put_rest(
+        &self,
+        session: &UploadSession,
+        digest: &Digest,
+        size: u64,
+        source: &dyn BlobSource,
+    ) -> Result<()> {
+        let op = self.session_op(Some(digest), "PUT blob");
+        let start = session.offset.min(size);
+        let mut url = session.location.clone();
+        url.query_pairs_mut().append_pair("digest", digest.as_str());
+        let resp = self
+            .host
+            .send(&op, &|http| {
+                let reader = source.open(start).map_err(|e| Error::Io {
+                    path: format!("blob {digest}"),
+                    source: e,
+                })?;
+                let stream = tokio_util_reader_stream(Box::pin(reader.take(size - start)));
+                Ok(http
+                    .put(url.clone())
+                    .header(CONTENT_TYPE, "application/octet-stream")
+                    .header(CONTENT_LENGTH, size - start)
+                    .body(Body::wrap_stream(stream)))
+            })
+            .await?;
+        if resp.status() == StatusCode::CREATED || resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(self.host.status_error(&op, resp).await)
+        }
+    }
+
+    /// A request carrying bytes of (or asking about) an upload session: a
+    /// 404 means the session is gone; a cut connection is not followed by
+    /// the same request (see [`Repository::upload_resumable`]).
+    fn session_op(&self, digest: Option<&Digest>, action: &str) -> Operation {
+        Operation {
+            subject: Subject::UploadSession {
+                repository: self.name.clone(),
+                digest: digest.map(Digest::to_string).unwrap_or_default(),
+            },
+            action: action.to_string(),
+            scopes: self.push_scope(),
+            resendable: true,
+            resend_after_transport_error: false,
+        }
     }
 
     /// Sends the next `length` bytes of `source` (from the session's
@@ -424,7 +647,7 @@ impl Repository {
         length: u64,
         digest: &Digest,
     ) -> Result<()> {
-        let op = self.upload_op(None, "PATCH upload chunk", self.push_scope());
+        let op = self.session_op(Some(digest), "PATCH upload chunk");
         let start = session.offset;
         let end = start + length - 1;
         let url = session.location.clone();
@@ -463,7 +686,7 @@ fn parse_range_end(value: &str) -> Option<u64> {
     let (_, end) = v.split_once('-')?;
     match end.trim().parse::<u64>().ok()? {
         0 => None,
-        end => Some(end + 1),
+        end => end.checked_add(1),
     }
 }
 
@@ -480,6 +703,41 @@ fn tokio_util_reader_stream(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(cases()))]
+
+        #[test]
+        fn session_ranges_never_panic(value in "\\PC{0,40}") {
+            let _ = parse_range_end(&value);
+        }
+
+        #[test]
+        fn session_ranges_of_any_numbers_give_end_plus_one(
+            start: u64,
+            end in proptest::prop_oneof![proptest::prelude::any::<u64>(), u64::MAX - 2..=u64::MAX],
+            unit: bool,
+        ) {
+            let text = format!("{}{start}-{end}", if unit { "bytes=" } else { "" });
+            let expected = if end == 0 { None } else { end.checked_add(1) };
+            proptest::prop_assert_eq!(parse_range_end(&text), expected);
+        }
+    }
+
+    fn cases() -> u32 {
+        std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(256)
+    }
+
+    #[test]
+    fn a_range_ending_at_the_largest_offset_does_not_overflow() {
+        // Found while writing session_ranges_of_any_numbers_give_end_plus_one
+        // (which now tries the largest values too): `end + 1` panicked in
+        // debug builds and wrapped to 0 in release ones.
+        assert_eq!(parse_range_end("0-18446744073709551615"), None);
+    }
 
     #[test]
     fn session_ranges_give_bytes_held() {

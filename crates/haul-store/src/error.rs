@@ -87,12 +87,23 @@ pub enum Error {
     },
 
     /// Waiting for a lock took longer than the caller allowed.
-    #[error("timed out after {waited:?} waiting for the lock {path}")]
+    #[error("timed out after {} s waiting for the lock {} held by {holders}", waited.as_secs(), path.display())]
     LockTimeout {
         /// The lock file.
         path: PathBuf,
         /// How long we waited.
         waited: Duration,
+        /// Who holds it, e.g. `pid 4242 (haul load -i a.tar)`, or
+        /// "another process" when that cannot be told.
+        holders: String,
+    },
+
+    /// A layer unpacked to more bytes than allowed (a decompression bomb,
+    /// or a limit set too low); nothing of it was kept.
+    #[error("layer expands to more than {limit} bytes, the limit for its compressed size (a decompression bomb?); raise --max-layer-expansion if it is genuine")]
+    LayerTooLarge {
+        /// The limit in bytes of uncompressed tar.
+        limit: u64,
     },
 
     /// The layer tar stream could not be read.

@@ -12,6 +12,95 @@ use serde::Serialize;
 
 use crate::error::{Error, IoContext, Result};
 
+/// A point where a test may have the process die as `kill -9` would:
+/// with `HAUL_TEST_CRASH_AT=N` in the environment, the N-th crash point
+/// the process reaches aborts it. Placed before and after every rename
+/// and removal that changes what the store holds, so tests can check that
+/// no such moment leaves a store the next command misreads.
+pub(crate) fn crash_point() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static AT: OnceLock<Option<u64>> = OnceLock::new();
+    static REACHED: AtomicU64 = AtomicU64::new(0);
+    let at = AT.get_or_init(|| {
+        std::env::var("HAUL_TEST_CRASH_AT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+    });
+    if let Some(at) = at {
+        if REACHED.fetch_add(1, Ordering::SeqCst) + 1 == *at {
+            std::process::abort();
+        }
+    }
+}
+
+/// Makes `path` (a file or a whole directory tree) unreachable with one
+/// rename into `trash_dir`, fsynced, then deletes it there. A process
+/// killed midway leaves either the entry whole where it was, or an
+/// unreachable leftover in the trash that [`empty_trash`] deletes later:
+/// never a half-deleted entry where readers look.
+pub(crate) fn remove_via_trash(trash_dir: &Path, path: &Path) -> Result<()> {
+    let Some(parent) = path.parent() else {
+        return remove_tree(path);
+    };
+    create_dirs(trash_dir)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let slot = tempfile::Builder::new()
+        .prefix(&format!("{name}-"))
+        .tempdir_in(trash_dir)
+        .at(trash_dir)?
+        .keep();
+    let target = slot.join("entry");
+    crash_point();
+    match fs::rename(path, &target) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let _ = fs::remove_dir(&slot);
+            return Ok(());
+        }
+        Err(e) => return Err(e).at(path),
+    }
+    fsync_dir(parent)?;
+    crash_point();
+    // Unreachable now: a failure here (another process emptying the trash
+    // at the same time) only leaves work for the next command.
+    let _ = remove_tree(&slot);
+    crash_point();
+    Ok(())
+}
+
+/// Deletes what killed processes left in the trash (best effort: another
+/// process may be deleting the same entries).
+pub(crate) fn empty_trash(trash_dir: &Path) {
+    let Ok(entries) = fs::read_dir(trash_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let _ = remove_tree(&entry.path());
+    }
+}
+
+/// Entries (files, directories, links...) under `dir`, not counting `dir`
+/// itself; `None` when `dir` cannot be read. Reads directory entries only,
+/// no file contents.
+pub(crate) fn count_entries(dir: &Path) -> Option<u64> {
+    let mut total = 0;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in fs::read_dir(&dir).ok()? {
+            let entry = entry.ok()?;
+            total += 1;
+            if entry.file_type().ok()?.is_dir() {
+                pending.push(entry.path());
+            }
+        }
+    }
+    Some(total)
+}
+
 /// Flushes a directory's entries (a rename or a new file in it) to disk.
 pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
     fs::File::open(dir).and_then(|d| d.sync_all()).at(dir)
@@ -29,6 +118,7 @@ pub(crate) fn write_atomic(tmp_dir: &Path, dest: &Path, bytes: &[u8]) -> Result<
     tmp.as_file().sync_data().at(tmp.path())?;
     // Readable by others, like any file of the store (tempfile uses 0600).
     fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o644)).at(tmp.path())?;
+    crash_point();
     tmp.persist(dest).map_err(|e| Error::Io {
         path: dest.to_path_buf(),
         source: e.error,
@@ -36,6 +126,7 @@ pub(crate) fn write_atomic(tmp_dir: &Path, dest: &Path, bytes: &[u8]) -> Result<
     if let Some(parent) = dest.parent() {
         fsync_dir(parent)?;
     }
+    crash_point();
     Ok(())
 }
 
@@ -100,6 +191,7 @@ fn make_dirs_writable(dir: &Path) {
 
 /// Removes a file; a missing one is fine.
 pub(crate) fn remove_file_if_exists(path: &Path) -> Result<()> {
+    crash_point();
     match fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e).at(path),
         _ => Ok(()),

@@ -29,8 +29,8 @@ use crate::Store;
 /// How gc behaves.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GcOptions {
-    /// How long to wait for running pulls (leases) to finish; forever when
-    /// `None`.
+    /// How long to wait for running pulls (leases) to finish; the store's
+    /// lock timeout when `None`.
     pub lock_timeout: Option<Duration>,
     /// Keep partial downloads modified more recently than this; `None`
     /// removes every partial no process is writing.
@@ -85,7 +85,7 @@ impl Store {
         let _gc = FileLock::acquire(
             &self.gc_lock_path(),
             LockKind::Exclusive,
-            options.lock_timeout,
+            options.lock_timeout.or(self.lock_timeout),
         )?;
         let _lock = self.lock_metadata()?;
         let mut report = GcReport::default();

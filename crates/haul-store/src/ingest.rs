@@ -65,6 +65,8 @@ pub struct Ingest {
     digest: Digest,
     data_path: PathBuf,
     blob_path: PathBuf,
+    /// `ROOT/tmp`, where [`Ingest::park`] sets blobs aside.
+    tmp_dir: PathBuf,
     writer: BufWriter<File>,
     offset: u64,
     /// `None` until the resumed prefix has been hashed.
@@ -85,10 +87,11 @@ impl std::fmt::Debug for Ingest {
 }
 
 impl Store {
-    /// Opens the ingest of `digest`, waiting as long as another writer
-    /// holds it. See the [module docs](crate::Ingest) for the protocol.
+    /// Opens the ingest of `digest`, waiting while another writer holds it
+    /// (at most the store's lock timeout). See the
+    /// [module docs](crate::Ingest) for the protocol.
     pub fn ingest(&self, digest: &Digest) -> Result<IngestOutcome> {
-        self.ingest_with_timeout(digest, None)
+        self.ingest_with_timeout(digest, self.lock_timeout)
     }
 
     /// Like [`Store::ingest`], but waits at most `timeout` for another
@@ -124,6 +127,7 @@ impl Store {
             digest: digest.clone(),
             data_path,
             blob_path: self.blob_path(digest),
+            tmp_dir: self.tmp_dir(),
             writer: BufWriter::with_capacity(WRITE_BUFFER, file),
             offset,
             digester,
@@ -220,6 +224,40 @@ impl Ingest {
     /// prefix, to resume later); a longer one, or one with the wrong digest,
     /// is deleted.
     pub fn commit(mut self, expected_size: u64, expected_digest: &Digest) -> Result<()> {
+        self.verify_and_sync(expected_size, expected_digest)?;
+        std::fs::rename(&self.data_path, &self.blob_path).at(&self.blob_path)?;
+        if let Some(dir) = self.blob_path.parent() {
+            fsync_dir(dir)?;
+        }
+        self.lock.remove_file()
+    }
+
+    /// Verifies like [`Ingest::commit`], then sets the blob aside in a file
+    /// of its own under `ROOT/tmp/` and releases the digest's lock: for an
+    /// import that commits only once a whole archive checked out, without
+    /// holding any lock across the archive (two imports sharing blobs in
+    /// opposite order would wait for each other forever). Dropping the
+    /// [`ParkedBlob`] deletes it; a killed process leaves it to the next
+    /// command's cleanup of `tmp/`.
+    pub fn park(mut self, expected_size: u64, expected_digest: &Digest) -> Result<ParkedBlob> {
+        self.verify_and_sync(expected_size, expected_digest)?;
+        let tmp = &self.tmp_dir;
+        let parked = tempfile::Builder::new()
+            .prefix(&format!("parked-{}-", self.digest.hex()))
+            .tempfile_in(tmp)
+            .at(tmp)?
+            .into_temp_path();
+        std::fs::rename(&self.data_path, &parked).at(&parked)?;
+        self.lock.remove_file()?;
+        Ok(ParkedBlob {
+            path: Some(parked),
+            blob_path: self.blob_path.clone(),
+        })
+    }
+
+    /// Checks size and digest (deleting a partial that cannot become the
+    /// blob) and fsyncs the data.
+    fn verify_and_sync(&mut self, expected_size: u64, expected_digest: &Digest) -> Result<()> {
         if expected_digest != &self.digest {
             return Err(Error::IngestKeyMismatch {
                 ingest: self.digest.clone(),
@@ -249,12 +287,7 @@ impl Ingest {
             self.discard()?;
             return Err(err);
         }
-        self.writer.get_ref().sync_data().at(&self.data_path)?;
-        std::fs::rename(&self.data_path, &self.blob_path).at(&self.blob_path)?;
-        if let Some(dir) = self.blob_path.parent() {
-            fsync_dir(dir)?;
-        }
-        self.lock.remove_file()
+        self.writer.get_ref().sync_data().at(&self.data_path)
     }
 
     /// Gives up: deletes the partial file (a later ingest starts from 0).
@@ -295,6 +328,33 @@ impl Ingest {
             });
         }
         self.digester = Some(digester);
+        Ok(())
+    }
+}
+
+/// A verified blob set aside by [`Ingest::park`], not yet in the store.
+#[derive(Debug)]
+pub struct ParkedBlob {
+    path: Option<tempfile::TempPath>,
+    blob_path: PathBuf,
+}
+
+impl ParkedBlob {
+    /// Moves the blob into `content/blobs/` (atomic rename, fsynced); when
+    /// another process committed the same blob meanwhile, keeps that one.
+    pub fn commit(mut self) -> Result<()> {
+        let Some(path) = self.path.take() else {
+            return Ok(());
+        };
+        if self.blob_path.is_file() {
+            return Ok(()); // `path` deletes itself on drop
+        }
+        path.persist(&self.blob_path)
+            .map_err(|e| e.error)
+            .at(&self.blob_path)?;
+        if let Some(dir) = self.blob_path.parent() {
+            fsync_dir(dir)?;
+        }
         Ok(())
     }
 }

@@ -8,6 +8,13 @@
 //! complete. When two registrations of one chain ID race, the first rename
 //! wins and the other is discarded.
 //!
+//! `layer.json` is the layer's completion record: written last, and checked
+//! on every read ([`Store::get_layer`]) against the diff it describes (its
+//! entry count). A layer is removed by one rename into `ROOT/trash/` before
+//! anything of it is deleted, so a removal killed midway never leaves a
+//! half-deleted layer where readers look; one damaged otherwise is taken
+//! for absent and replaced by the next registration.
+//!
 //! File contents are not fsynced one by one (neither Docker nor containerd
 //! do): a killed process never leaves a partial layer, but a power loss
 //! right after a registration may.
@@ -21,7 +28,9 @@ use haul_oci::{Digest, Digester};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
-use crate::fsutil::{fsync_dir, now_unix, read_json, remove_tree};
+use crate::fsutil::{
+    count_entries, crash_point, fsync_dir, now_unix, read_json, remove_tree, remove_via_trash,
+};
 use crate::unpack::{unpack, UnpackOptions};
 use crate::Store;
 
@@ -43,6 +52,12 @@ pub struct LayerInfo {
     /// diff is not a faithful copy of the tar.
     #[serde(default)]
     pub skipped_entries: u64,
+    /// Entries under `diff/` when the layer was registered: checked on
+    /// every read of the layer (a directory walk, no hashing), so a diff
+    /// damaged after its registration is taken for absent, not for whole.
+    /// Absent in records written before haul counted them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entries: Option<u64>,
 }
 
 /// A layer unpacked into a staging directory, waiting for its parent
@@ -90,9 +105,19 @@ pub fn chain_id(parent: Option<&Digest>, diff_id: &Digest) -> Digest {
 }
 
 impl Store {
-    /// The layer registered under `chain_id`, if any.
+    /// The layer registered under `chain_id`, if any: its `layer.json`,
+    /// provided its diff is there with the entry count recorded.
     pub fn get_layer(&self, chain_id: &Digest) -> Result<Option<LayerInfo>> {
-        read_json(&self.layer_dir(chain_id).join("layer.json"))
+        let dir = self.layer_dir(chain_id);
+        let Some(info) = read_json::<LayerInfo>(&dir.join("layer.json"))? else {
+            return Ok(None);
+        };
+        let diff = dir.join("diff");
+        let whole = match info.entries {
+            Some(expected) => count_entries(&diff) == Some(expected),
+            None => diff.is_dir(),
+        };
+        Ok(whole.then_some(info))
     }
 
     /// The directory holding the layer's unpacked diff (whiteout markers
@@ -248,6 +273,15 @@ impl Store {
                 });
             }
         }
+        let tmp = staged
+            .dir
+            .clone()
+            .expect("a staged layer has its directory until committed");
+        let diff = tmp.join("diff");
+        let entries = count_entries(&diff).ok_or_else(|| Error::Io {
+            path: diff.clone(),
+            source: io::Error::other("cannot list the unpacked diff"),
+        })?;
         let info = LayerInfo {
             chain_id: chain_id(parent, &staged.diff_id),
             diff_id: staged.diff_id.clone(),
@@ -255,14 +289,11 @@ impl Store {
             size: staged.size,
             created: now_unix(),
             skipped_entries: staged.skipped_entries,
+            entries: Some(entries),
         };
         if let Some(existing) = self.get_layer(&info.chain_id)? {
             return Ok(existing);
         }
-        let tmp = staged
-            .dir
-            .clone()
-            .expect("a staged layer has its directory until committed");
         let path = tmp.join("layer.json");
         let mut bytes = serde_json::to_vec_pretty(&info).map_err(|source| Error::Metadata {
             path: path.clone(),
@@ -274,23 +305,35 @@ impl Store {
         file.sync_all().at(&path)?;
         fsync_dir(&tmp)?;
         let dest = self.layer_dir(&info.chain_id);
-        match fs::rename(&tmp, &dest) {
-            Ok(()) => {
-                staged.dir = None;
-                fsync_dir(&self.layers_dir().join("sha256"))?;
-                Ok(info)
+        let mut replaced_damaged = false;
+        loop {
+            crash_point();
+            match fs::rename(&tmp, &dest) {
+                Ok(()) => {
+                    staged.dir = None;
+                    fsync_dir(&self.layers_dir().join("sha256"))?;
+                    crash_point();
+                    return Ok(info);
+                }
+                Err(e) => match self.get_layer(&info.chain_id)? {
+                    Some(existing) => return Ok(existing),
+                    // A damaged copy (a removal killed by an older haul,
+                    // files lost): out of the way, once, then ours.
+                    None if dest.exists() && !replaced_damaged => {
+                        replaced_damaged = true;
+                        remove_via_trash(&self.trash_dir(), &dest)?;
+                    }
+                    None => return Err(e).at(&dest),
+                },
             }
-            Err(e) => match self.get_layer(&info.chain_id)? {
-                Some(existing) => Ok(existing),
-                None => Err(e).at(&dest),
-            },
         }
     }
 
-    /// Removes a layer directory (used by gc); returns the bytes freed.
+    /// Removes a layer directory (used by gc) through the trash; returns
+    /// the bytes freed.
     pub(crate) fn remove_layer_dir(&self, dir: &std::path::Path) -> Result<u64> {
         let size = crate::fsutil::tree_size(dir);
-        remove_tree(dir)?;
+        remove_via_trash(&self.trash_dir(), dir)?;
         Ok(size)
     }
 }

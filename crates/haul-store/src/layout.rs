@@ -83,6 +83,11 @@ impl Store {
         self.root.join("tmp")
     }
 
+    /// `ROOT/trash`: entries made unreachable by one rename, deleted after.
+    pub(crate) fn trash_dir(&self) -> PathBuf {
+        self.root.join("trash")
+    }
+
     pub(crate) fn store_lock_path(&self) -> PathBuf {
         self.root.join("store.lock")
     }

@@ -27,6 +27,8 @@
 //!     diffid/sha256/HEX.json    diffID -> [(blob digest, registry/repository)]
 //!     blob/sha256/HEX.json      blob digest -> diffID
 //!   tmp/                        temporary files of atomic metadata writes
+//!   trash/                      entries being removed (unreachable)
+//!   uploads/HEX.json            upload sessions a push left open
 //!   store.lock, gc.lock         see the `lock` module
 //! ```
 //!
@@ -38,9 +40,11 @@
 //!   the file into `content/blobs/`. A partial survives the process and the
 //!   next [`Store::ingest`] of that digest resumes it. So `blobs/` only ever
 //!   holds complete, verified files, whatever moment a process is killed at.
-//! - **Layers appear whole.** [`Store::register_layer`] unpacks into
-//!   `layers/tmp-*`, writes `layer.json`, and renames the directory into
-//!   place; a directory under `layers/sha256/` is always complete.
+//! - **Layers appear whole, and go whole.** [`Store::register_layer`]
+//!   unpacks into `layers/tmp-*`, writes `layer.json` (with the diff's
+//!   entry count, checked on every read) and renames the directory into
+//!   place; removal renames it into `trash/` first, and the next command
+//!   deletes what a killed one left there.
 //! - **Metadata is replaced atomically** (write to `tmp/`, fsync, rename),
 //!   under the store lock; readers never lock.
 //! - **Two processes on one root are safe**: see [`Lease`] and the locking
@@ -93,6 +97,7 @@ mod layout;
 mod lock;
 mod refs;
 pub mod unpack;
+mod uploads;
 mod v1meta;
 
 use std::path::{Path, PathBuf};
@@ -104,12 +109,13 @@ pub use error::{Error, Result};
 pub use export::{ExportOptions, ExportReport};
 pub use gc::{GcOptions, GcReport};
 pub use images::{ImageLayer, ImageRecord};
-pub use ingest::{Ingest, IngestOutcome};
+pub use ingest::{Ingest, IngestOutcome, ParkedBlob};
 pub use layers::{chain_id, LayerInfo, StagedLayer};
 pub use layout::{ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME};
 pub use lock::Lease;
 pub use refs::{IdMatch, RemovedImage};
-pub use unpack::{UnpackOptions, UnpackReport};
+pub use unpack::{ExpansionLimit, UnpackOptions, UnpackReport};
+pub use uploads::UploadRecord;
 pub use v1meta::V1Layer;
 
 use crate::error::IoContext;
@@ -123,13 +129,22 @@ use crate::lock::{FileLock, LockKind};
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    /// How long a lock is waited for when the caller names no limit.
+    lock_timeout: Option<Duration>,
 }
+
+/// How long [`Store`] waits for a lock by default before failing with
+/// [`Error::LockTimeout`], which names the processes holding it.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(600);
 
 impl Store {
     /// Opens (creating if needed) the store at `root`.
     pub fn open(root: impl AsRef<Path>) -> Result<Self> {
         let root = root.as_ref().to_path_buf();
-        let store = Store { root };
+        let store = Store {
+            root,
+            lock_timeout: Some(DEFAULT_LOCK_TIMEOUT),
+        };
         for dir in [
             store.blobs_dir("sha256"),
             store.ingest_dir(),
@@ -137,9 +152,12 @@ impl Store {
             store.images_dir(),
             store.distribution_dir(),
             store.tmp_dir(),
+            store.trash_dir(),
         ] {
             create_dirs(&dir)?;
         }
+        // What removals killed midway left: unreachable already.
+        fsutil::empty_trash(&store.trash_dir());
         let marker = store.content_dir().join("oci-layout");
         let index = store.index_json_path();
         if !marker.is_file() || !index.is_file() || store.index_is_stale() {
@@ -169,6 +187,13 @@ impl Store {
         }
     }
 
+    /// The same store, waiting at most `timeout` (forever when `None`) for
+    /// a lock when a call names no limit of its own.
+    pub fn with_lock_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.lock_timeout = timeout;
+        self
+    }
+
     /// The directory everything of this store lives under.
     pub fn root(&self) -> &Path {
         &self.root
@@ -176,7 +201,7 @@ impl Store {
 
     /// Takes a [`Lease`], waiting while garbage collection runs.
     pub fn lease(&self) -> Result<Lease> {
-        self.lease_with_timeout(None)
+        self.lease_with_timeout(self.lock_timeout)
     }
 
     /// Takes a [`Lease`], waiting at most `timeout` (forever when `None`)
@@ -187,7 +212,11 @@ impl Store {
 
     /// The store-wide lock for metadata updates.
     pub(crate) fn lock_metadata(&self) -> Result<FileLock> {
-        FileLock::acquire(&self.store_lock_path(), LockKind::Exclusive, None)
+        FileLock::acquire(
+            &self.store_lock_path(),
+            LockKind::Exclusive,
+            self.lock_timeout,
+        )
     }
 }
 

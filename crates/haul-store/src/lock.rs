@@ -97,10 +97,7 @@ impl FileLock {
             }
             if let Some(t) = timeout {
                 if start.elapsed() >= t {
-                    return Err(Error::LockTimeout {
-                        path: path.to_path_buf(),
-                        waited: start.elapsed(),
-                    });
+                    return Err(timeout_error(path, start.elapsed()));
                 }
             }
         }
@@ -156,14 +153,74 @@ fn lock_file(file: &File, path: &Path, kind: LockKind, timeout: Option<Duration>
         }
         let waited = start.elapsed();
         if waited >= timeout {
-            return Err(Error::LockTimeout {
-                path: path.to_path_buf(),
-                waited,
-            });
+            return Err(timeout_error(path, waited));
         }
         std::thread::sleep(pause.min(timeout - waited));
         pause = (pause * 2).min(Duration::from_millis(50));
     }
+}
+
+fn timeout_error(path: &Path, waited: Duration) -> Error {
+    let holders = holders_of(path);
+    Error::LockTimeout {
+        path: path.to_path_buf(),
+        waited,
+        holders: if holders.is_empty() {
+            "another process".to_string()
+        } else {
+            holders.join(", ")
+        },
+    }
+}
+
+/// The processes holding a `flock` on `path`, as `pid N (command line)`,
+/// read from `/proc/locks` (Linux); empty when that cannot be told.
+pub(crate) fn holders_of(path: &Path) -> Vec<String> {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Vec::new();
+    };
+    let Ok(locks) = std::fs::read_to_string("/proc/locks") else {
+        return Vec::new();
+    };
+    let me = std::process::id();
+    let mut pids: Vec<u32> = locks
+        .lines()
+        .filter_map(|line| lock_line_pid(line, meta.ino()))
+        .filter(|pid| *pid != me)
+        .collect();
+    pids.sort_unstable();
+    pids.dedup();
+    pids.into_iter()
+        .map(|pid| {
+            let command = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|raw| {
+                    raw.split(|b| *b == 0)
+                        .filter(|a| !a.is_empty())
+                        .map(|a| String::from_utf8_lossy(a).into_owned())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default();
+            if command.is_empty() {
+                format!("pid {pid}")
+            } else {
+                format!("pid {pid} ({command})")
+            }
+        })
+        .collect()
+}
+
+/// The pid of a `/proc/locks` line for a `FLOCK` on inode `ino`:
+/// `1: FLOCK  ADVISORY  WRITE 4242 08:01:1234 0 EOF` (blocked waiters,
+/// marked `->`, are not holders).
+fn lock_line_pid(line: &str, ino: u64) -> Option<u32> {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    if fields.get(1) != Some(&"FLOCK") {
+        return None;
+    }
+    let pid = fields.get(4)?.parse().ok()?;
+    let inode = fields.get(5)?.rsplit(':').next()?.parse::<u64>().ok()?;
+    (inode == ino).then_some(pid)
 }
 
 /// Keeps garbage collection away while held: content added under a lease
@@ -207,6 +264,26 @@ mod tests {
         assert!(FileLock::try_acquire(&path, LockKind::Exclusive)
             .unwrap()
             .is_some());
+    }
+
+    #[test]
+    fn proc_locks_lines_give_the_holder() {
+        assert_eq!(
+            lock_line_pid("1: FLOCK  ADVISORY  WRITE 4242 08:01:1234 0 EOF", 1234),
+            Some(4242)
+        );
+        assert_eq!(
+            lock_line_pid("1: FLOCK  ADVISORY  WRITE 4242 08:01:1234 0 EOF", 99),
+            None
+        );
+        assert_eq!(
+            lock_line_pid("1: -> FLOCK  ADVISORY  WRITE 77 08:01:1234 0 EOF", 1234),
+            None
+        );
+        assert_eq!(
+            lock_line_pid("2: POSIX  ADVISORY  WRITE 4242 08:01:1234 0 EOF", 1234),
+            None
+        );
     }
 
     #[test]

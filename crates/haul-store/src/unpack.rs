@@ -71,6 +71,12 @@ pub struct UnpackOptions {
     pub as_root: bool,
     /// Apply `SCHILY.xattr.*` records as extended attributes (best effort).
     pub xattrs: bool,
+    /// How far a compressed layer may expand (see
+    /// [`UnpackOptions::for_compressed_size`]).
+    pub expansion: ExpansionLimit,
+    /// Most bytes of tar stream to unpack; past that the unpack fails with
+    /// [`Error::LayerTooLarge`] and leaves nothing. `None`: no limit.
+    pub max_size: Option<u64>,
 }
 
 impl Default for UnpackOptions {
@@ -78,7 +84,53 @@ impl Default for UnpackOptions {
         UnpackOptions {
             as_root: crate::running_as_root(),
             xattrs: true,
+            expansion: ExpansionLimit::default(),
+            max_size: None,
         }
+    }
+}
+
+impl UnpackOptions {
+    /// These options for a layer whose compressed blob has `size` bytes:
+    /// `max_size` set from [`UnpackOptions::expansion`].
+    pub fn for_compressed_size(&self, size: u64) -> UnpackOptions {
+        UnpackOptions {
+            max_size: Some(self.expansion.max_size(size)),
+            ..self.clone()
+        }
+    }
+}
+
+/// How far one layer's compressed blob may expand when unpacked, against
+/// decompression bombs (1 GiB of zeros gzips to ~1 MB). Real layers expand
+/// 2-10x; the defaults are generous.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExpansionLimit {
+    /// Most tar bytes per compressed byte (default 100).
+    pub ratio: u64,
+    /// Always allowed, whatever the ratio says (default 64 MiB).
+    pub floor: u64,
+    /// Never allowed beyond (default 64 GiB).
+    pub cap: u64,
+}
+
+impl Default for ExpansionLimit {
+    fn default() -> Self {
+        ExpansionLimit {
+            ratio: 100,
+            floor: 64 << 20,
+            cap: 64 << 30,
+        }
+    }
+}
+
+impl ExpansionLimit {
+    /// The most tar bytes a blob of `compressed` bytes may unpack to.
+    pub fn max_size(&self, compressed: u64) -> u64 {
+        compressed
+            .saturating_mul(self.ratio)
+            .max(self.floor)
+            .min(self.cap)
     }
 }
 
@@ -101,10 +153,26 @@ pub struct UnpackReport {
 /// Unpacks the uncompressed tar `reader` into the existing, empty directory
 /// `dest`, and reads the stream to its end to compute its diff ID.
 pub fn unpack<R: Read>(reader: R, dest: &Path, options: &UnpackOptions) -> Result<UnpackReport> {
+    let exceeded = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let hashing = HashingReader {
         inner: reader,
         digester: Digester::sha256(),
+        limit: options.max_size.map(|max| (max, exceeded.clone())),
     };
+    let too_large = |err: Error| match options.max_size {
+        Some(limit) if exceeded.load(std::sync::atomic::Ordering::SeqCst) => {
+            Error::LayerTooLarge { limit }
+        }
+        _ => err,
+    };
+    unpack_hashed(hashing, dest, options).map_err(too_large)
+}
+
+fn unpack_hashed<R: Read>(
+    hashing: HashingReader<R>,
+    dest: &Path,
+    options: &UnpackOptions,
+) -> Result<UnpackReport> {
     let mut archive = tar::Archive::new(BufReader::with_capacity(COPY_BUFFER, hashing));
     let mut unpacker = Unpacker {
         dest,
@@ -140,15 +208,24 @@ fn tar_error(source: io::Error) -> Error {
     Error::Tar { source }
 }
 
+/// Hashes what passes; with a limit, fails (raising the flag) once more
+/// than that many bytes came.
 struct HashingReader<R> {
     inner: R,
     digester: Digester,
+    limit: Option<(u64, std::sync::Arc<std::sync::atomic::AtomicBool>)>,
 }
 
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.digester.update(&buf[..n]);
+        if let Some((max, exceeded)) = &self.limit {
+            if self.digester.bytes() > *max {
+                exceeded.store(true, std::sync::atomic::Ordering::SeqCst);
+                return Err(io::Error::other("layer expands past its size limit"));
+            }
+        }
         Ok(n)
     }
 }

@@ -150,6 +150,15 @@ pub enum Fault {
     /// gate opens: the client waits for an answer that has not begun, as
     /// with a registry busy writing a blob. Then it is forwarded as usual.
     HoldRequest(Gate),
+    /// Forward the first `n` bytes of the request body to the upstream,
+    /// then cut both connections without an answer: the registry sees its
+    /// client vanish mid-upload, the client a connection reset while
+    /// sending. A body of at most `n` bytes goes through whole.
+    DropRequestAfterBytes(u64),
+    /// Hold the request for `duration` before forwarding it (the client
+    /// waits on an open connection; a client gone meanwhile leaves the
+    /// upstream untouched).
+    DelayRequest(Duration),
     /// Forward the response body with the byte at `offset` XORed with `0xff`.
     FlipByte {
         /// Offset of the corrupted byte in the response body.
@@ -553,11 +562,11 @@ fn run(
         let _ = ready.send(Ok(()));
 
         let proxy_shared = shared.clone();
-        let proxy = serve(proxy_listener, move |abort, req| {
-            handle_proxy(proxy_shared.clone(), abort, req)
+        let proxy = serve(proxy_listener, move |conn, req| {
+            handle_proxy(proxy_shared.clone(), conn, req)
         });
-        let storage = serve(storage_listener, move |abort, req| {
-            handle_storage(shared.clone(), abort, req)
+        let storage = serve(storage_listener, move |conn, req| {
+            handle_storage(shared.clone(), conn.abort, req)
         });
         tokio::select! {
             _ = shutdown => {}
@@ -571,7 +580,7 @@ fn run(
 /// Accepts connections forever, serving each with hyper's HTTP/1.1 server.
 async fn serve<F, Fut>(listener: TcpListener, handler: F)
 where
-    F: Fn(Arc<AtomicBool>, Request<Incoming>) -> Fut + Clone + Send + 'static,
+    F: Fn(Conn, Request<Incoming>) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
     loop {
@@ -584,15 +593,19 @@ where
             }
         };
         let _ = stream.set_nodelay(true);
-        let abort = Arc::new(AtomicBool::new(false));
+        let conn = Conn {
+            abort: Arc::new(AtomicBool::new(false)),
+            sever: Arc::new(AtomicBool::new(false)),
+        };
         let io = TokioIo::new(AbortableIo {
             inner: stream,
-            abort: abort.clone(),
+            abort: conn.abort.clone(),
+            sever: conn.sever.clone(),
         });
         let handler = handler.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let response = handler(abort.clone(), req);
+                let response = handler(conn.clone(), req);
                 async move { Ok::<_, Infallible>(response.await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
@@ -600,6 +613,13 @@ where
                 .await;
         });
     }
+}
+
+/// The flags of one client connection (see [`AbortableIo`]).
+#[derive(Clone)]
+struct Conn {
+    abort: Arc<AtomicBool>,
+    sever: Arc<AtomicBool>,
 }
 
 struct Shared {
@@ -710,7 +730,7 @@ fn path_and_query(uri: &Uri) -> &str {
 
 async fn handle_proxy(
     shared: Arc<Shared>,
-    abort: Arc<AtomicBool>,
+    conn: Conn,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let fault = shared.take_fault(req.method().as_str(), path_and_query(req.uri()));
@@ -754,9 +774,19 @@ async fn handle_proxy(
             if fault == Some(Fault::IgnoreRange) {
                 parts.headers.remove(header::RANGE);
             }
+            if let Some(Fault::DelayRequest(duration)) = &fault {
+                tokio::time::sleep(*duration).await;
+            }
+            let cut_after = match &fault {
+                Some(Fault::DropRequestAfterBytes(n)) => Some(*n),
+                _ => None,
+            };
             let body = CountingBody {
                 inner: body,
                 counter: cell.request_bytes.clone(),
+                cut_after,
+                forwarded: 0,
+                pending_cut: false,
             }
             .boxed_unsync();
             let response = forward(
@@ -766,12 +796,19 @@ async fn handle_proxy(
                 parts.headers,
                 body,
             )
-            .await
-            .unwrap_or_else(bad_gateway);
-            (response, BodyMode::from_fault(fault.as_ref()))
+            .await;
+            let cut = cut_after.is_some_and(|n| cell.request_bytes.load(Ordering::SeqCst) > n);
+            if cut {
+                // The client must see its connection die, not an answer.
+                conn.sever.store(true, Ordering::SeqCst);
+            }
+            (
+                response.unwrap_or_else(bad_gateway),
+                BodyMode::from_fault(fault.as_ref()),
+            )
         }
     };
-    finish(response, mode, &cell, abort)
+    finish(response, mode, &cell, conn.abort)
 }
 
 async fn handle_storage(
@@ -956,10 +993,15 @@ async fn drain(mut body: Incoming, counter: &AtomicU64) {
     }
 }
 
-/// A request body passed through while counting its bytes.
+/// A request body passed through while counting its bytes (every byte
+/// received from the client), cut with an error after `cut_after` bytes
+/// went upstream.
 struct CountingBody {
     inner: Incoming,
     counter: Arc<AtomicU64>,
+    cut_after: Option<u64>,
+    forwarded: u64,
+    pending_cut: bool,
 }
 
 impl Body for CountingBody {
@@ -970,13 +1012,27 @@ impl Body for CountingBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<std::result::Result<Frame<Bytes>, BoxError>>> {
+        if self.pending_cut {
+            return Poll::Ready(Some(Err("fault proxy: request cut on purpose".into())));
+        }
         let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
-        if let Some(Ok(frame)) = &frame {
-            if let Some(data) = frame.data_ref() {
-                self.counter.fetch_add(data.len() as u64, Ordering::SeqCst);
+        let Some(Ok(frame)) = frame else {
+            return Poll::Ready(frame.map(|f| f.map_err(BoxError::from)));
+        };
+        let mut data = match frame.into_data() {
+            Ok(data) => data,
+            Err(frame) => return Poll::Ready(Some(Ok(frame))),
+        };
+        self.counter.fetch_add(data.len() as u64, Ordering::SeqCst);
+        if let Some(n) = self.cut_after {
+            let room = n.saturating_sub(self.forwarded);
+            if data.len() as u64 > room {
+                data.truncate(room as usize);
+                self.pending_cut = true;
             }
         }
-        Poll::Ready(frame.map(|f| f.map_err(BoxError::from)))
+        self.forwarded += data.len() as u64;
+        Poll::Ready(Some(Ok(Frame::data(data))))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -1175,9 +1231,20 @@ where
 /// The client connection's socket; once `abort` is raised, a flush (which
 /// hyper only does after writing out everything it buffered) fails, so hyper
 /// closes the connection right after the bytes already handed to it.
+///
+/// Once `sever` is raised, every read and write fails at once: the
+/// connection closes with nothing more sent.
 struct AbortableIo {
     inner: TcpStream,
     abort: Arc<AtomicBool>,
+    sever: Arc<AtomicBool>,
+}
+
+fn severed() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        "fault proxy: connection cut on purpose",
+    )
 }
 
 impl AsyncRead for AbortableIo {
@@ -1186,6 +1253,9 @@ impl AsyncRead for AbortableIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if self.sever.load(Ordering::SeqCst) {
+            return Poll::Ready(Err(severed()));
+        }
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
@@ -1196,6 +1266,9 @@ impl AsyncWrite for AbortableIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if self.sever.load(Ordering::SeqCst) {
+            return Poll::Ready(Err(severed()));
+        }
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -1204,6 +1277,9 @@ impl AsyncWrite for AbortableIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if self.sever.load(Ordering::SeqCst) {
+            return Poll::Ready(Err(severed()));
+        }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 

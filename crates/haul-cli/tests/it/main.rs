@@ -1,10 +1,12 @@
 //! Integration tests of `haul-cli`, linked into one binary (one module per
 //! area) so that a change relinks one test executable, not one per file.
 
+mod bomb;
 mod command_line;
 mod common;
 mod config_file;
 mod copy;
+mod load_concurrency;
 mod local;
 mod login;
 mod machine_output;
@@ -12,7 +14,9 @@ mod messages;
 mod pull;
 mod pull_robustness;
 mod push;
+mod push_faults;
 mod reaching_registries;
 mod save_load;
+mod store_crash;
 mod tls;
 mod v1;

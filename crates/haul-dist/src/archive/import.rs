@@ -2,12 +2,18 @@
 //! and layers to staging directories while the archive is read and
 //! verified; [`Pending::commit`] makes them part of the store only once
 //! everything checked out. Dropping a [`Pending`] leaves nothing behind.
+//!
+//! No lock is held across the archive: each blob's ingest lock is released
+//! as soon as the blob is verified (it is parked, see
+//! [`Ingest::park`]), so two loads sharing blobs in any order both finish.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read};
 
 use haul_oci::{Compression, Digest, Digester, Reference};
-use haul_store::{chain_id, ImageRecord, Ingest, IngestOutcome, StagedLayer, Store, UnpackOptions};
+use haul_store::{
+    chain_id, ImageRecord, Ingest, IngestOutcome, ParkedBlob, StagedLayer, Store, UnpackOptions,
+};
 
 use super::{Error, LoadedImage, Result};
 
@@ -99,8 +105,8 @@ impl<R: Read> Read for Tee<'_, R> {
 pub(crate) struct Pending<'s> {
     store: &'s Store,
     unpack: UnpackOptions,
-    /// Blobs written to ingest files, verified: (digest, size, ingest).
-    blobs: Vec<(Digest, u64, Box<Ingest>)>,
+    /// Blobs verified and parked, waiting for the commit.
+    blobs: Vec<ParkedBlob>,
     /// Blob digest -> (diffID, size), for every layer blob verified so far.
     verified: HashMap<Digest, (Digest, u64)>,
     /// Configs, manifests and indexes, verified, in order.
@@ -215,7 +221,13 @@ impl<'s> Pending<'s> {
             let layer_stream = haul_store::decompressing_reader(&mut tee, compression)
                 .map_err(|e| read_error(&member, e))?;
             if unpack_needed {
-                let staged = self.store.stage_layer(layer_stream, None, &self.unpack)?;
+                // A compressed blob may expand only so far (bombs); a plain
+                // tar is its own size.
+                let options = match expected_size {
+                    Some(size) => self.unpack.for_compressed_size(size),
+                    None => self.unpack.clone(),
+                };
+                let staged = self.store.stage_layer(layer_stream, None, &options)?;
                 let actual = staged.diff_id().clone();
                 Ok((Some(staged), actual))
             } else {
@@ -268,7 +280,7 @@ impl<'s> Pending<'s> {
         }
 
         if let Some(Sink::Ingest(ingest)) = guard.0.take() {
-            self.blobs.push((blob_digest.clone(), size, ingest));
+            self.blobs.push(ingest.park(size, &blob_digest)?);
         }
         self.verified
             .insert(blob_digest.clone(), (diff_id.clone(), size));
@@ -283,8 +295,8 @@ impl<'s> Pending<'s> {
     /// order), image records, then references. An image already stored
     /// whole under the same ID keeps its record.
     pub(crate) fn commit(mut self) -> Result<Vec<LoadedImage>> {
-        for (digest, size, ingest) in std::mem::take(&mut self.blobs) {
-            ingest.commit(size, &digest)?;
+        for parked in std::mem::take(&mut self.blobs) {
+            parked.commit()?;
         }
         for (digest, bytes) in std::mem::take(&mut self.documents) {
             if !self.store.has_blob(&digest) {
@@ -319,16 +331,6 @@ impl<'s> Pending<'s> {
             });
         }
         Ok(loaded)
-    }
-}
-
-impl Drop for Pending<'_> {
-    fn drop(&mut self) {
-        // Not committed: leave no partial blob behind (staged layers remove
-        // themselves).
-        for (_, _, ingest) in self.blobs.drain(..) {
-            let _ = ingest.abort();
-        }
     }
 }
 

@@ -4,4 +4,5 @@
 mod config;
 mod manifest;
 mod platform;
+mod properties;
 mod reference;

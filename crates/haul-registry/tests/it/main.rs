@@ -4,5 +4,6 @@
 mod common;
 mod faults;
 mod mirrors;
+mod properties;
 mod registry_api;
 mod token_refresh;

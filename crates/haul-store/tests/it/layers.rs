@@ -299,6 +299,7 @@ fn without_root_devices_are_skipped_and_owners_ignored() {
     let options = UnpackOptions {
         as_root: false,
         xattrs: true,
+        ..UnpackOptions::default()
     };
     let info = store
         .register_layer_with(&tar[..], None, None, &options)

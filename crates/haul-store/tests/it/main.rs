@@ -7,3 +7,4 @@ mod export;
 mod images;
 mod layers;
 mod peers;
+mod unpack_properties;
