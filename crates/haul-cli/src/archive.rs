@@ -23,7 +23,7 @@ fn is_standard_stream(path: Option<&Path>) -> bool {
 
 /// Runs `haul save`: to `output`, or (absent or `-`) to standard output,
 /// which must not be a terminal.
-pub fn save(
+pub(crate) fn save(
     cli: &Cli,
     references: &[String],
     output: Option<&Path>,
@@ -93,7 +93,7 @@ fn save_to_stdout(
 
 /// Runs `haul load`: from `input`, or (absent or `-`) from standard input,
 /// which must not be a terminal.
-pub fn load(cli: &Cli, input: Option<&Path>) -> anyhow::Result<()> {
+pub(crate) fn load(cli: &Cli, input: Option<&Path>) -> anyhow::Result<()> {
     let stdin = is_standard_stream(input);
     if stdin && std::io::stdin().is_terminal() {
         anyhow::bail!(

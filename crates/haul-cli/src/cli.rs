@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// haul moves container images between registries and a local store.
 #[derive(Debug, Parser)]
 #[command(name = "haul", version, about, long_about = None, disable_version_flag = false)]
-pub struct Cli {
+pub(crate) struct Cli {
     /// Options that apply to every command.
     #[command(flatten)]
     pub global: GlobalOptions,
@@ -24,7 +24,7 @@ pub struct Cli {
 
 /// How progress is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ProgressMode {
+pub(crate) enum ProgressMode {
     /// Live bars on a terminal, plain lines otherwise.
     Auto,
     /// Live per-layer lines with bars (Docker style).
@@ -37,7 +37,7 @@ pub enum ProgressMode {
 
 /// Which registry protocol `pull` and `push` speak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Protocol {
+pub(crate) enum Protocol {
     /// The OCI distribution API (Docker registry v2).
     V2,
     /// The legacy Docker registry v1 protocol.
@@ -48,7 +48,7 @@ pub enum Protocol {
 
 /// Options shared by all commands.
 #[derive(Debug, Args)]
-pub struct GlobalOptions {
+pub(crate) struct GlobalOptions {
     /// Root directory of the local store [default: $HAUL_ROOT, else
     /// $XDG_DATA_HOME/haul, else ~/.local/share/haul]
     #[arg(long, global = true, env = "HAUL_ROOT", value_name = "DIR")]
@@ -111,7 +111,7 @@ pub struct GlobalOptions {
 
 /// The commands of haul.
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Fetch images from a registry and unpack them into the local store.
     Pull {
         /// Image references (several share one transfer manager).
@@ -255,7 +255,7 @@ pub enum Command {
 
 /// Output format of listings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ListFormat {
+pub(crate) enum ListFormat {
     /// A table like `docker images`.
     Table,
     /// One JSON object per line with Docker's keys (`docker images --format json`).
@@ -267,7 +267,7 @@ pub enum ListFormat {
 
 /// Format of `save` output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ArchiveFormat {
+pub(crate) enum ArchiveFormat {
     /// docker-archive, as `docker save` writes.
     Docker,
     /// OCI image layout.
@@ -276,7 +276,7 @@ pub enum ArchiveFormat {
 
 impl Command {
     /// The command's name as typed on the command line.
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             Command::Pull { .. } => "pull",
             Command::Push { .. } => "push",

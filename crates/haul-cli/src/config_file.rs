@@ -32,7 +32,7 @@ use serde::Deserialize;
 /// The whole file.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
-pub struct ConfigFile {
+pub(crate) struct ConfigFile {
     /// Default of `--max-concurrent-downloads`.
     pub max_concurrent_downloads: Option<usize>,
     /// Default of `--max-concurrent-uploads`.
@@ -53,7 +53,7 @@ pub struct ConfigFile {
 /// `[registry."HOST"]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
-pub struct RegistrySection {
+pub(crate) struct RegistrySection {
     /// Mirror base URLs, tried in order for reads, then the registry; each
     /// request carries `?ns=HOST`.
     #[serde(default)]
@@ -86,7 +86,7 @@ fn location(flag: Option<&Path>) -> Option<(PathBuf, bool)> {
 
 /// Reads the config file (`--config` given as `flag`); an empty one when
 /// there is none.
-pub fn load(flag: Option<&Path>) -> anyhow::Result<ConfigFile> {
+pub(crate) fn load(flag: Option<&Path>) -> anyhow::Result<ConfigFile> {
     let Some((path, required)) = location(flag) else {
         return Ok(ConfigFile::default());
     };

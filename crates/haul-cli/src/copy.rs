@@ -19,7 +19,7 @@ use crate::settings;
 
 /// One side of a copy, in skopeo's transport syntax.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Endpoint {
+pub(crate) enum Endpoint {
     /// An image in a registry (`docker://REF` or a bare reference).
     Registry(Reference),
     /// An OCI image layout directory (`oci:DIR[:REF]`).
@@ -73,7 +73,7 @@ fn path_and_name(text: &str, rest: &str, what: &str) -> anyhow::Result<(PathBuf,
 
 /// Parses `docker://REF`, `REF`, `oci:DIR[:REF]`, `oci-archive:FILE[:REF]`
 /// or `docker-archive:FILE[:REF]`, and refuses the transports haul lacks.
-pub fn parse_endpoint(text: &str) -> anyhow::Result<Endpoint> {
+pub(crate) fn parse_endpoint(text: &str) -> anyhow::Result<Endpoint> {
     if let Some(rest) = text.strip_prefix("oci:") {
         let (dir, name) = path_and_name(text, rest, "OCI layout directory")?;
         return Ok(Endpoint::Oci { dir, name });
@@ -101,7 +101,12 @@ pub fn parse_endpoint(text: &str) -> anyhow::Result<Endpoint> {
 }
 
 /// Runs `haul copy`.
-pub fn run(cli: &Cli, source: &str, destination: &str, all_platforms: bool) -> anyhow::Result<()> {
+pub(crate) fn run(
+    cli: &Cli,
+    source: &str,
+    destination: &str,
+    all_platforms: bool,
+) -> anyhow::Result<()> {
     let source = parse_endpoint(source)?;
     let destination = parse_endpoint(destination)?;
     let platform = settings::platform(cli)?;

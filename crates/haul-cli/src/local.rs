@@ -16,7 +16,7 @@ fn parse_reference(text: &str) -> anyhow::Result<Reference> {
 }
 
 /// An image named on the command line.
-pub struct Found {
+pub(crate) struct Found {
     /// How to call it in messages: the reference as typed (familiar form),
     /// or the short image ID.
     pub shown: String,
@@ -29,7 +29,7 @@ pub struct Found {
 /// The image `text` names locally, as Docker reads it: a full image ID
 /// (`sha256:HEX` or 64 hex digits), else a reference, else a unique
 /// image-ID prefix of at least 12 hex digits.
-pub fn find_image(store: &Store, text: &str) -> anyhow::Result<Found> {
+pub(crate) fn find_image(store: &Store, text: &str) -> anyhow::Result<Found> {
     let by_id = |store: &Store| -> anyhow::Result<Option<Found>> {
         match store.find_image_by_id(text)? {
             IdMatch::One(image) => Ok(Some(Found {
@@ -68,7 +68,7 @@ pub fn find_image(store: &Store, text: &str) -> anyhow::Result<Found> {
 /// image itself when it matches, else the image of the same index that
 /// was pulled for that platform (`pull --all-platforms`), else an error
 /// naming the platforms stored.
-pub fn for_platform(
+pub(crate) fn for_platform(
     store: &Store,
     found: Found,
     platform: Option<&Platform>,
@@ -130,7 +130,7 @@ fn image_size(store: &Store, image: &ImageRecord) -> u64 {
 }
 
 /// How `haul images` lists.
-pub struct ImagesOptions<'a> {
+pub(crate) struct ImagesOptions<'a> {
     /// `REPOSITORY[:TAG]` to keep.
     pub filter: Option<&'a str>,
     /// Add a DIGEST column.
@@ -229,7 +229,7 @@ fn image_rows(store: &Store) -> anyhow::Result<Vec<ImageRow>> {
 }
 
 /// `haul images`.
-pub fn images(store: &Store, options: &ImagesOptions<'_>) -> anyhow::Result<()> {
+pub(crate) fn images(store: &Store, options: &ImagesOptions<'_>) -> anyhow::Result<()> {
     let mut rows = image_rows(store)?;
     if let Some(filter) = options.filter {
         rows.retain(|row| matches_filter(row, filter));
@@ -372,7 +372,11 @@ fn parse_rfc3339(text: &str) -> Option<i64> {
 }
 
 /// `haul inspect REF`.
-pub fn inspect(store: &Store, text: &str, platform: Option<&Platform>) -> anyhow::Result<()> {
+pub(crate) fn inspect(
+    store: &Store,
+    text: &str,
+    platform: Option<&Platform>,
+) -> anyhow::Result<()> {
     let Found {
         reference, image, ..
     } = for_platform(store, find_image(store, text)?, platform)?;
@@ -413,7 +417,7 @@ pub fn inspect(store: &Store, text: &str, platform: Option<&Platform>) -> anyhow
 }
 
 /// `haul tag SRC DST`.
-pub fn tag(store: &Store, source: &str, target: &str) -> anyhow::Result<()> {
+pub(crate) fn tag(store: &Store, source: &str, target: &str) -> anyhow::Result<()> {
     let Found { image, .. } = find_image(store, source)?;
     let target = parse_reference(target)?;
     if target.digest().is_some() {
@@ -430,7 +434,7 @@ pub fn tag(store: &Store, source: &str, target: &str) -> anyhow::Result<()> {
 /// image left without references is deleted and its space freed. Every
 /// argument is tried; each failure is reported, and any failure makes the
 /// exit status 1.
-pub fn rmi(store: &Store, arguments: &[String], force: bool) -> anyhow::Result<()> {
+pub(crate) fn rmi(store: &Store, arguments: &[String], force: bool) -> anyhow::Result<()> {
     let mut failed = false;
     let mut deleted_any = false;
     for text in arguments {
@@ -496,7 +500,7 @@ fn single_reference(references: &[Reference]) -> bool {
 }
 
 /// `haul gc`.
-pub fn gc(store: &Store) -> anyhow::Result<()> {
+pub(crate) fn gc(store: &Store) -> anyhow::Result<()> {
     let report = store.gc()?;
     crate::outln!(
         "Removed {} images, {} blobs, {} layers, {} partial downloads; freed {}",
@@ -510,7 +514,7 @@ pub fn gc(store: &Store) -> anyhow::Result<()> {
 }
 
 /// `haul export REF DIR`.
-pub fn export(
+pub(crate) fn export(
     store: &Store,
     text: &str,
     platform: Option<&Platform>,
@@ -540,7 +544,7 @@ pub fn export(
 /// stream, as `docker export` and `crane export` write it. The tree is
 /// flattened into the store's temporary directory first, then written as a
 /// tar (a file through a temporary sibling, so a failure leaves none).
-pub fn export_tar(
+pub(crate) fn export_tar(
     store: &Store,
     text: &str,
     platform: Option<&Platform>,

@@ -10,7 +10,7 @@ use haul_dist::registry::{ClientConfig, Error as RegistryError, RegistryClient};
 
 /// What the user typed as registry, as a `host[:port]`: schemes and paths
 /// (`https://index.docker.io/v1/`) are dropped, nothing means Docker Hub.
-pub fn registry_host(input: Option<&str>) -> String {
+pub(crate) fn registry_host(input: Option<&str>) -> String {
     let Some(input) = input.map(str::trim).filter(|s| !s.is_empty()) else {
         return "docker.io".to_string();
     };
@@ -29,7 +29,7 @@ pub fn registry_host(input: Option<&str>) -> String {
 /// on a terminal when not given, the password is read without echo from the
 /// terminal (or from stdin with `--password-stdin`), checked against the
 /// registry, then stored.
-pub async fn login(
+pub(crate) async fn login(
     config: ClientConfig,
     registry: Option<&str>,
     username: Option<&str>,
@@ -103,7 +103,7 @@ pub async fn login(
 }
 
 /// Runs `haul logout`.
-pub fn logout(config: &ClientConfig, registry: Option<&str>) -> anyhow::Result<()> {
+pub(crate) fn logout(config: &ClientConfig, registry: Option<&str>) -> anyhow::Result<()> {
     let registry = registry_host(registry);
     let store = config
         .credentials

@@ -1,5 +1,8 @@
 //! The `haul` command.
 
+// The command line is the one place that writes to the terminal.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
 mod archive;
 mod cli;
 mod config_file;

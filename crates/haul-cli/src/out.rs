@@ -7,7 +7,7 @@ use std::io::{ErrorKind, Write};
 /// Writes one line to stdout. A closed pipe is ignored (the command goes
 /// on and exits normally); another write error is reported on stderr once
 /// per line.
-pub fn write_line(args: std::fmt::Arguments<'_>) {
+pub(crate) fn write_line(args: std::fmt::Arguments<'_>) {
     let mut stdout = std::io::stdout().lock();
     let result = stdout
         .write_fmt(args)

@@ -11,7 +11,7 @@ use crate::cli::Protocol;
 /// Whether to speak v1 to `registry`: as asked, or for `auto`, when its
 /// `/v2/` answers 404 and `/v1/_ping` answers (learnt once per host by the
 /// client). When v1 is used, a line naming it goes to `output`.
-pub async fn use_v1(
+pub(crate) async fn use_v1(
     client: &RegistryClient,
     registry: &str,
     protocol: Protocol,

@@ -15,7 +15,7 @@ use crate::render;
 use crate::settings;
 
 /// Runs `haul pull`.
-pub fn run(
+pub(crate) fn run(
     cli: &Cli,
     references: &[String],
     all_platforms: bool,

@@ -14,7 +14,7 @@ use crate::render;
 use crate::settings;
 
 /// Runs `haul push`.
-pub fn run(cli: &Cli, reference: &str, protocol: Protocol) -> anyhow::Result<()> {
+pub(crate) fn run(cli: &Cli, reference: &str, protocol: Protocol) -> anyhow::Result<()> {
     let reference =
         Reference::parse(reference).with_context(|| format!("invalid reference {reference:?}"))?;
     let store = settings::open_store(cli)?;

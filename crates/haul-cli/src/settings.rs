@@ -14,7 +14,7 @@ use crate::cli::Cli;
 use crate::config_file::ConfigFile;
 
 /// The `--platform` asked for, parsed.
-pub fn platform(cli: &Cli) -> anyhow::Result<Option<Platform>> {
+pub(crate) fn platform(cli: &Cli) -> anyhow::Result<Option<Platform>> {
     cli.global
         .platform
         .as_deref()
@@ -24,7 +24,7 @@ pub fn platform(cli: &Cli) -> anyhow::Result<Option<Platform>> {
 
 /// The store root: `--root`, else `$HAUL_ROOT` (clap reads both), else
 /// `$XDG_DATA_HOME/haul`, else `~/.local/share/haul`.
-pub fn store_root(cli: &Cli) -> anyhow::Result<PathBuf> {
+pub(crate) fn store_root(cli: &Cli) -> anyhow::Result<PathBuf> {
     if let Some(root) = &cli.global.root {
         return Ok(root.clone());
     }
@@ -39,7 +39,7 @@ pub fn store_root(cli: &Cli) -> anyhow::Result<PathBuf> {
 
 /// Opens the store. The hidden `HAUL_LOCK_TIMEOUT_SECS` changes how long
 /// a lock another haul holds is waited for (default 10 minutes).
-pub fn open_store(cli: &Cli) -> anyhow::Result<Store> {
+pub(crate) fn open_store(cli: &Cli) -> anyhow::Result<Store> {
     let root = store_root(cli)?;
     let store = Store::open(&root)
         .with_context(|| format!("cannot open the store at {}", root.display()))?;
@@ -54,7 +54,7 @@ static CONFIG_FILE: std::sync::OnceLock<ConfigFile> = std::sync::OnceLock::new()
 
 /// Reads the config file (`--config`, `$HAUL_CONFIG`, the usual places);
 /// called once before any command runs.
-pub fn load_config_file(cli: &Cli) -> anyhow::Result<()> {
+pub(crate) fn load_config_file(cli: &Cli) -> anyhow::Result<()> {
     let file = crate::config_file::load(cli.global.config.as_deref())?;
     let _ = CONFIG_FILE.set(file);
     Ok(())
@@ -67,7 +67,7 @@ fn config_file() -> &'static ConfigFile {
 /// Registry client settings from the global options over the config
 /// file's. The hidden `HAUL_READ_TIMEOUT_SECS` shortens the read timeout
 /// (for tests).
-pub fn client_config(cli: &Cli) -> ClientConfig {
+pub(crate) fn client_config(cli: &Cli) -> ClientConfig {
     let defaults = ClientConfig::default();
     let file = config_file();
     let mut insecure_registries = cli.global.insecure_registries.clone();
@@ -108,7 +108,7 @@ pub fn client_config(cli: &Cli) -> ClientConfig {
 
 /// Transfer settings of a pull. The hidden `HAUL_RETRY_TICK_MS` shortens
 /// the one-second step of the retry countdown (for tests).
-pub fn pull_settings(cli: &Cli, unpack: bool) -> PullSettings {
+pub(crate) fn pull_settings(cli: &Cli, unpack: bool) -> PullSettings {
     let defaults = PullSettings::default();
     PullSettings {
         max_concurrent_downloads: cli
@@ -148,7 +148,7 @@ fn env_number(name: &str) -> Option<u64> {
 }
 
 /// A multi-threaded runtime for one command.
-pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?)
@@ -157,7 +157,7 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// Transfer settings of a push (and copy). The hidden
 /// `HAUL_PUSH_CHUNK_BYTES` sends blobs above that size in chunks of that
 /// size (for tests).
-pub fn push_settings(cli: &Cli) -> PushSettings {
+pub(crate) fn push_settings(cli: &Cli) -> PushSettings {
     let defaults = PushSettings::default();
     PushSettings {
         max_concurrent_uploads: cli
@@ -182,7 +182,7 @@ static INTERRUPTED: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::n
 /// The exit code of an interrupted command, after the cleanup its
 /// cancellation does: 130 after Ctrl-C (SIGINT), 143 after SIGTERM, as
 /// shells report death by those signals; `None` when not interrupted.
-pub fn interrupted_exit_code() -> Option<u8> {
+pub(crate) fn interrupted_exit_code() -> Option<u8> {
     match INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
         0 => None,
         signal => Some(128 + signal),
@@ -191,7 +191,7 @@ pub fn interrupted_exit_code() -> Option<u8> {
 
 /// A token cancelled by the first Ctrl-C (SIGINT) or SIGTERM; a second one
 /// ends the process at once.
-pub fn cancel_on_interrupt() -> tokio_util::sync::CancellationToken {
+pub(crate) fn cancel_on_interrupt() -> tokio_util::sync::CancellationToken {
     let cancel = tokio_util::sync::CancellationToken::new();
     let token = cancel.clone();
     tokio::spawn(async move {

@@ -5,6 +5,9 @@
 //! cargo run -p haul-dist --example copy -- 127.0.0.1:5000/app:1.0 127.0.0.1:5001/app:1.0
 //! ```
 
+// A program of its own: it prints its results.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
 use std::sync::Arc;
 
 use haul_dist::oci::Reference;

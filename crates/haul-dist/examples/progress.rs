@@ -6,6 +6,9 @@
 //! cargo run -p haul-dist --example progress -- 127.0.0.1:5000/library/app:1.0 /tmp/store
 //! ```
 
+// A program of its own: it prints its results.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 

@@ -6,6 +6,9 @@
 //!
 //! Progress is discarded; the report says what was stored.
 
+// A program of its own: it prints its results.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
 use std::sync::Arc;
 
 use haul_dist::oci::Reference;

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{Error, Result};
 
 /// Blobs above this size are sent in chunks, by default.
-pub const DEFAULT_CHUNKED_ABOVE: u64 = 16 * 1024 * 1024;
+pub(crate) const DEFAULT_CHUNKED_ABOVE: u64 = 16 * 1024 * 1024;
 /// Size of one chunk, by default. Chunks stream from the source, so their
 /// size costs no memory. A 5xx on a chunk re-sends that chunk only, so this
 /// bounds what one refused request wastes (a blob at most this big goes in
@@ -25,7 +25,7 @@ pub const DEFAULT_CHUNKED_ABOVE: u64 = 16 * 1024 * 1024;
 /// loopback, 256 MiB blob: 16 MiB chunks ran within ~5% of one `PUT`
 /// (267 vs 270-290 MB/s), 8 MiB ~10% slower, 4 MiB far slower (each
 /// request makes the registry reload and store its hash state).
-pub const DEFAULT_CHUNK_SIZE: usize = 16 * 1024 * 1024;
+pub(crate) const DEFAULT_CHUNK_SIZE: usize = 16 * 1024 * 1024;
 
 /// A blob source that reports "Pushing" progress as it is read.
 pub(crate) struct ProgressSource<'a> {

@@ -313,7 +313,7 @@ impl Host {
 
     /// The base URL (`https://host/` or `http://host/`) of a registry that
     /// speaks the v2 API; see [`Host::endpoint`] for how it is found.
-    pub async fn base(&self) -> Result<&Url> {
+    pub(crate) async fn base(&self) -> Result<&Url> {
         let endpoint = self.endpoint().await?;
         if !endpoint.speaks_v2 {
             return Err(Error::Protocol {
@@ -510,7 +510,7 @@ impl Host {
 
     /// An absolute URL for a path under the registry's base (with
     /// `?ns=REGISTRY` for a mirror).
-    pub async fn url(&self, path: &str) -> Result<Url> {
+    pub(crate) async fn url(&self, path: &str) -> Result<Url> {
         let mut url = self
             .base()
             .await?
@@ -523,7 +523,7 @@ impl Host {
     }
 
     /// Resolves a `Location` header value against the registry's base.
-    pub async fn resolve(&self, location: &str) -> Result<Url> {
+    pub(crate) async fn resolve(&self, location: &str) -> Result<Url> {
         self.base()
             .await?
             .join(location)
@@ -655,7 +655,7 @@ impl Host {
     /// adding auth, re-authenticating once after a 401, and retrying
     /// connection failures, 5xx and 429 as the retry policy says. Answers
     /// other than those are returned as they are for the caller to judge.
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         op: &Operation,
         build: &(dyn Fn(&reqwest::Client) -> Result<RequestBuilder> + Sync),
@@ -667,7 +667,7 @@ impl Host {
     /// Like [`Host::send`], but a failure is not retried: for callers that
     /// count attempts themselves (a layer download, whose attempts are the
     /// ones users see). Re-authenticating after a 401 is still done.
-    pub async fn send_once(
+    pub(crate) async fn send_once(
         &self,
         op: &Operation,
         build: &(dyn Fn(&reqwest::Client) -> Result<RequestBuilder> + Sync),
@@ -760,7 +760,7 @@ impl Host {
 
     /// Turns an unsuccessful answer into a typed error, reading the
     /// registry's JSON error body.
-    pub async fn status_error(&self, op: &Operation, resp: Response) -> Error {
+    pub(crate) async fn status_error(&self, op: &Operation, resp: Response) -> Error {
         let status = resp.status();
         let retry_after = parse_retry_after(resp.headers());
         let body = read_small_body(resp, &self.name).await.unwrap_or_default();

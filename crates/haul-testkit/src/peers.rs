@@ -34,6 +34,8 @@ pub fn in_ci() -> bool {
 /// Under CI a missing binary panics with the `apt-get install` line to fix
 /// it. Elsewhere it prints a loud SKIP line to stderr and returns `None`, so
 /// that the test can return early (see [`require_peer!`](crate::require_peer)).
+// Test support: a skipped test must say so loudly on the test's stderr.
+#[allow(clippy::print_stderr)]
 pub fn require_binary(name: &str, debian_package: &str) -> Option<PathBuf> {
     if let Some(path) = find_binary(name) {
         return Some(path);

@@ -61,6 +61,8 @@ fn cache_dir() -> PathBuf {
 }
 
 /// Skips (outside CI) or panics (under CI) for a missing prerequisite.
+// Test support: a skipped test must say so loudly on the test's stderr.
+#[allow(clippy::print_stderr)]
 fn missing(what: &str, fix: &str) -> Option<V1Registry> {
     if crate::peers::in_ci() {
         panic!("v1 registry peer unavailable under CI: {what}; {fix}");

@@ -42,7 +42,7 @@ fn is_zero(n: &u64) -> bool {
 }
 
 /// The JSON line (with its newline) for one record.
-pub fn render(progress: &Progress) -> String {
+pub(crate) fn render(progress: &Progress) -> String {
     let message = match &progress.message {
         Some(message) => JsonMessage {
             status: message,
@@ -68,14 +68,14 @@ pub fn render(progress: &Progress) -> String {
 
 /// The line of a failure, as Docker streams one:
 /// `{"errorDetail":{"message":M},"error":M}`.
-pub fn error_line(message: &str) -> String {
+pub(crate) fn error_line(message: &str) -> String {
     serde_json::json!({"errorDetail": {"message": message}, "error": message}).to_string()
 }
 
 /// The final line of a command that succeeded: `aux` holds its result
 /// (for push Docker's `Tag`, `Digest` and `Size`), as in
 /// `{"progressDetail":{},"aux":{"Tag":"1.0","Digest":"sha256:...","Size":525}}`.
-pub fn result_line(aux: serde_json::Value) -> String {
+pub(crate) fn result_line(aux: serde_json::Value) -> String {
     serde_json::json!({"progressDetail": {}, "aux": aux}).to_string()
 }
 

@@ -44,11 +44,11 @@
 
 #![allow(dead_code)] // wired into pull/push by the lead
 
-pub mod json;
-pub mod plain;
-pub mod rate;
-pub mod tty;
-pub mod units;
+pub(crate) mod json;
+pub(crate) mod plain;
+pub(crate) mod rate;
+pub(crate) mod tty;
+pub(crate) mod units;
 
 use std::io::{self, Write};
 use std::time::{Duration, Instant};
@@ -59,11 +59,11 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use crate::cli::ProgressMode;
 
 /// How often, at most, plain output prints a bytes line for a moving id.
-pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The way progress is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RenderKind {
+pub(crate) enum RenderKind {
     /// Nothing at all (`-q`).
     Quiet,
     /// Live lines rewritten in place, for a terminal.
@@ -77,7 +77,7 @@ pub enum RenderKind {
 /// The [`RenderKind`] for `--progress MODE` and `-q`: `-q` wins over any
 /// mode; `auto` is [`RenderKind::Tty`] when stdout is a terminal, else
 /// [`RenderKind::Plain`]; an explicit mode is taken as it is.
-pub fn choose(mode: ProgressMode, quiet: bool, stdout_is_terminal: bool) -> RenderKind {
+pub(crate) fn choose(mode: ProgressMode, quiet: bool, stdout_is_terminal: bool) -> RenderKind {
     match mode {
         _ if quiet => RenderKind::Quiet,
         ProgressMode::Auto if stdout_is_terminal => RenderKind::Tty,
@@ -90,7 +90,7 @@ pub fn choose(mode: ProgressMode, quiet: bool, stdout_is_terminal: bool) -> Rend
 
 /// A terminal's size in character cells.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TerminalSize {
+pub(crate) struct TerminalSize {
     pub columns: usize,
     pub rows: usize,
 }
@@ -113,7 +113,7 @@ enum State {
 /// is written with one `write_all`; flushing is up to the caller (the `run`
 /// methods flush after each batch of records).
 #[derive(Debug)]
-pub struct Renderer<W: Write> {
+pub(crate) struct Renderer<W: Write> {
     out: W,
     state: State,
 }
@@ -122,7 +122,7 @@ impl<W: Write> Renderer<W> {
     /// A renderer of `kind` writing to `out`. Tty output asks stdout's
     /// terminal for its size at every record; plain output uses
     /// [`DEFAULT_INTERVAL`].
-    pub fn new(kind: RenderKind, out: W) -> Self {
+    pub(crate) fn new(kind: RenderKind, out: W) -> Self {
         let state = match kind {
             RenderKind::Quiet => State::Quiet,
             RenderKind::Tty => State::Tty(tty::Screen::new(tty::SizeSource::Stdout)),
@@ -134,7 +134,7 @@ impl<W: Write> Renderer<W> {
 
     /// Sets how often, at most, plain output prints a bytes line per id.
     /// No effect on other kinds.
-    pub fn with_interval(mut self, every: Duration) -> Self {
+    pub(crate) fn with_interval(mut self, every: Duration) -> Self {
         if let State::Plain(log) = &mut self.state {
             log.set_interval(every);
         }
@@ -143,7 +143,7 @@ impl<W: Write> Renderer<W> {
 
     /// Fixes the terminal size tty output assumes instead of asking stdout
     /// (`None`: unknown, no wrapping assumed). No effect on other kinds.
-    pub fn with_terminal_size(mut self, size: Option<TerminalSize>) -> Self {
+    pub(crate) fn with_terminal_size(mut self, size: Option<TerminalSize>) -> Self {
         if let State::Tty(screen) = &mut self.state {
             screen.set_size(tty::SizeSource::Fixed(size));
         }
@@ -151,13 +151,13 @@ impl<W: Write> Renderer<W> {
     }
 
     /// Shows one record, timed now.
-    pub fn handle(&mut self, progress: &Progress) -> io::Result<()> {
+    pub(crate) fn handle(&mut self, progress: &Progress) -> io::Result<()> {
         self.handle_at(progress, Instant::now())
     }
 
     /// Shows one record that came at `now` (speeds and the plain interval
     /// are measured with these times).
-    pub fn handle_at(&mut self, progress: &Progress, now: Instant) -> io::Result<()> {
+    pub(crate) fn handle_at(&mut self, progress: &Progress, now: Instant) -> io::Result<()> {
         let text = match &mut self.state {
             State::Quiet => None,
             State::Tty(screen) => Some(screen.render(progress, now)),
@@ -171,13 +171,13 @@ impl<W: Write> Renderer<W> {
     }
 
     /// Flushes the writer.
-    pub fn flush(&mut self) -> io::Result<()> {
+    pub(crate) fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }
 
     /// Flushes and hands back the writer. The cursor is already below all
     /// output, at the start of a line, so nothing else needs writing.
-    pub fn finish(mut self) -> io::Result<W> {
+    pub(crate) fn finish(mut self) -> io::Result<W> {
         self.out.flush()?;
         Ok(self.out)
     }
@@ -190,7 +190,7 @@ impl<W: Write> Renderer<W> {
     /// stalled terminal never holds a runtime worker. On a write error it
     /// returns at once, dropping the receiver: later records are discarded
     /// by the senders, and transfers go on.
-    pub async fn run(mut self, mut receiver: UnboundedReceiver<Progress>) -> io::Result<W> {
+    pub(crate) async fn run(mut self, mut receiver: UnboundedReceiver<Progress>) -> io::Result<W> {
         while let Some(progress) = receiver.recv().await {
             self.handle(&progress)?;
             while let Ok(progress) = receiver.try_recv() {
@@ -204,7 +204,10 @@ impl<W: Write> Renderer<W> {
     /// [`run`](Self::run) for a thread that may block (e.g. inside
     /// `tokio::task::spawn_blocking`). Panics if called from an async
     /// context.
-    pub fn run_blocking(mut self, mut receiver: UnboundedReceiver<Progress>) -> io::Result<W> {
+    pub(crate) fn run_blocking(
+        mut self,
+        mut receiver: UnboundedReceiver<Progress>,
+    ) -> io::Result<W> {
         while let Some(progress) = receiver.blocking_recv() {
             self.handle(&progress)?;
             while let Ok(progress) = receiver.try_recv() {
@@ -218,7 +221,7 @@ impl<W: Write> Renderer<W> {
 
 /// Renders every record of `receiver` to `writer` in `kind` until the
 /// channel closes; see [`Renderer::run`].
-pub async fn render(
+pub(crate) async fn render(
     kind: RenderKind,
     receiver: UnboundedReceiver<Progress>,
     writer: impl Write + Send,
@@ -228,7 +231,7 @@ pub async fn render(
 
 /// Renders every record of `receiver` to `writer` in `kind` until the
 /// channel closes, blocking the calling thread; see [`Renderer::run_blocking`].
-pub fn render_blocking(
+pub(crate) fn render_blocking(
     kind: RenderKind,
     receiver: UnboundedReceiver<Progress>,
     writer: impl Write,

@@ -33,26 +33,26 @@ struct Shown {
 
 /// Plain renderer state.
 #[derive(Debug)]
-pub struct Log {
+pub(crate) struct Log {
     every: Duration,
     ids: HashMap<String, Shown>,
 }
 
 impl Log {
     /// A log printing periodic byte lines at most once per `every` per id.
-    pub fn new(every: Duration) -> Self {
+    pub(crate) fn new(every: Duration) -> Self {
         Log {
             every,
             ids: HashMap::new(),
         }
     }
 
-    pub fn set_interval(&mut self, every: Duration) {
+    pub(crate) fn set_interval(&mut self, every: Duration) {
         self.every = every;
     }
 
     /// The line (with its newline) that shows `progress` at `now`, if any.
-    pub fn render(&mut self, progress: &Progress, now: Instant) -> Option<String> {
+    pub(crate) fn render(&mut self, progress: &Progress, now: Instant) -> Option<String> {
         if let Some(message) = &progress.message {
             return Some(line(&progress.id, message));
         }

@@ -9,7 +9,7 @@ const MIN_SPACING: Duration = Duration::from_millis(100);
 
 /// Speed of one transfer, from the samples of the last `window`.
 #[derive(Debug, Clone)]
-pub struct Rate {
+pub(crate) struct Rate {
     window: Duration,
     /// Shortest span of samples for which a speed is reported.
     min_span: Duration,
@@ -20,7 +20,7 @@ pub struct Rate {
 
 impl Rate {
     /// A rate over the last `window`, reported once samples span `min_span`.
-    pub fn new(window: Duration, min_span: Duration) -> Self {
+    pub(crate) fn new(window: Duration, min_span: Duration) -> Self {
         Rate {
             window,
             min_span,
@@ -30,7 +30,7 @@ impl Rate {
 
     /// Records that `current` bytes were done at `now`. A count below the
     /// previous one (the transfer started over) forgets the history.
-    pub fn record(&mut self, now: Instant, current: u64) {
+    pub(crate) fn record(&mut self, now: Instant, current: u64) {
         if self.samples.back().is_some_and(|&(_, last)| current < last) {
             self.samples.clear();
         }
@@ -48,7 +48,7 @@ impl Rate {
     }
 
     /// Bytes per second over the window, once the samples span `min_span`.
-    pub fn per_second(&self) -> Option<f64> {
+    pub(crate) fn per_second(&self) -> Option<f64> {
         let (&(start, from), &(end, to)) = (self.samples.front()?, self.samples.back()?);
         let span = end.saturating_duration_since(start);
         (span >= self.min_span && span > Duration::ZERO)

@@ -34,7 +34,7 @@ const SPEED_MIN_SPAN: Duration = Duration::from_secs(1);
 
 /// Where the terminal size comes from.
 #[derive(Debug, Clone, Copy)]
-pub enum SizeSource {
+pub(crate) enum SizeSource {
     /// Asked from the terminal on stdout at every record (it may be resized).
     Stdout,
     /// Fixed (tests); `None` means unknown: no wrapping assumed, and the bar
@@ -68,7 +68,7 @@ struct Line {
 
 /// What is on screen and how far the cursor is below it.
 #[derive(Debug)]
-pub struct Screen {
+pub(crate) struct Screen {
     size: SizeSource,
     /// Lines above the cursor that might still be rewritten, oldest first.
     lines: VecDeque<Line>,
@@ -79,7 +79,7 @@ pub struct Screen {
 }
 
 impl Screen {
-    pub fn new(size: SizeSource) -> Self {
+    pub(crate) fn new(size: SizeSource) -> Self {
         Screen {
             size,
             lines: VecDeque::new(),
@@ -88,12 +88,12 @@ impl Screen {
         }
     }
 
-    pub fn set_size(&mut self, size: SizeSource) {
+    pub(crate) fn set_size(&mut self, size: SizeSource) {
         self.size = size;
     }
 
     /// The bytes that show `progress`, as of `now`.
-    pub fn render(&mut self, progress: &Progress, now: Instant) -> String {
+    pub(crate) fn render(&mut self, progress: &Progress, now: Instant) -> String {
         let size = self.size.get();
         let columns = size.map(|s| s.columns);
         if let Some(message) = &progress.message {
@@ -194,7 +194,7 @@ impl Screen {
 }
 
 /// `ID: text`, or `text` when the id is empty.
-pub fn with_id(id: &str, text: &str) -> String {
+pub(crate) fn with_id(id: &str, text: &str) -> String {
     if id.is_empty() {
         text.to_owned()
     } else {

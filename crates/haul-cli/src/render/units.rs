@@ -20,7 +20,7 @@ const MIN_WIDTH_FOR_BAR: usize = 111;
 ///
 /// This is go-units' `HumanSize`, i.e. Go's `%.4g` followed by the unit,
 /// including its quirks (999 960 bytes is `1000kB`).
-pub fn human_size(bytes: u64) -> String {
+pub(crate) fn human_size(bytes: u64) -> String {
     let mut size = bytes as f64;
     let mut unit = 0;
     while size >= 1000.0 && unit < UNITS.len() - 1 {
@@ -31,14 +31,14 @@ pub fn human_size(bytes: u64) -> String {
 }
 
 /// A rate in bytes per second, e.g. `8.1MB/s`.
-pub fn human_rate(bytes_per_second: f64) -> String {
+pub(crate) fn human_rate(bytes_per_second: f64) -> String {
     format!("{}/s", human_size(bytes_per_second.max(0.0).round() as u64))
 }
 
 /// Counts as plain text without padding: `12.3MB/40.5MB`, or `12.3MB` when
 /// the total is unknown or smaller than `current` (Docker drops a wonky
 /// total too). `None` when there is nothing to show.
-pub fn counts_text(current: Option<u64>, total: Option<u64>) -> Option<String> {
+pub(crate) fn counts_text(current: Option<u64>, total: Option<u64>) -> Option<String> {
     let current = current.unwrap_or(0);
     let total = total.unwrap_or(0);
     match (current, total) {
@@ -53,7 +53,11 @@ pub fn counts_text(current: Option<u64>, total: Option<u64>) -> Option<String> {
 /// `[=====>      ] ` when `columns` is unknown or wider than 110, then
 /// `%8v/%v` of the human sizes; empty when both counts are zero; only the
 /// right-aligned current size when the total is unknown or too small.
-pub fn progress_text(current: Option<u64>, total: Option<u64>, columns: Option<usize>) -> String {
+pub(crate) fn progress_text(
+    current: Option<u64>,
+    total: Option<u64>,
+    columns: Option<usize>,
+) -> String {
     let current = current.unwrap_or(0);
     let total = total.unwrap_or(0);
     if current == 0 && total == 0 {
@@ -78,7 +82,7 @@ pub fn progress_text(current: Option<u64>, total: Option<u64>, columns: Option<u
 /// Docker's bar for `current` of `total` (`total > 0`): `[`, one `=` per
 /// 2 % done (whole percents, rounded down, at most 50), `>`, spaces up to 50,
 /// `]`.
-pub fn bar(current: u64, total: u64) -> String {
+pub(crate) fn bar(current: u64, total: u64) -> String {
     let percent = (current as f64 / total.max(1) as f64 * 100.0) as u64;
     let filled = ((percent / 2) as usize).min(BAR_WIDTH);
     format!(

@@ -947,6 +947,9 @@ fn the_next_download_starts_while_the_previous_layer_is_still_extracting() {
             "plain",
             "--max-concurrent-downloads",
             "1",
+            // 128 MiB from ~130 kB is past the default bomb limit.
+            "--max-layer-expansion",
+            "2000",
             "pull",
             &reference,
         ],

@@ -25,7 +25,7 @@ pub(crate) struct TokenResponse {
 
 impl TokenResponse {
     /// The bearer token, whichever field carried it.
-    pub fn bearer(&self) -> Option<&str> {
+    pub(crate) fn bearer(&self) -> Option<&str> {
         self.token
             .as_deref()
             .filter(|t| !t.is_empty())
@@ -33,7 +33,7 @@ impl TokenResponse {
     }
 
     /// How long the token may be used.
-    pub fn lifetime(&self) -> Duration {
+    pub(crate) fn lifetime(&self) -> Duration {
         self.expires_in
             .filter(|s| *s > 0)
             .map(Duration::from_secs)
@@ -63,7 +63,7 @@ pub(crate) fn scope_key(scopes: &[String]) -> String {
 
 impl TokenCache {
     /// A cached token for these scopes that is not about to expire.
-    pub fn get(&self, key: &str) -> Option<String> {
+    pub(crate) fn get(&self, key: &str) -> Option<String> {
         let tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
         tokens
             .get(key)
@@ -72,7 +72,7 @@ impl TokenCache {
     }
 
     /// Remembers a token for `lifetime`.
-    pub fn put(&self, key: String, value: String, lifetime: Duration) {
+    pub(crate) fn put(&self, key: String, value: String, lifetime: Duration) {
         let usable_until =
             Instant::now() + lifetime.saturating_sub(EXPIRY_MARGIN.min(lifetime / 2));
         let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
@@ -86,7 +86,7 @@ impl TokenCache {
     }
 
     /// Drops a token the registry refused (expired early or revoked).
-    pub fn forget(&self, key: &str, value: &str) {
+    pub(crate) fn forget(&self, key: &str, value: &str) {
         let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
         if tokens.get(key).is_some_and(|t| t.value == value) {
             tokens.remove(key);

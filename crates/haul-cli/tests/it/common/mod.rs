@@ -8,7 +8,7 @@ use haul_testkit::image::BuiltImage;
 use haul_testkit::{ImageBuilder, Registry, RegistryConfig};
 
 /// A registry, a store root and a scratch directory.
-pub struct Env {
+pub(crate) struct Env {
     pub registry: Registry,
     pub root: tempfile::TempDir,
     pub scratch: tempfile::TempDir,
@@ -17,7 +17,7 @@ pub struct Env {
 impl Env {
     /// Starts a registry (or returns `None`, skipping loudly, outside CI
     /// when the peers are missing).
-    pub fn start(config: RegistryConfig) -> Option<Env> {
+    pub(crate) fn start(config: RegistryConfig) -> Option<Env> {
         haul_testkit::peers::require_docker_registry()?;
         haul_testkit::peers::require_skopeo()?;
         Some(Env {
@@ -28,12 +28,12 @@ impl Env {
     }
 
     /// `HOST/NAME`.
-    pub fn reference(&self, name: &str) -> String {
+    pub(crate) fn reference(&self, name: &str) -> String {
         self.registry.reference(name)
     }
 
     /// Builds `image`, and pushes it with skopeo as `name` (`repo:tag`).
-    pub fn put_image(&self, image: &ImageBuilder, name: &str) -> BuiltImage {
+    pub(crate) fn put_image(&self, image: &ImageBuilder, name: &str) -> BuiltImage {
         let layout = self
             .scratch
             .path()
@@ -46,7 +46,7 @@ impl Env {
 
     /// Builds the testkit's two-platform index and pushes it with skopeo
     /// as `name` (`repo:tag`).
-    pub fn put_index(&self, name: &str) -> haul_testkit::image::BuiltIndex {
+    pub(crate) fn put_index(&self, name: &str) -> haul_testkit::image::BuiltIndex {
         let layout = self
             .scratch
             .path()
@@ -63,18 +63,18 @@ impl Env {
     }
 
     /// Runs haul with this store.
-    pub fn haul(&self, args: &[&str]) -> Output {
+    pub(crate) fn haul(&self, args: &[&str]) -> Output {
         haul_in(self.root.path(), args)
     }
 
     /// A fresh directory under the scratch dir.
-    pub fn dir(&self, name: &str) -> PathBuf {
+    pub(crate) fn dir(&self, name: &str) -> PathBuf {
         self.scratch.path().join(name)
     }
 }
 
 /// Runs haul with the store at `root`.
-pub fn haul_in(root: &Path, args: &[&str]) -> Output {
+pub(crate) fn haul_in(root: &Path, args: &[&str]) -> Output {
     haul_command(root, args).output().expect("haul runs")
 }
 
@@ -82,7 +82,7 @@ pub fn haul_in(root: &Path, args: &[&str]) -> Output {
 /// Retry countdowns tick every millisecond instead of every second, so no
 /// test sits through a real one; a test about the countdown sets
 /// `HAUL_RETRY_TICK_MS` back itself (a later `env` call wins).
-pub fn haul_command(root: &Path, args: &[&str]) -> Command {
+pub(crate) fn haul_command(root: &Path, args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_haul"));
     command
         .arg("--root")
@@ -96,17 +96,17 @@ pub fn haul_command(root: &Path, args: &[&str]) -> Command {
     command
 }
 
-pub fn stdout(out: &Output) -> String {
+pub(crate) fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-pub fn stderr(out: &Output) -> String {
+pub(crate) fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// Asserts success, showing both streams otherwise.
 #[track_caller]
-pub fn assert_ok(out: &Output) {
+pub(crate) fn assert_ok(out: &Output) {
     assert!(
         out.status.success(),
         "haul failed ({:?})\nstdout:\n{}\nstderr:\n{}",
@@ -117,7 +117,7 @@ pub fn assert_ok(out: &Output) {
 }
 
 /// The short id Docker shows for a digest.
-pub fn short(digest: &str) -> &str {
+pub(crate) fn short(digest: &str) -> &str {
     &digest["sha256:".len().."sha256:".len() + 12]
 }
 
@@ -130,7 +130,7 @@ pub fn short(digest: &str) -> &str {
 /// - removing every image and collecting garbage (on a copy of the store)
 ///   leaves no blob, no layer and no `index.json` entry.
 #[track_caller]
-pub fn assert_store_invariants(root: &Path) {
+pub(crate) fn assert_store_invariants(root: &Path) {
     let blobs = root.join("content/blobs/sha256");
     for entry in std::fs::read_dir(&blobs).into_iter().flatten() {
         let path = entry.unwrap().path();
@@ -263,7 +263,7 @@ fn assert_blobs_present(blobs: &Path, descriptor: &serde_json::Value, name: &str
 impl Env {
     /// [`assert_store_invariants`] on this env's store.
     #[track_caller]
-    pub fn assert_store_invariants(&self) {
+    pub(crate) fn assert_store_invariants(&self) {
         assert_store_invariants(self.root.path());
     }
 }
@@ -271,7 +271,7 @@ impl Env {
 /// Puts `image` into the registry as `REPO:old` with a signed schema 1
 /// manifest (the registry converts a schema 2 one for a client that asks
 /// only for schema 1); returns that manifest's digest.
-pub fn put_schema1(env: &Env, image: &haul_testkit::ImageBuilder, repo: &str) -> String {
+pub(crate) fn put_schema1(env: &Env, image: &haul_testkit::ImageBuilder, repo: &str) -> String {
     let layout = env.dir(&format!("s1-layout-{}", repo.replace('/', "_")));
     image.write_oci_layout(&layout, "t").unwrap();
     // Docker schema 2 in the registry, which converts it to a signed

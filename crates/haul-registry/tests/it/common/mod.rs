@@ -11,14 +11,14 @@ use haul_testkit::{Registry, RegistryConfig};
 
 /// Starts a registry, or returns `None` (skipping loudly) when the
 /// `docker-registry` binary is missing outside CI.
-pub fn start(config: RegistryConfig) -> Option<Registry> {
+pub(crate) fn start(config: RegistryConfig) -> Option<Registry> {
     haul_testkit::peers::require_docker_registry()?;
     Some(Registry::start(config).expect("the test registry starts"))
 }
 
 /// Client settings for tests: no credentials from the environment, quick
 /// retries, the registry's CA trusted.
-pub fn config_for(registry: &Registry) -> ClientConfig {
+pub(crate) fn config_for(registry: &Registry) -> ClientConfig {
     let mut config = ClientConfig {
         credentials: None,
         retry: RetryPolicy {
@@ -36,7 +36,7 @@ pub fn config_for(registry: &Registry) -> ClientConfig {
 }
 
 /// A client that knows the registry's test user.
-pub fn client_with_credentials(registry: &Registry, config: ClientConfig) -> RegistryClient {
+pub(crate) fn client_with_credentials(registry: &Registry, config: ClientConfig) -> RegistryClient {
     let client = RegistryClient::new(config).expect("client");
     if let Some(user) = registry.credentials() {
         client.set_credentials(
@@ -48,12 +48,12 @@ pub fn client_with_credentials(registry: &Registry, config: ClientConfig) -> Reg
 }
 
 /// Deterministic pseudo-random bytes.
-pub fn blob(seed: u64, size: usize) -> Bytes {
+pub(crate) fn blob(seed: u64, size: usize) -> Bytes {
     Bytes::from(haul_testkit::image::random_bytes(seed, size))
 }
 
 /// Collects a blob stream.
-pub async fn collect(
+pub(crate) async fn collect(
     repo: &Repository,
     digest: &Digest,
     size: Option<u64>,
@@ -64,7 +64,7 @@ pub async fn collect(
 }
 
 /// A minimal OCI image manifest over one config and the given layers.
-pub fn image_manifest(config: (&Digest, usize), layers: &[(&Digest, usize)]) -> Bytes {
+pub(crate) fn image_manifest(config: (&Digest, usize), layers: &[(&Digest, usize)]) -> Bytes {
     let layers: Vec<_> = layers
         .iter()
         .map(|(d, s)| {
@@ -88,10 +88,10 @@ pub fn image_manifest(config: (&Digest, usize), layers: &[(&Digest, usize)]) -> 
     Bytes::from(serde_json::to_vec_pretty(&manifest).unwrap())
 }
 
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub(crate) const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
 /// Uploads a blob monolithically and returns its digest.
-pub async fn put_blob(repo: &Repository, data: &Bytes) -> Digest {
+pub(crate) async fn put_blob(repo: &Repository, data: &Bytes) -> Digest {
     let digest = Digest::sha256_of(data);
     repo.upload_monolithic(&digest, data.len() as u64, data)
         .await

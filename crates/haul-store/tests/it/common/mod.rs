@@ -10,18 +10,18 @@ use haul_testkit::image::{BlobRef, BuiltImage};
 use haul_testkit::{Entry, ImageBuilder, LayerSpec};
 
 /// A store in a fresh temporary directory (kept alive by the guard).
-pub fn new_store() -> (tempfile::TempDir, Store) {
+pub(crate) fn new_store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = Store::open(dir.path().join("root")).expect("open store");
     (dir, store)
 }
 
-pub fn digest(s: &str) -> Digest {
+pub(crate) fn digest(s: &str) -> Digest {
     Digest::parse(s).expect("valid digest")
 }
 
 /// Streams a blob of an OCI layout into the store through an ingest.
-pub fn ingest_blob(store: &Store, layout: &Path, blob: &BlobRef) {
+pub(crate) fn ingest_blob(store: &Store, layout: &Path, blob: &BlobRef) {
     let d = digest(&blob.digest);
     match store.ingest(&d).expect("ingest") {
         IngestOutcome::Present { size } => assert_eq!(size, blob.size),
@@ -37,7 +37,7 @@ pub fn ingest_blob(store: &Store, layout: &Path, blob: &BlobRef) {
 /// Writes `builder`'s image into a scratch OCI layout, then does what a
 /// pull does: ingests every blob, registers the layers (diff IDs checked),
 /// stores the image record and tags it `reference`.
-pub fn put_image(
+pub(crate) fn put_image(
     store: &Store,
     builder: &ImageBuilder,
     reference: &str,
@@ -85,13 +85,13 @@ pub fn put_image(
 }
 
 /// The uncompressed tar of these entries.
-pub fn tar_of(entries: Vec<Entry>) -> Vec<u8> {
+pub(crate) fn tar_of(entries: Vec<Entry>) -> Vec<u8> {
     LayerSpec::uncompressed(entries).tar_bytes()
 }
 
 /// A tar entry written with raw bytes for its name (and link name), so
 /// names the `tar` crate's builder refuses (`..`) can be tested.
-pub struct Raw {
+pub(crate) struct Raw {
     pub name: &'static str,
     pub kind: tar::EntryType,
     pub link: &'static str,
@@ -100,7 +100,7 @@ pub struct Raw {
 }
 
 impl Raw {
-    pub fn file(name: &'static str, data: &'static [u8]) -> Raw {
+    pub(crate) fn file(name: &'static str, data: &'static [u8]) -> Raw {
         Raw {
             name,
             kind: tar::EntryType::Regular,
@@ -109,7 +109,7 @@ impl Raw {
             mode: 0o644,
         }
     }
-    pub fn dir(name: &'static str) -> Raw {
+    pub(crate) fn dir(name: &'static str) -> Raw {
         Raw {
             name,
             kind: tar::EntryType::Directory,
@@ -118,7 +118,7 @@ impl Raw {
             mode: 0o755,
         }
     }
-    pub fn symlink(name: &'static str, target: &'static str) -> Raw {
+    pub(crate) fn symlink(name: &'static str, target: &'static str) -> Raw {
         Raw {
             name,
             kind: tar::EntryType::Symlink,
@@ -127,7 +127,7 @@ impl Raw {
             mode: 0o777,
         }
     }
-    pub fn hardlink(name: &'static str, target: &'static str) -> Raw {
+    pub(crate) fn hardlink(name: &'static str, target: &'static str) -> Raw {
         Raw {
             name,
             kind: tar::EntryType::Link,
@@ -137,7 +137,7 @@ impl Raw {
         }
     }
     /// A device node 1:3 (`/dev/null`) of `kind` (char or block).
-    pub fn device(name: &'static str, kind: tar::EntryType) -> Raw {
+    pub(crate) fn device(name: &'static str, kind: tar::EntryType) -> Raw {
         Raw {
             name,
             kind,
@@ -149,7 +149,7 @@ impl Raw {
 }
 
 /// A tar of raw entries (names up to 100 bytes).
-pub fn raw_tar(entries: &[Raw]) -> Vec<u8> {
+pub(crate) fn raw_tar(entries: &[Raw]) -> Vec<u8> {
     let mut builder = tar::Builder::new(Vec::new());
     for e in entries {
         let mut header = tar::Header::new_gnu();
@@ -177,7 +177,7 @@ pub fn raw_tar(entries: &[Raw]) -> Vec<u8> {
 }
 
 /// Relative paths of everything under `dir`, sorted.
-pub fn tree(dir: &Path) -> Vec<String> {
+pub(crate) fn tree(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
     fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
         let Ok(entries) = std::fs::read_dir(dir) else {

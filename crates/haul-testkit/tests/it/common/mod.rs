@@ -5,7 +5,7 @@ use haul_testkit::{Credentials, Registry};
 
 /// GET `path` on the registry with an optional `Authorization` value;
 /// returns the status and the `WWW-Authenticate` header.
-pub fn get(registry: &Registry, path: &str, auth: Option<&str>) -> (u16, Option<String>) {
+pub(crate) fn get(registry: &Registry, path: &str, auth: Option<&str>) -> (u16, Option<String>) {
     let mut request = registry
         .http_agent()
         .get(&format!("{}{}", registry.url(), path));
@@ -18,7 +18,7 @@ pub fn get(registry: &Registry, path: &str, auth: Option<&str>) -> (u16, Option<
 }
 
 /// POST `path` (empty body) with an optional `Authorization` value.
-pub fn post(registry: &Registry, path: &str, auth: Option<&str>) -> u16 {
+pub(crate) fn post(registry: &Registry, path: &str, auth: Option<&str>) -> u16 {
     let mut request = registry
         .http_agent()
         .post(&format!("{}{}", registry.url(), path));
@@ -32,7 +32,7 @@ pub fn post(registry: &Registry, path: &str, auth: Option<&str>) -> u16 {
 
 /// Asks the registry's token server for `scopes`; returns the status and
 /// the JSON body.
-pub fn fetch_token(
+pub(crate) fn fetch_token(
     registry: &Registry,
     creds: Option<&Credentials>,
     scopes: &[&str],
@@ -55,7 +55,7 @@ pub fn fetch_token(
 }
 
 /// A bearer `Authorization` value from a successful token reply.
-pub fn bearer(reply: &serde_json::Value) -> String {
+pub(crate) fn bearer(reply: &serde_json::Value) -> String {
     format!(
         "Bearer {}",
         reply["token"].as_str().expect("token in reply")

@@ -18,16 +18,20 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// Retry ticks of a millisecond, as Docker's tests use.
-pub fn fast_retries() -> RetryPolicy {
+pub(crate) fn fast_retries() -> RetryPolicy {
     RetryPolicy::default().with_tick(Duration::from_millis(1))
 }
 
-pub fn sha256_digest(bytes: &[u8]) -> String {
+pub(crate) fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
 /// Fails the test if `future` takes longer than `seconds`.
-pub async fn within<F: std::future::Future>(seconds: u64, what: &str, future: F) -> F::Output {
+pub(crate) async fn within<F: std::future::Future>(
+    seconds: u64,
+    what: &str,
+    future: F,
+) -> F::Output {
     match tokio::time::timeout(Duration::from_secs(seconds), future).await {
         Ok(output) => output,
         Err(_) => panic!("timed out after {seconds} s: {what}"),
@@ -38,7 +42,7 @@ pub async fn within<F: std::future::Future>(seconds: u64, what: &str, future: F)
 /// [`RecordingOutput::close`] (which must never happen once the watcher
 /// writing to it was released).
 #[derive(Debug)]
-pub struct RecordingOutput {
+pub(crate) struct RecordingOutput {
     state: Mutex<Recorded>,
     count: watch::Sender<usize>,
 }
@@ -51,7 +55,7 @@ struct Recorded {
 }
 
 impl RecordingOutput {
-    pub fn new() -> Arc<Self> {
+    pub(crate) fn new() -> Arc<Self> {
         Arc::new(RecordingOutput {
             state: Mutex::new(Recorded::default()),
             count: watch::channel(0).0,
@@ -59,23 +63,23 @@ impl RecordingOutput {
     }
 
     /// From now on every write is a violation.
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         self.state.lock().unwrap().closed = true;
     }
 
-    pub fn late_writes(&self) -> usize {
+    pub(crate) fn late_writes(&self) -> usize {
         self.state.lock().unwrap().late_writes
     }
 
-    pub fn records(&self) -> Vec<Progress> {
+    pub(crate) fn records(&self) -> Vec<Progress> {
         self.state.lock().unwrap().records.clone()
     }
 
-    pub fn records_for(&self, id: &str) -> Vec<Progress> {
+    pub(crate) fn records_for(&self, id: &str) -> Vec<Progress> {
         self.records().into_iter().filter(|p| p.id == id).collect()
     }
 
-    pub fn last_by_id(&self) -> HashMap<String, Progress> {
+    pub(crate) fn last_by_id(&self) -> HashMap<String, Progress> {
         let mut last = HashMap::new();
         for record in self.records() {
             last.insert(record.id.clone(), record);
@@ -84,7 +88,7 @@ impl RecordingOutput {
     }
 
     /// Waits until at least `n` records were written.
-    pub async fn wait_for_records(&self, n: usize) {
+    pub(crate) async fn wait_for_records(&self, n: usize) {
         let mut count = self.count.subscribe();
         count.wait_for(|count| *count >= n).await.unwrap();
     }
@@ -106,30 +110,30 @@ impl ProgressOutput for RecordingOutput {
 
 /// Counts how many pieces of work run at once and remembers the maximum.
 #[derive(Debug, Default)]
-pub struct Gauge {
+pub(crate) struct Gauge {
     running: AtomicUsize,
     max_seen: AtomicUsize,
 }
 
-pub struct GaugeGuard<'a>(&'a Gauge);
+pub(crate) struct GaugeGuard<'a>(&'a Gauge);
 
 impl Gauge {
-    pub fn new() -> Arc<Self> {
+    pub(crate) fn new() -> Arc<Self> {
         Arc::new(Gauge::default())
     }
 
     /// Counts one more running; returns how many run now.
-    pub fn enter(&self) -> (GaugeGuard<'_>, usize) {
+    pub(crate) fn enter(&self) -> (GaugeGuard<'_>, usize) {
         let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_seen.fetch_max(now, Ordering::SeqCst);
         (GaugeGuard(self), now)
     }
 
-    pub fn running(&self) -> usize {
+    pub(crate) fn running(&self) -> usize {
         self.running.load(Ordering::SeqCst)
     }
 
-    pub fn max_seen(&self) -> usize {
+    pub(crate) fn max_seen(&self) -> usize {
         self.max_seen.load(Ordering::SeqCst)
     }
 }
@@ -143,7 +147,7 @@ impl Drop for GaugeGuard<'_> {
 // ---------------------------------------------------------------- downloads
 
 /// Chain ID by the OCI rule.
-pub fn chain_id(parent: Option<&ChainId>, diff_id: &DiffId) -> ChainId {
+pub(crate) fn chain_id(parent: Option<&ChainId>, diff_id: &DiffId) -> ChainId {
     match parent {
         None => ChainId::new(diff_id.as_str()),
         Some(parent) => ChainId::new(sha256_digest(format!("{parent} {diff_id}").as_bytes())),
@@ -151,7 +155,7 @@ pub fn chain_id(parent: Option<&ChainId>, diff_id: &DiffId) -> ChainId {
 }
 
 #[derive(Debug, Clone)]
-pub struct MockLayer {
+pub(crate) struct MockLayer {
     pub diff_id: DiffId,
     pub chain_id: ChainId,
     pub bytes: Arc<Vec<u8>>,
@@ -169,7 +173,7 @@ impl Layer for MockLayer {
 /// Docker's mock layer store: registration reads every byte; the diffID is
 /// their SHA-256; registering on an unknown parent fails.
 #[derive(Debug, Default)]
-pub struct MockLayerStore {
+pub(crate) struct MockLayerStore {
     layers: Mutex<HashMap<ChainId, MockLayer>>,
     pub registrations: AtomicUsize,
     pub releases: AtomicUsize,
@@ -180,12 +184,12 @@ pub struct MockLayerStore {
 }
 
 impl MockLayerStore {
-    pub fn new() -> Arc<Self> {
+    pub(crate) fn new() -> Arc<Self> {
         Arc::new(MockLayerStore::default())
     }
 
     /// Registers `bytes` at the bottom, as if pulled before.
-    pub fn preregister(&self, bytes: &[u8]) -> MockLayer {
+    pub(crate) fn preregister(&self, bytes: &[u8]) -> MockLayer {
         let diff_id = DiffId::new(sha256_digest(bytes));
         let layer = MockLayer {
             chain_id: chain_id(None, &diff_id),
@@ -199,7 +203,7 @@ impl MockLayerStore {
         layer
     }
 
-    pub fn contains(&self, chain_id: &ChainId) -> bool {
+    pub(crate) fn contains(&self, chain_id: &ChainId) -> bool {
         self.layers.lock().unwrap().contains_key(chain_id)
     }
 }
@@ -283,7 +287,7 @@ impl LayerStore for MockLayerStore {
 /// Docker's mock download descriptor: 11 "Downloading" records 10 ms
 /// apart, then `simulate_retries` failures, then `id` repeated 5 times.
 #[derive(Debug)]
-pub struct MockDownload {
+pub(crate) struct MockDownload {
     pub id: String,
     pub preset_diff_id: Option<DiffId>,
     pub simulate_retries: u32,
@@ -301,7 +305,7 @@ pub struct MockDownload {
 }
 
 impl MockDownload {
-    pub fn new(id: &str) -> Self {
+    pub(crate) fn new(id: &str) -> Self {
         MockDownload {
             id: id.to_owned(),
             preset_diff_id: None,
@@ -318,31 +322,31 @@ impl MockDownload {
     }
 
     /// A download that completes only once `gate` fires.
-    pub fn gated(mut self, gate: &CancellationToken) -> Self {
+    pub(crate) fn gated(mut self, gate: &CancellationToken) -> Self {
         self.gate = Some(gate.clone());
         self
     }
 
-    pub fn with_diff_id(mut self, diff_id: &str) -> Self {
+    pub(crate) fn with_diff_id(mut self, diff_id: &str) -> Self {
         self.preset_diff_id = Some(DiffId::new(diff_id));
         self
     }
 
-    pub fn with_retries(mut self, simulate_retries: u32) -> Self {
+    pub(crate) fn with_retries(mut self, simulate_retries: u32) -> Self {
         self.simulate_retries = simulate_retries;
         self
     }
 
-    pub fn with_gauge(mut self, gauge: &Arc<Gauge>) -> Self {
+    pub(crate) fn with_gauge(mut self, gauge: &Arc<Gauge>) -> Self {
         self.gauge = Some(Arc::clone(gauge));
         self
     }
 
-    pub fn content(&self) -> Vec<u8> {
+    pub(crate) fn content(&self) -> Vec<u8> {
         self.id.repeat(5).into_bytes()
     }
 
-    pub fn registered(&self) -> Option<DiffId> {
+    pub(crate) fn registered(&self) -> Option<DiffId> {
         self.registered.lock().unwrap().clone()
     }
 }
@@ -424,7 +428,7 @@ impl DownloadDescriptor for MockDownload {
 /// apart, then `simulate_retries` failures "simulating retry", then the
 /// remote descriptor whose digest is the SHA-256 of the diffID text.
 #[derive(Debug)]
-pub struct MockUpload {
+pub(crate) struct MockUpload {
     pub diff_id: String,
     pub simulate_retries: u32,
     pub failures: AtomicU32,
@@ -439,7 +443,7 @@ pub struct MockUpload {
 }
 
 impl MockUpload {
-    pub fn new(diff_id: &str) -> Self {
+    pub(crate) fn new(diff_id: &str) -> Self {
         MockUpload {
             diff_id: diff_id.to_owned(),
             simulate_retries: 0,
@@ -453,22 +457,22 @@ impl MockUpload {
         }
     }
 
-    pub fn with_retries(mut self, simulate_retries: u32) -> Self {
+    pub(crate) fn with_retries(mut self, simulate_retries: u32) -> Self {
         self.simulate_retries = simulate_retries;
         self
     }
 
-    pub fn with_gauge(mut self, gauge: &Arc<Gauge>) -> Self {
+    pub(crate) fn with_gauge(mut self, gauge: &Arc<Gauge>) -> Self {
         self.gauge = Some(Arc::clone(gauge));
         self
     }
 
-    pub fn failing(mut self, message: &str, after: Duration) -> Self {
+    pub(crate) fn failing(mut self, message: &str, after: Duration) -> Self {
         self.fail_with = Some((message.to_owned(), after));
         self
     }
 
-    pub fn remote(&self) -> Option<RemoteDescriptor> {
+    pub(crate) fn remote(&self) -> Option<RemoteDescriptor> {
         self.remote.lock().unwrap().clone()
     }
 }
