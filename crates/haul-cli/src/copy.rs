@@ -109,6 +109,7 @@ pub(crate) fn run(
 ) -> anyhow::Result<()> {
     let source = parse_endpoint(source)?;
     let destination = parse_endpoint(destination)?;
+    check_before_moving(&source, &destination, all_platforms)?;
     let platform = settings::platform(cli)?;
     let client = RegistryClient::new(settings::client_config(cli))?;
     let kind = render::choose(
@@ -146,8 +147,7 @@ pub(crate) fn run(
             )
         })?;
         match done {
-            Some(reference) if cli.global.quiet => crate::outln!("{reference}"),
-            _ if kind == render::RenderKind::Json => {
+            _ if settings::json_output(cli) => {
                 let digest = done
                     .as_ref()
                     .and_then(|r| r.digest())
@@ -161,10 +161,43 @@ pub(crate) fn run(
                     }))
                 );
             }
+            Some(reference) if cli.global.quiet => crate::outln!("{reference}"),
             _ => {}
         }
         Ok(())
     })
+}
+
+/// Refuses, before a byte moves, what the copy could not finish: every
+/// platform with a non-registry end (the scratch store holds one image),
+/// and an OCI layout destination named by more than a tag.
+fn check_before_moving(
+    source: &Endpoint,
+    destination: &Endpoint,
+    all_platforms: bool,
+) -> anyhow::Result<()> {
+    let registries = matches!(
+        (source, destination),
+        (Endpoint::Registry(_), Endpoint::Registry(_))
+    );
+    if all_platforms && !registries {
+        bail!(
+            "--all-platforms copies between registries only (docker:// on both sides); an oci:, \
+             oci-archive: or docker-archive: end takes one platform (choose it with --platform)"
+        );
+    }
+    if let Endpoint::Oci {
+        name: Some(name), ..
+    }
+    | Endpoint::OciArchive {
+        name: Some(name), ..
+    } = destination
+    {
+        if name.contains(['/', ':', '@']) {
+            bail!("an OCI layout destination is named by a tag (oci:DIR:TAG), not {name:?}");
+        }
+    }
+    Ok(())
 }
 
 /// How an endpoint is named in messages.
@@ -230,13 +263,13 @@ async fn via_temporary_store(
             Ok(Some(to.with_digest(report.digest)))
         }
         Endpoint::Oci { dir, name } => {
-            let named = rename(&store, &image, name.as_deref(), true)?;
+            let named = rename(&store, &image, name.as_deref())?;
             drop(output);
             archive::save_oci_layout(&store, std::slice::from_ref(&named), dir)?;
             Ok(None)
         }
         Endpoint::OciArchive { file, name } => {
-            let named = rename(&store, &image, name.as_deref(), true)?;
+            let named = rename(&store, &image, name.as_deref())?;
             drop(output);
             // save_oci_layout writes a tar for a `.tar` name: write one
             // beside the target, then put it in place.
@@ -255,7 +288,7 @@ async fn via_temporary_store(
             Ok(None)
         }
         Endpoint::DockerArchive { file, name } => {
-            let named = rename(&store, &image, name.as_deref(), false)?;
+            let named = rename(&store, &image, name.as_deref())?;
             drop(output);
             archive::save_docker_archive(&store, std::slice::from_ref(&named), file)?;
             Ok(None)
@@ -265,21 +298,13 @@ async fn via_temporary_store(
 
 /// The reference to write `image` under at a destination named `name`
 /// (tagged so in the scratch store): a tag keeps the image's repository, a
-/// full reference replaces it. An OCI layout names its entries by tag, so
-/// there a full reference is refused rather than silently shortened.
-fn rename(
-    store: &Store,
-    image: &Reference,
-    name: Option<&str>,
-    layout: bool,
-) -> anyhow::Result<Reference> {
+/// full reference replaces it (an OCI layout's name was checked to be a
+/// tag before the copy began).
+fn rename(store: &Store, image: &Reference, name: Option<&str>) -> anyhow::Result<Reference> {
     let Some(name) = name else {
         return Ok(image.clone());
     };
     let renamed = if name.contains(['/', ':', '@']) {
-        if layout {
-            bail!("an OCI layout destination is named by a tag (oci:DIR:TAG), not {name:?}");
-        }
         Reference::parse(name).with_context(|| format!("invalid reference {name:?}"))?
     } else {
         image.without_digest().with_tag(name)?

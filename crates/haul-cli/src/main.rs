@@ -52,7 +52,7 @@ fn streams_json(cli: &Cli) -> bool {
         cli.command,
         Command::Pull { .. } | Command::Push { .. } | Command::Copy { .. }
     );
-    streaming && !cli.global.quiet && cli.global.progress == cli::ProgressMode::Json
+    streaming && settings::json_output(cli)
 }
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
@@ -179,15 +179,21 @@ impl std::error::Error for Reported {}
 
 pub(crate) fn error_sentence(err: &anyhow::Error) -> String {
     let mut sentence = String::new();
+    let mut last_len = 0;
     for cause in err.chain() {
         let text = cause.to_string();
         if sentence.contains(&text) {
             continue;
         }
-        if !sentence.is_empty() {
+        let last = &sentence[sentence.len() - last_len..];
+        if !last.is_empty() && text.starts_with(last) {
+            // The cause repeats its context and says more: say it once.
+            sentence.truncate(sentence.len() - last_len);
+        } else if !sentence.is_empty() {
             sentence.push_str(": ");
         }
         sentence.push_str(&text);
+        last_len = text.len();
     }
     sentence
 }

@@ -80,7 +80,7 @@ pub(crate) fn run(
         let mut failures = Vec::new();
         for (reference, result) in references.iter().zip(results) {
             match result {
-                Ok(report) if kind == render::RenderKind::Json => crate::outln!(
+                Ok(report) if settings::json_output(cli) => crate::outln!(
                     "{}",
                     render::json::result_line(serde_json::json!({
                         "Reference": report.reference.to_string(),

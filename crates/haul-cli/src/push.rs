@@ -63,12 +63,7 @@ pub(crate) fn run(cli: &Cli, reference: &str, protocol: Protocol) -> anyhow::Res
         };
         let _ = renderer.await;
         let pushed = result.with_context(|| format!("failed to push {}", reference.familiar()))?;
-        if cli.global.quiet {
-            match pushed {
-                Some((digest, _)) => crate::outln!("{}", reference.with_digest(digest)),
-                None => crate::outln!("{reference}"),
-            }
-        } else if kind == render::RenderKind::Json {
+        if settings::json_output(cli) {
             let tag = reference.tag().unwrap_or("latest");
             let aux = match pushed {
                 Some((digest, size)) => {
@@ -77,6 +72,11 @@ pub(crate) fn run(cli: &Cli, reference: &str, protocol: Protocol) -> anyhow::Res
                 None => serde_json::json!({ "Tag": tag }),
             };
             crate::outln!("{}", render::json::result_line(aux));
+        } else if cli.global.quiet {
+            match pushed {
+                Some((digest, _)) => crate::outln!("{}", reference.with_digest(digest)),
+                None => crate::outln!("{reference}"),
+            }
         }
         Ok(())
     })

@@ -13,6 +13,12 @@ use haul_dist::{PullSettings, PushSettings};
 use crate::cli::Cli;
 use crate::config_file::ConfigFile;
 
+/// Whether results (and failures) are written as JSON lines:
+/// `--progress json`, with or without `-q` (which drops the progress).
+pub(crate) fn json_output(cli: &Cli) -> bool {
+    cli.global.progress == crate::cli::ProgressMode::Json
+}
+
 /// The `--platform` asked for, parsed.
 pub(crate) fn platform(cli: &Cli) -> anyhow::Result<Option<Platform>> {
     cli.global

@@ -143,3 +143,14 @@ fn missing_argument_is_a_usage_error_with_exit_code_2() {
     let out = haul(&[]);
     assert_eq!(out.status.code(), Some(2), "stderr: {}", stderr(&out));
 }
+
+#[test]
+fn a_bad_reference_is_named_once() {
+    let root = tempfile::tempdir().unwrap();
+    let out = haul(&["--root", root.path().to_str().unwrap(), "pull", "bad ref"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert_eq!(err.matches("invalid reference").count(), 1, "{err}");
+    assert!(err.contains("\"bad ref\""), "{err}");
+}

@@ -332,3 +332,40 @@ fn copy_takes_skopeo_transports_exactly() {
     }
     env.assert_store_invariants();
 }
+
+#[test]
+fn copies_that_cannot_finish_are_refused_before_anything_moves() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    env.put_index("library/multi:1");
+    let source = format!("docker://{}", env.reference("library/multi:1"));
+    let layout = env.dir("layout");
+    let out = env.haul(&[
+        "copy",
+        "--all-platforms",
+        &source,
+        &format!("oci:{}:x", layout.display()),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("--all-platforms copies between registries only"),
+        "{}",
+        stderr(&out)
+    );
+    let out = env.haul(&[
+        "--progress",
+        "plain",
+        "copy",
+        &source,
+        &format!("oci:{}:{}", layout.display(), env.reference("x/y:1")),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("named by a tag"), "{}", stderr(&out));
+    assert!(
+        !stdout(&out).contains("Pulling from"),
+        "refused only after pulling: {}",
+        stdout(&out)
+    );
+    assert!(!layout.exists(), "nothing written");
+}
