@@ -283,6 +283,13 @@ async fn via_temporary_store(
                 .with_context(|| format!("cannot write {}", file.display()))?;
             let tar = spool.path().join("layout.tar");
             archive::save_oci_layout(&store, std::slice::from_ref(&named), &tar)?;
+            if std::fs::metadata(file).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
+                // A device or pipe is written into, never renamed over.
+                let mut device = std::fs::OpenOptions::new().write(true).open(file)?;
+                std::io::copy(&mut std::fs::File::open(&tar)?, &mut device)
+                    .with_context(|| format!("cannot write {}", file.display()))?;
+                return Ok(None);
+            }
             std::fs::rename(&tar, file)
                 .with_context(|| format!("cannot write {}", file.display()))?;
             Ok(None)

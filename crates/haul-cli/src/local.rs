@@ -567,6 +567,16 @@ pub(crate) fn export_tar(
             result => result.context("cannot write the tar to standard output"),
         };
     }
+    // A device or pipe (`-o /dev/null`) is written in place, never
+    // renamed over.
+    if std::fs::metadata(output).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
+        let device = std::fs::OpenOptions::new()
+            .write(true)
+            .open(output)
+            .with_context(|| format!("cannot write {}", output.display()))?;
+        return write_tar(&tree, device)
+            .with_context(|| format!("cannot write {}", output.display()));
+    }
     let parent = match output.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),

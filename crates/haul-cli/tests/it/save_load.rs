@@ -369,3 +369,59 @@ fn oci_save_of_several_images_names_each_fully_and_adds_to_a_layout() {
     assert_store_invariants(fresh.path());
     env.assert_store_invariants();
 }
+
+#[test]
+fn save_and_export_to_a_pipe_write_into_it_and_leave_it_a_pipe() {
+    use std::os::unix::fs::FileTypeExt;
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    env.put_image(&sample_image(), "library/sample:6.0");
+    let reference = env.reference("library/sample:6.0");
+    assert_ok(&env.haul(&["pull", &reference]));
+    // A FIFO stands in for /dev/null and other devices: renaming a file
+    // over it would replace it.
+    for args in [
+        vec!["save", reference.as_str(), "-o"],
+        vec!["export", reference.as_str(), "-o"],
+    ] {
+        let fifo = env.dir("pipe");
+        let _ = fs::remove_file(&fifo);
+        let status = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let (sent, received) = std::sync::mpsc::channel();
+        {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || sent.send(fs::read(&fifo).unwrap()));
+        }
+        let mut full = args.clone();
+        full.push(arg(&fifo));
+        assert_ok(&env.haul(&full));
+        // A haul that renamed a file over the pipe never opened it: the
+        // reader would wait for ever, so it gets a bounded wait.
+        let bytes = received
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("{args:?} never wrote into the pipe"));
+        assert!(
+            fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo(),
+            "{args:?} replaced the pipe"
+        );
+        let names: Vec<String> = tar::Archive::new(&bytes[..])
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+            .collect();
+        let expected = if args[0] == "save" {
+            "manifest.json"
+        } else {
+            "data"
+        };
+        assert!(
+            names.iter().any(|n| n.starts_with(expected)),
+            "{args:?}: a tar with {expected}: {names:?}"
+        );
+    }
+}

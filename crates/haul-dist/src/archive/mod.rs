@@ -422,6 +422,13 @@ impl<R: Read> Read for HashingReader<R> {
 /// Where a save writes: a temporary sibling of the target, renamed onto it
 /// by [`Output::persist`]; removed if dropped before.
 pub(crate) enum Output {
+    /// An existing device or pipe (`/dev/null`, a FIFO): the archive is
+    /// built in a temporary file (the writer seeks), then copied into it;
+    /// never renamed over it.
+    Device {
+        temp: tempfile::NamedTempFile,
+        target: PathBuf,
+    },
     File {
         temp: tempfile::NamedTempFile,
         target: PathBuf,
@@ -460,6 +467,18 @@ impl Output {
                 source: io::Error::new(io::ErrorKind::IsADirectory, "is a directory"),
             });
         }
+        if let Ok(meta) = fs::metadata(target) {
+            if !meta.is_file() {
+                let temp = tempfile::Builder::new()
+                    .prefix(".haul-save-")
+                    .tempfile()
+                    .at(&std::env::temp_dir())?;
+                return Ok(Output::Device {
+                    temp,
+                    target: target.to_path_buf(),
+                });
+            }
+        }
         let parent = existing_parent(target)?;
         let temp = tempfile::Builder::new()
             .prefix(".haul-save-")
@@ -487,6 +506,7 @@ impl Output {
     /// A handle on the temporary file (a file output only).
     pub(crate) fn open_file(&self) -> Result<fs::File> {
         match self {
+            Output::Device { temp, .. } => temp.as_file().try_clone().at(temp.path()),
             Output::File { temp, .. } => temp.as_file().try_clone().at(temp.path()),
             Output::Dir { temp, .. } => Err(Error::Io {
                 path: temp.path().to_path_buf(),
@@ -498,6 +518,7 @@ impl Output {
     /// The temporary path being written.
     pub(crate) fn path(&self) -> &Path {
         match self {
+            Output::Device { temp, .. } => temp.path(),
             Output::File { temp, .. } => temp.path(),
             Output::Dir { temp, .. } => temp.path(),
         }
@@ -507,6 +528,15 @@ impl Output {
     /// any file `docker save` writes).
     pub(crate) fn persist(self) -> Result<()> {
         match self {
+            Output::Device { temp, target } => {
+                let mut device = fs::OpenOptions::new()
+                    .write(true)
+                    .open(&target)
+                    .at(&target)?;
+                let mut built = fs::File::open(temp.path()).at(temp.path())?;
+                io::copy(&mut built, &mut device).at(&target)?;
+                Ok(())
+            }
             Output::File { temp, target } => {
                 fs::set_permissions(temp.path(), fs::Permissions::from_mode(0o644))
                     .at(temp.path())?;
