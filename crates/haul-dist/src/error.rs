@@ -41,6 +41,21 @@ pub enum Error {
     /// No local image has this reference.
     #[error("no such image: {0}")]
     NoSuchImage(String),
+
+    /// A reference to one image (no index) whose platform is not the one
+    /// asked for, as Docker 20.10 refuses it.
+    #[error(
+        "image with reference {reference} was found but does not match the specified \
+         platform: wanted {wanted}, actual: {actual}"
+    )]
+    PlatformMismatch {
+        /// The reference pulled.
+        reference: String,
+        /// The platform asked for.
+        wanted: String,
+        /// The image's own platform.
+        actual: String,
+    },
     /// A push names an image that is not in the local store.
     #[error("an image does not exist locally with the tag: {0}")]
     NotLocal(String),

@@ -163,6 +163,7 @@ impl Puller {
                     self.put_blob(manifest.bytes().to_vec(), manifest.digest())
                         .await?;
                     let record = ImageRecord::from_parts(manifest, &config)?;
+                    check_platform(reference, &resolved, &record, options)?;
                     let layers = record
                         .layers
                         .iter()
@@ -450,4 +451,30 @@ fn blob_info(digest: &Digest, size: u64, media_type: &str) -> LayerBlobInfo {
         size,
         compression: media_type::layer_compression(media_type),
     }
+}
+
+/// Refuses a reference to one image (no index to choose from) whose
+/// platform is not the one `--platform` asked for; an image whose config
+/// names no platform is taken as it is.
+fn check_platform(
+    reference: &Reference,
+    resolved: &crate::resolve::Resolved,
+    record: &ImageRecord,
+    options: &PullOptions,
+) -> Result<()> {
+    let Some(wanted) = &options.platform else {
+        return Ok(());
+    };
+    let actual = &record.platform;
+    if resolved.index().is_some() || actual.os.is_empty() || actual.architecture.is_empty() {
+        return Ok(());
+    }
+    if wanted.compatible().iter().any(|p| p.same_as(actual)) {
+        return Ok(());
+    }
+    Err(Error::PlatformMismatch {
+        reference: reference.familiar(),
+        wanted: wanted.to_string(),
+        actual: actual.to_string(),
+    })
 }

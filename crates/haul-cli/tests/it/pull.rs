@@ -684,3 +684,29 @@ fn a_corrupt_layer_is_retried_once_then_fails_naming_both_digests() {
     );
     assert!(took < std::time::Duration::from_secs(5), "took {took:?}");
 }
+
+#[test]
+fn platform_of_a_single_image_must_match_what_is_asked() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    env.put_image(&sample_image(), "library/amd64-only:1");
+    let reference = env.reference("library/amd64-only:1");
+    let out = env.haul(&["--platform", "linux/arm64", "pull", &reference]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "image with reference {reference} was found but does not match the specified \
+             platform: wanted linux/arm64"
+        )) && err.contains("actual: linux/amd64"),
+        "{err}"
+    );
+    assert_eq!(
+        stdout(&env.haul(&["images", "-q"])),
+        "",
+        "nothing is recorded"
+    );
+    assert_ok(&env.haul(&["--platform", "linux/amd64", "pull", &reference]));
+    env.assert_store_invariants();
+}
