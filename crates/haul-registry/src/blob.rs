@@ -436,7 +436,6 @@ mod tests {
     use super::*;
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(cases()))]
 
         #[test]
         fn content_ranges_never_panic(value in "\\PC{0,60}") {
@@ -452,13 +451,6 @@ mod tests {
             );
             proptest::prop_assert_eq!(parse_content_range(&text), Some((start, total)));
         }
-    }
-
-    fn cases() -> u32 {
-        std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(256)
     }
 
     #[test]

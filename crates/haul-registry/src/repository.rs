@@ -408,7 +408,6 @@ mod tests {
     use super::*;
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(cases()))]
 
         #[test]
         fn link_headers_never_panic(values in proptest::collection::vec("[ -~]{0,80}", 0..3)) {
@@ -437,13 +436,6 @@ mod tests {
             h.insert(LINK, parts.join(", ").parse().unwrap());
             proptest::prop_assert_eq!(next_link(&h), Some(target));
         }
-    }
-
-    fn cases() -> u32 {
-        std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(256)
     }
 
     #[test]

@@ -5,16 +5,8 @@
 use haul_registry::auth::parse_challenges;
 use proptest::prelude::*;
 
-fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(256)
-}
-
+// proptest's default: 256 cases, or `PROPTEST_CASES`.
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(cases()))]
-
     #[test]
     fn any_header_value_parses_without_panicking(
         values in prop::collection::vec("\\PC{0,120}", 0..4),
