@@ -137,6 +137,11 @@ pub(crate) enum Command {
         /// registry answers /v2/, else v1).
         #[arg(long, value_enum, default_value_t = Protocol::Auto)]
         protocol: Protocol,
+        /// Compress plain tar layers so (default: gzip, and only for images
+        /// whose manifest haul wrote, e.g. loaded from a docker-archive;
+        /// a pulled manifest is pushed with its own digest).
+        #[arg(long, value_enum, value_name = "FORMAT")]
+        compression: Option<LayerCompression>,
     },
     /// Copy an image between registries, OCI layouts and docker archives.
     Copy {
@@ -147,6 +152,11 @@ pub(crate) enum Command {
         /// Copy every platform of a multi-platform image.
         #[arg(long)]
         all_platforms: bool,
+        /// Compress plain tar layers pushed to a registry so (default:
+        /// gzip, for images whose manifest haul wrote, as from a
+        /// docker-archive).
+        #[arg(long, value_enum, value_name = "FORMAT")]
+        compression: Option<LayerCompression>,
     },
     /// List local images.
     Images {
@@ -263,6 +273,15 @@ pub(crate) enum ListFormat {
     /// One JSON array of objects with haul's full details (full IDs,
     /// references, platform, sizes in bytes).
     JsonArray,
+}
+
+/// How a push compresses plain tar layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LayerCompression {
+    /// gzip, as Docker pushes.
+    Gzip,
+    /// zstd.
+    Zstd,
 }
 
 /// Format of `save` output.

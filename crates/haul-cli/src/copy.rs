@@ -10,7 +10,7 @@ use haul_dist::archive::{self, LoadOptions};
 use haul_dist::oci::{Platform, Reference};
 use haul_dist::registry::RegistryClient;
 use haul_dist::store::Store;
-use haul_dist::xfer::{ChannelOutput, ProgressOutput};
+use haul_dist::xfer::{ChannelOutput, Progress, ProgressOutput};
 use haul_dist::{Copier, CopyOptions, PullOptions, Puller, Pusher};
 
 use crate::cli::Cli;
@@ -136,7 +136,15 @@ pub(crate) fn run(
                     .map(|report| Some(to.with_digest(report.digest)))
                     .map_err(anyhow::Error::from)
             }
-            _ => via_temporary_store(cli, client, &source, &destination, platform, output).await,
+            _ => {
+                // The scratch store's pull is not a pull into the user's
+                // store: its "Status: Downloaded newer image" line would lie.
+                let output: Arc<dyn ProgressOutput> = match &destination {
+                    Endpoint::Registry(_) => output,
+                    _ => Arc::new(WithoutPullStatus(output)),
+                };
+                via_temporary_store(cli, client, &source, &destination, platform, output).await
+            }
         };
         let _ = renderer.await;
         let done = result.with_context(|| {
@@ -162,10 +170,29 @@ pub(crate) fn run(
                 );
             }
             Some(reference) if cli.global.quiet => crate::outln!("{reference}"),
+            None if !cli.global.quiet => {
+                crate::outln!("Wrote {} to {}", shown(&source), shown(&destination))
+            }
             _ => {}
         }
         Ok(())
     })
+}
+
+/// Progress without the pull's closing `Status:` line.
+struct WithoutPullStatus(Arc<dyn ProgressOutput>);
+
+impl ProgressOutput for WithoutPullStatus {
+    fn write(&self, progress: Progress) {
+        if progress
+            .message
+            .as_deref()
+            .is_some_and(|m| m.starts_with("Status: "))
+        {
+            return;
+        }
+        self.0.write(progress);
+    }
 }
 
 /// Refuses, before a byte moves, what the copy could not finish: every
@@ -254,10 +281,10 @@ async fn via_temporary_store(
     // 2. From there to the destination.
     match destination {
         Endpoint::Registry(to) => {
-            let record = store
+            let resolved = store
                 .resolve(&image)?
                 .with_context(|| format!("{} vanished from the scratch store", image.familiar()))?;
-            store.tag(to, &record.id)?;
+            store.tag(to, &resolved.target())?;
             let pusher = Pusher::new(client, store.clone(), &settings::push_settings(cli));
             let report = pusher.push(to, output, cancel).await?;
             Ok(Some(to.with_digest(report.digest)))
@@ -316,10 +343,10 @@ fn rename(store: &Store, image: &Reference, name: Option<&str>) -> anyhow::Resul
     } else {
         image.without_digest().with_tag(name)?
     };
-    let record = store
+    let resolved = store
         .resolve(image)?
         .context("the copied image vanished from the scratch store")?;
-    store.tag(&renamed, &record.id)?;
+    store.tag(&renamed, &resolved.target())?;
     Ok(renamed)
 }
 

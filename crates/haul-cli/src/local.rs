@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 use haul_dist::oci::{Platform, Reference};
-use haul_dist::store::{ExportOptions, IdMatch, ImageRecord, Store};
+use haul_dist::store::{ExportOptions, IdMatch, ImageRecord, RefTarget, Store};
 use serde_json::json;
 
 use crate::cli::ListFormat;
@@ -24,6 +24,19 @@ pub(crate) struct Found {
     pub reference: Option<Reference>,
     /// The image.
     pub image: ImageRecord,
+    /// The index the reference came through, if any.
+    pub index: Option<haul_dist::oci::Digest>,
+}
+
+impl Found {
+    /// What a new reference to this image points at: the same manifest,
+    /// through the same index.
+    pub(crate) fn target(&self) -> RefTarget {
+        RefTarget {
+            manifest: self.image.manifest_digest.clone(),
+            index: self.index.clone(),
+        }
+    }
 }
 
 /// The image `text` names locally, as Docker reads it: a full image ID
@@ -36,6 +49,7 @@ pub(crate) fn find_image(store: &Store, text: &str) -> anyhow::Result<Found> {
                 shown: image.id.short_id().to_string(),
                 reference: None,
                 image: *image,
+                index: None,
             })),
             IdMatch::Ambiguous(ids) => bail!(
                 "{text} is ambiguous: it begins {} image IDs; give more digits",
@@ -49,11 +63,12 @@ pub(crate) fn find_image(store: &Store, text: &str) -> anyhow::Result<Found> {
         return by_id(store)?.ok_or_else(|| anyhow::anyhow!("no such image: {text}"));
     }
     if let Ok(reference) = Reference::parse(text) {
-        if let Some(image) = store.resolve(&reference)? {
+        if let Some(resolved) = store.resolve(&reference)? {
             return Ok(Found {
                 shown: reference.familiar(),
                 reference: Some(reference),
-                image,
+                image: resolved.image,
+                index: resolved.index,
             });
         }
     }
@@ -76,14 +91,14 @@ pub(crate) fn for_platform(
     let Some(wanted) = platform else {
         return Ok(found);
     };
-    let family: Vec<ImageRecord> = match &found.image.index_digest {
-        Some(index) => store
-            .list_image_records()?
-            .into_iter()
-            .filter(|image| image.index_digest.as_ref() == Some(index))
-            .collect(),
-        None => vec![found.image.clone()],
-    };
+    let mut family = vec![found.image.clone()];
+    if let Some(index) = &found.index {
+        for child in store.index_children(index)?.unwrap_or_default() {
+            if child != found.image.manifest_digest {
+                family.extend(store.get_image(&child)?);
+            }
+        }
+    }
     for candidate in wanted.compatible() {
         if let Some(image) = family
             .iter()
@@ -105,7 +120,7 @@ pub(crate) fn for_platform(
         "{} has no {wanted} image in the store (stored: {}){}",
         found.shown,
         stored.join(", "),
-        if found.image.index_digest.is_some() {
+        if found.index.is_some() {
             "; pull it with --platform or --all-platforms"
         } else {
             ""
@@ -194,7 +209,7 @@ fn image_rows(store: &Store) -> anyhow::Result<Vec<ImageRow>> {
     // not untagged images of their own (`--platform` selects them).
     let siblings = store.platform_siblings()?;
     for (references, image) in store.list_images()? {
-        if references.is_empty() && siblings.contains(&image.id) {
+        if references.is_empty() && siblings.contains(&image.manifest_digest) {
             continue;
         }
         let size = image_size(store, &image);
@@ -378,11 +393,14 @@ pub(crate) fn inspect(
     platform: Option<&Platform>,
 ) -> anyhow::Result<()> {
     let Found {
-        reference, image, ..
+        reference,
+        image,
+        index,
+        ..
     } = for_platform(store, find_image(store, text)?, platform)?;
     let config_bytes = store.read_blob_limited(&image.id, 8 * 1024 * 1024)?;
     let config: serde_json::Value = serde_json::from_slice(&config_bytes)?;
-    let references = store.references_of(&image.id)?;
+    let references = store.references_to(&image.manifest_digest)?;
     let repository = reference
         .as_ref()
         .or(references.first())
@@ -407,7 +425,7 @@ pub(crate) fn inspect(
         "id": image.id.to_string(),
         "manifestDigest": image.manifest_digest.to_string(),
         "manifestMediaType": image.manifest_media_type,
-        "indexDigest": image.index_digest.as_ref().map(|d| d.to_string()),
+        "indexDigest": index.as_ref().map(|d| d.to_string()),
         "platform": image.platform.to_string(),
         "config": config,
         "layers": layers,
@@ -418,12 +436,12 @@ pub(crate) fn inspect(
 
 /// `haul tag SRC DST`.
 pub(crate) fn tag(store: &Store, source: &str, target: &str) -> anyhow::Result<()> {
-    let Found { image, .. } = find_image(store, source)?;
+    let found = find_image(store, source)?;
     let target = parse_reference(target)?;
     if target.digest().is_some() {
         bail!("cannot tag with a digest: {target}");
     }
-    store.tag(&target, &image.id)?;
+    store.tag(&target, &found.target())?;
     Ok(())
 }
 

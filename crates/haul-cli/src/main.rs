@@ -103,11 +103,13 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Push {
             reference,
             protocol,
+            ..
         } => push::run(cli, reference, *protocol),
         Command::Copy {
             source,
             destination,
             all_platforms,
+            ..
         } => copy::run(cli, source, destination, *all_platforms),
         Command::Images {
             filter,

@@ -79,6 +79,11 @@ pub(crate) fn run(
 
         let mut failures = Vec::new();
         for (reference, result) in references.iter().zip(results) {
+            if let Ok(report) = &result {
+                for warning in &report.warnings {
+                    eprintln!("warning: {warning}");
+                }
+            }
             match result {
                 Ok(report) if settings::json_output(cli) => crate::outln!(
                     "{}",

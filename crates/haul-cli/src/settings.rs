@@ -8,9 +8,9 @@ use anyhow::Context;
 use haul_dist::oci::Platform;
 use haul_dist::registry::ClientConfig;
 use haul_dist::store::Store;
-use haul_dist::{PullSettings, PushSettings};
+use haul_dist::{PullSettings, PushCompression, PushSettings};
 
-use crate::cli::Cli;
+use crate::cli::{Cli, Command, LayerCompression};
 use crate::config_file::ConfigFile;
 
 /// Whether results (and failures) are written as JSON lines:
@@ -179,6 +179,14 @@ pub(crate) fn push_settings(cli: &Cli) -> PushSettings {
                 size: n as usize,
             }
         }),
+        compression: match &cli.command {
+            Command::Push { compression, .. } | Command::Copy { compression, .. } => compression
+                .map(|c| match c {
+                    LayerCompression::Gzip => PushCompression::Gzip,
+                    LayerCompression::Zstd => PushCompression::Zstd,
+                }),
+            _ => None,
+        },
     }
 }
 

@@ -13,18 +13,19 @@ use std::time::Duration;
 
 use haul_oci::{media_type, parse_image_config, Digest, ImageConfig, Platform, Reference};
 use haul_registry::{RegistryClient, Repository};
-use haul_store::{ImageRecord, Store, UnpackOptions};
+use haul_store::{ImageRecord, RefTarget, Store, UnpackOptions};
 use haul_xfer::{DownloadManager, ProgressOutput, RetryPolicy};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::layer_fetch::{blocking, LayerBlobInfo};
+use crate::own_blobs::fetch_missing_layer_blobs;
 use crate::pull_layer::PullLayer;
 use crate::resolve::{manifest_reference, resolve};
 use crate::store_layers::{SharedLayers, StoreLayers};
 
 /// Largest config read into memory.
-const CONFIG_LIMIT: u64 = 8 * 1024 * 1024;
+pub(crate) const CONFIG_LIMIT: u64 = 8 * 1024 * 1024;
 
 /// How a [`Puller`] transfers layers.
 #[derive(Debug, Clone)]
@@ -79,6 +80,9 @@ pub struct PullReport {
     pub up_to_date: bool,
     /// Layer bytes that crossed the network.
     pub transferred: u64,
+    /// What the caller should tell the user, e.g. that an image names no
+    /// platform, so `--platform` could not be checked.
+    pub warnings: Vec<String>,
 }
 
 /// Pulls images into a store. One `Puller` shares its transfers between
@@ -149,8 +153,9 @@ impl Puller {
 
         let transferred = Arc::new(AtomicU64::new(0));
         let mut images = Vec::new();
+        let mut warnings = Vec::new();
         for (manifest, _platform) in &resolved.images {
-            let mut record = match manifest.manifest() {
+            let record = match manifest.manifest() {
                 haul_oci::Manifest::Schema1(schema1) => {
                     self.pull_schema1(&repo, reference, schema1, &output, &cancel, &transferred)
                         .await?
@@ -163,7 +168,7 @@ impl Puller {
                     self.put_blob(manifest.bytes().to_vec(), manifest.digest())
                         .await?;
                     let record = ImageRecord::from_parts(manifest, &config)?;
-                    check_platform(reference, &resolved, &record, options)?;
+                    warnings.extend(check_platform(reference, &resolved, &record, options)?);
                     let layers = record
                         .layers
                         .iter()
@@ -195,7 +200,18 @@ impl Puller {
                     record
                 }
             };
-            record.index_digest = index_digest.clone();
+            // A layer found by its chain ID may have come from another blob:
+            // the store keeps this manifest's own.
+            let fetched = fetch_missing_layer_blobs(
+                &repo,
+                &self.store,
+                &record,
+                self.max_download_attempts,
+                &output,
+                &cancel,
+            )
+            .await?;
+            transferred.fetch_add(fetched, Ordering::Relaxed);
             let store = self.store.clone();
             let to_put = record.clone();
             let source = format!("{}/{}", reference.registry(), reference.repository());
@@ -213,20 +229,23 @@ impl Puller {
         // The reference names the image for this machine's platform (or the
         // one asked for), also when every platform was pulled.
         let tagged = self.image_to_tag(&images, options)?;
-        let up_to_date = previous
-            .as_ref()
-            .is_some_and(|p| p.id == tagged.id && p.manifest_digest == tagged.manifest_digest)
+        // The reference keeps exactly what the registry's reference served:
+        // the chosen platform's manifest, and the index it came through.
+        let target = RefTarget {
+            manifest: tagged.manifest_digest.clone(),
+            index: index_digest,
+        };
+        let up_to_date = previous.is_some_and(|p| p.target() == target)
             && transferred.load(Ordering::Relaxed) == 0;
         {
             let store = self.store.clone();
             let reference = reference.clone();
-            let id = tagged.id.clone();
             let by_digest = reference
                 .without_tag()
                 .with_digest(resolved.top.digest().clone());
             blocking(move || {
-                store.tag(&reference, &id)?;
-                store.tag(&by_digest, &id)?;
+                store.tag(&reference, &target)?;
+                store.tag(&by_digest, &target)?;
                 Ok(())
             })
             .await?;
@@ -247,6 +266,7 @@ impl Puller {
             images,
             up_to_date,
             transferred: transferred.load(Ordering::Relaxed),
+            warnings,
         })
     }
 
@@ -419,7 +439,9 @@ impl Puller {
             haul_oci::parse_manifest(manifest_bytes.clone(), Some(media_type::DOCKER_MANIFEST))?;
         self.put_blob(config_bytes, &config_digest).await?;
         self.put_blob(manifest_bytes, parsed.digest()).await?;
-        Ok(ImageRecord::from_parts(&parsed, &config)?)
+        let mut record = ImageRecord::from_parts(&parsed, &config)?;
+        record.manifest_made_locally = true;
+        Ok(record)
     }
 }
 
@@ -454,23 +476,30 @@ fn blob_info(digest: &Digest, size: u64, media_type: &str) -> LayerBlobInfo {
 }
 
 /// Refuses a reference to one image (no index to choose from) whose
-/// platform is not the one `--platform` asked for; an image whose config
-/// names no platform is taken as it is.
+/// platform is not the one `--platform` asked for, as Docker 20.10 does;
+/// for an image whose config names no platform, returns a warning and takes
+/// it as it is.
 fn check_platform(
     reference: &Reference,
     resolved: &crate::resolve::Resolved,
     record: &ImageRecord,
     options: &PullOptions,
-) -> Result<()> {
+) -> Result<Option<String>> {
     let Some(wanted) = &options.platform else {
-        return Ok(());
+        return Ok(None);
     };
     let actual = &record.platform;
-    if resolved.index().is_some() || actual.os.is_empty() || actual.architecture.is_empty() {
-        return Ok(());
+    if resolved.index().is_some() {
+        return Ok(None);
+    }
+    if actual.os.is_empty() || actual.architecture.is_empty() {
+        return Ok(Some(format!(
+            "{} names no platform; pulled it for {wanted} as it is",
+            reference.familiar()
+        )));
     }
     if wanted.compatible().iter().any(|p| p.same_as(actual)) {
-        return Ok(());
+        return Ok(None);
     }
     Err(Error::PlatformMismatch {
         reference: reference.familiar(),

@@ -165,7 +165,7 @@ pub(crate) fn into_transfer_error(err: Error) -> haul_xfer::Error {
 /// host (nothing listens there), but not in the middle of a layer: that
 /// registry answered a moment ago and is being restarted, so the layer
 /// waits and tries again, as Docker does.
-fn is_retryable(err: &Error) -> bool {
+pub(crate) fn is_retryable(err: &Error) -> bool {
     match err {
         Error::Registry(e) => {
             e.is_retryable()

@@ -27,6 +27,7 @@ use crate::blob_upload::{or_cancelled, upload_blob, Chunking, ProgressSource};
 use crate::error::{Error, Result};
 use crate::layer_fetch::blocking;
 use crate::pull_layer::into_transfer_error;
+use crate::push_compress::{compressed_image, compresses, PushCompression};
 
 /// How a [`Pusher`] transfers layers.
 #[derive(Debug, Clone)]
@@ -37,6 +38,10 @@ pub struct PushSettings {
     pub retry_tick: Duration,
     /// When blobs go in chunks.
     pub chunking: Chunking,
+    /// How plain tar layers are compressed: `None` compresses only those of
+    /// manifests haul wrote (docker-archive images), with gzip; a value
+    /// compresses every plain layer so.
+    pub compression: Option<PushCompression>,
 }
 
 impl Default for PushSettings {
@@ -45,6 +50,7 @@ impl Default for PushSettings {
             max_concurrent_uploads: 5,
             retry_tick: Duration::from_secs(1),
             chunking: Chunking::default(),
+            compression: None,
         }
     }
 }
@@ -64,6 +70,7 @@ pub struct Pusher {
     store: Store,
     uploads: UploadManager,
     chunking: Chunking,
+    compression: Option<PushCompression>,
 }
 
 impl Pusher {
@@ -77,6 +84,7 @@ impl Pusher {
             store,
             uploads,
             chunking: settings.chunking,
+            compression: settings.compression,
         }
     }
 
@@ -88,19 +96,29 @@ impl Pusher {
         output: Arc<dyn ProgressOutput>,
         cancel: CancellationToken,
     ) -> Result<PushReport> {
-        let image = {
+        let resolved = {
             let store = self.store.clone();
             let r = reference.clone();
             blocking(move || Ok(store.resolve(&r)?)).await?
         }
         .ok_or_else(|| Error::NotLocal(reference.familiar()))?;
         let repo = self.client.repository_for(reference)?;
+        let images = self.images_of_index(resolved.index).await?;
+        let source = resolved.image.clone();
+        let source_digest = source.manifest_digest.clone();
+        let image = if images.is_none() && compresses(&source, self.compression) {
+            let store = self.store.clone();
+            let repository = format!("{}/{}", repo.registry(), repo.name());
+            let compression = self.compression.unwrap_or_default();
+            blocking(move || compressed_image(&store, &source, compression, &repository)).await?
+        } else {
+            resolved.image
+        };
         output.message(
             "",
             &format!("The push refers to repository [{}]", reference.name()),
         );
 
-        let images = self.images_of_index(&image).await?;
         let to_push: Vec<&ImageRecord> = match &images {
             Some((_, all)) => all.iter().collect(),
             None => vec![&image],
@@ -138,6 +156,14 @@ impl Pusher {
                     .clone()
                     .unwrap_or_else(|| image.manifest_digest.to_string());
                 let digest = self.push_manifest(&repo, &image, &target).await?;
+                if image.manifest_digest != source_digest {
+                    // The compressed manifest is what this repository now
+                    // serves: a digest reference keeps it (and its blobs).
+                    let store = self.store.clone();
+                    let by_digest = reference.without_tag().with_digest(digest.clone());
+                    let target = image.target();
+                    blocking(move || Ok(store.tag(&by_digest, &target).map(|_| ())?)).await?;
+                }
                 (digest, image.manifest_size)
             }
         };
@@ -151,13 +177,14 @@ impl Pusher {
         Ok(PushReport { digest, size })
     }
 
-    /// For an image pulled with every platform: the index (digest, media
-    /// type) and every image it lists, when all of them are stored.
+    /// For a reference to an index pulled with every platform: the index
+    /// (digest, media type) and every image it lists, when all of them are
+    /// stored.
     async fn images_of_index(
         &self,
-        image: &ImageRecord,
+        index: Option<Digest>,
     ) -> Result<Option<((Digest, String), Vec<ImageRecord>)>> {
-        let Some(index_digest) = image.index_digest.clone() else {
+        let Some(index_digest) = index else {
             return Ok(None);
         };
         let store = self.store.clone();
@@ -168,15 +195,13 @@ impl Pusher {
             let bytes =
                 store.read_blob_limited(&index_digest, haul_registry::MANIFEST_LIMIT as u64)?;
             let parsed = haul_oci::parse_manifest(bytes, None)?;
-            let Some(entries) = parsed.manifest().manifests() else {
+            let Some(children) = store.index_children(&index_digest)? else {
                 return Ok(None);
             };
-            let records = store.list_image_records()?;
             let mut images = Vec::new();
-            for entry in entries {
-                let digest = Digest::try_from(entry.digest())?;
-                match records.iter().find(|r| r.manifest_digest == digest) {
-                    Some(r) => images.push(r.clone()),
+            for child in children {
+                match store.get_image(&child)? {
+                    Some(image) => images.push(image),
                     // A platform (or attestation) that was not pulled: push
                     // the single image, not an index naming what is absent.
                     None => return Ok(None),

@@ -150,13 +150,13 @@ impl V1Puller {
         release.release().await;
         let (record, manifest_digest) = result?;
 
-        let up_to_date = previous.as_ref().is_some_and(|p| p.id == record.id)
+        let target = record.target();
+        let up_to_date = previous.is_some_and(|p| p.target() == target)
             && transferred.load(Ordering::Relaxed) == 0;
         {
             let store = self.store.clone();
             let reference = reference.clone();
-            let id = record.id.clone();
-            blocking(move || Ok(store.tag(&reference, &id).map(|_| ())?)).await?;
+            blocking(move || Ok(store.tag(&reference, &target).map(|_| ())?)).await?;
         }
         let status = if up_to_date {
             format!("Status: Image is up to date for {}", reference.familiar())
@@ -173,6 +173,7 @@ impl V1Puller {
             images: vec![record],
             up_to_date,
             transferred: transferred.load(Ordering::Relaxed),
+            warnings: Vec::new(),
         })
     }
 

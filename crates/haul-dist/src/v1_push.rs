@@ -114,7 +114,8 @@ impl V1Pusher {
             let r = reference.clone();
             blocking(move || Ok(store.resolve(&r)?)).await?
         }
-        .ok_or_else(|| Error::NoSuchImage(reference.familiar()))?;
+        .ok_or_else(|| Error::NoSuchImage(reference.familiar()))?
+        .image;
         if reference.tag().is_none() && reference.digest().is_some() {
             return Err(Error::Unsupported {
                 reference: reference.to_string(),

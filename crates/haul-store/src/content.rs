@@ -83,6 +83,44 @@ impl Store {
         }
     }
 
+    /// Stores a blob made here (a layer compressed for a push) whose digest
+    /// is learnt by writing it: `write` fills a temporary file in the store,
+    /// which is hashed, fsynced and renamed into place. Returns the blob's
+    /// digest and size; nothing is left behind when `write` fails.
+    pub fn add_blob_from(
+        &self,
+        write: impl FnOnce(&mut dyn io::Write) -> io::Result<()>,
+    ) -> Result<(Digest, u64)> {
+        let tmp_dir = self.tmp_dir();
+        let tmp = tempfile::NamedTempFile::new_in(&tmp_dir).at(&tmp_dir)?;
+        let tmp_path = tmp.path().to_path_buf();
+        let file = tmp.reopen().at(&tmp_path)?;
+        let mut hashing = HashingWriter {
+            inner: io::BufWriter::with_capacity(256 * 1024, file),
+            digester: Digester::new(Algorithm::Sha256),
+            size: 0,
+        };
+        write(&mut hashing).at(&tmp_path)?;
+        let HashingWriter {
+            inner,
+            digester,
+            size,
+        } = hashing;
+        inner
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .at(&tmp_path)?
+            .sync_all()
+            .at(&tmp_path)?;
+        let digest = digester.finish();
+        let path = self.blob_path(&digest);
+        if !path.is_file() {
+            tmp.persist(&path).map_err(|e| e.error).at(&path)?;
+            crate::fsutil::fsync_dir(&self.blobs_dir(digest.algorithm().as_str()))?;
+        }
+        Ok((digest, size))
+    }
+
     /// Every blob digest in the content store (any order).
     pub fn list_blobs(&self) -> Result<Vec<Digest>> {
         let mut out = Vec::new();
@@ -130,5 +168,25 @@ fn not_found_or(e: io::Error, digest: &Digest, path: PathBuf) -> Error {
         }
     } else {
         Error::Io { path, source: e }
+    }
+}
+
+/// A writer that hashes and counts what passes through it.
+struct HashingWriter<W> {
+    inner: W,
+    digester: Digester,
+    size: u64,
+}
+
+impl<W: io::Write> io::Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.digester.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
     }
 }

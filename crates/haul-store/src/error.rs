@@ -158,6 +158,13 @@ pub enum Error {
         id: Digest,
     },
 
+    /// No image record holds this manifest.
+    #[error("no image with manifest {digest} is in the store")]
+    ManifestNotFound {
+        /// The manifest digest.
+        digest: Digest,
+    },
+
     /// No image is stored under this reference.
     #[error("no image is tagged {reference}")]
     ReferenceNotFound {

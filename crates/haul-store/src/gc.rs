@@ -1,9 +1,10 @@
 //! Garbage collection.
 //!
-//! Roots are the references in `refs.json`. An image record no reference
-//! names is removed, unless it came from the same index as a named image
-//! (the other platforms of `pull --all-platforms`); then every blob, layer and distribution record that no
-//! remaining image needs. gc holds the gc lock exclusively (it waits for
+//! Roots are the references in `refs.json`: each keeps the image record of
+//! its manifest, its index blob, and the record of every platform of that
+//! index that is stored (the other platforms of `pull --all-platforms`).
+//! Every other image record goes, then every blob, layer and distribution
+//! record that no remaining image needs. gc holds the gc lock exclusively (it waits for
 //! every [`Lease`](crate::Lease) to end, and new leases wait for it) and the
 //! store lock, so nothing half-written or not yet tagged is taken for
 //! garbage: what a running pull adds is under its lease.
@@ -35,28 +36,6 @@ pub struct GcOptions {
     /// Keep partial downloads modified more recently than this; `None`
     /// removes every partial no process is writing.
     pub keep_partials_younger_than: Option<Duration>,
-}
-
-/// The images gc keeps: those a reference names, and every image pulled
-/// from the same index as one of them (a tag names what the registry's tag
-/// named: the index, with each platform pulled of it).
-fn live_images(named: &HashSet<&Digest>, records: &[crate::ImageRecord]) -> HashSet<Digest> {
-    let live_indexes: HashSet<&Digest> = records
-        .iter()
-        .filter(|image| named.contains(&image.id))
-        .filter_map(|image| image.index_digest.as_ref())
-        .collect();
-    records
-        .iter()
-        .filter(|image| {
-            named.contains(&image.id)
-                || image
-                    .index_digest
-                    .as_ref()
-                    .is_some_and(|i| live_indexes.contains(i))
-        })
-        .map(|image| image.id.clone())
-        .collect()
 }
 
 /// What gc removed.
@@ -92,13 +71,16 @@ impl Store {
 
         let refs = self.load_refs()?;
         let records = self.list_image_records()?;
-        let live = live_images(&refs.values().collect(), &records);
-        let mut blobs: HashSet<Digest> = HashSet::new();
+        let live = self.live_manifests(&refs)?;
+        let mut blobs: HashSet<Digest> = refs
+            .values()
+            .filter_map(|target| target.index.clone())
+            .collect();
         let mut chains: HashSet<Digest> = HashSet::new();
         let mut diff_ids: HashSet<Digest> = HashSet::new();
         for image in records {
-            if !live.contains(&image.id) {
-                self.delete_image_record(&image.id)?;
+            if !live.contains(&image.manifest_digest) {
+                self.delete_image_record(&image.manifest_digest)?;
                 report.images_removed += 1;
                 continue;
             }
@@ -121,7 +103,9 @@ impl Store {
         let layers = self.layers_dir();
         for name in crate::sorted_names(&layers)? {
             if name.to_str().is_some_and(|n| n.starts_with("tmp-")) {
+                // A registration a killed process left half-unpacked.
                 report.bytes_freed += self.remove_layer_dir(&layers.join(&name))?;
+                report.layers_removed += 1;
             }
         }
         for algorithm in [haul_oci::Algorithm::Sha256, haul_oci::Algorithm::Sha512] {
@@ -156,18 +140,6 @@ impl Store {
 
         self.write_index_json(&refs)?;
         Ok(report)
-    }
-
-    /// The stored images no reference names but an index a referenced
-    /// image came from holds: the other platforms of an index pulled with
-    /// `--all-platforms`, alive while a reference to the index is.
-    pub fn platform_siblings(&self) -> Result<HashSet<Digest>> {
-        let refs = self.load_refs()?;
-        let named: HashSet<&Digest> = refs.values().collect();
-        let records = self.list_image_records()?;
-        let mut live = live_images(&named, &records);
-        live.retain(|id| !named.contains(id));
-        Ok(live)
     }
 
     fn gc_ingest(&self, options: &GcOptions, report: &mut GcReport) -> Result<()> {

@@ -1,10 +1,10 @@
-//! Image records: `ROOT/images/sha256/IDHEX.json`, keyed by image ID (the
-//! config digest), as Docker keys images.
+//! Image records: `ROOT/images/sha256/MANIFESTHEX.json`, one per image
+//! manifest, keyed by the manifest digest.
 //!
-//! One record holds one manifest: putting an image whose config is already
-//! stored under another manifest (the same image recompressed, or pushed as
-//! Docker and as OCI) replaces the record, and the old manifest's blobs
-//! become garbage.
+//! The image ID (the config digest, as Docker shows it) is a field, not the
+//! key: two manifests of one config (the same image recompressed, or
+//! pushed as Docker and as OCI) are two records, each kept by the
+//! references that name it.
 
 use haul_oci::{media_type, Digest, ImageConfig, ParsedManifest, Platform};
 use serde::{Deserialize, Serialize};
@@ -44,10 +44,6 @@ pub struct ImageRecord {
     pub manifest_media_type: String,
     /// Its size.
     pub manifest_size: u64,
-    /// Digest of the index (manifest list) the manifest was chosen from,
-    /// if any. Its blob is kept alive by this record when stored.
-    #[serde(default)]
-    pub index_digest: Option<Digest>,
     /// The platform from the config.
     pub platform: Platform,
     /// Layers, base first.
@@ -58,6 +54,12 @@ pub struct ImageRecord {
     /// When the record was stored, in seconds since the Unix epoch.
     #[serde(default)]
     pub added: u64,
+    /// Whether haul wrote the manifest (a docker-archive brings none, a
+    /// schema 1 image is converted, a push compressed plain layers): no
+    /// registry served these bytes, so a push may compress its plain tar
+    /// layers instead of keeping the digest.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub manifest_made_locally: bool,
 }
 
 impl ImageRecord {
@@ -116,13 +118,18 @@ impl ImageRecord {
             manifest_digest: manifest.digest().clone(),
             manifest_media_type: manifest.media_type().to_owned(),
             manifest_size: manifest.size(),
-            index_digest: None,
             platform: config.platform(),
             layers,
             created: config.config().created().clone(),
             added: now_unix(),
+            manifest_made_locally: false,
             id,
         })
+    }
+
+    /// A reference target naming this image's manifest, with no index.
+    pub fn target(&self) -> crate::RefTarget {
+        crate::RefTarget::manifest(self.manifest_digest.clone())
     }
 
     /// The chain ID of the top layer (`None` for an image without layers).
@@ -130,10 +137,9 @@ impl ImageRecord {
         self.layers.last().map(|l| &l.chain_id)
     }
 
-    /// Every blob this image needs: manifest, config, index (if any), layers.
+    /// Every blob this image needs: manifest, config, layers.
     pub fn blobs(&self) -> Vec<Digest> {
         let mut out = vec![self.manifest_digest.clone(), self.id.clone()];
-        out.extend(self.index_digest.iter().cloned());
         out.extend(self.layers.iter().map(|l| l.digest.clone()));
         out
     }
@@ -145,7 +151,7 @@ impl ImageRecord {
 }
 
 impl Store {
-    /// Stores (or replaces) an image record. Its manifest and config blobs
+    /// Stores (or replaces) the record of an image manifest. Its manifest and config blobs
     /// must be in the store (layer blobs need not be: a layer found by its
     /// diff ID is not downloaded; see [`Store::missing_blobs`]). References
     /// are added separately with [`Store::tag`].
@@ -169,17 +175,21 @@ impl Store {
             });
         }
         let _lock = self.lock_metadata()?;
-        write_json(&self.tmp_dir(), &self.image_path(&image.id), image)?;
+        write_json(
+            &self.tmp_dir(),
+            &self.image_path(&image.manifest_digest),
+            image,
+        )?;
         let refs = self.load_refs()?;
-        if refs.values().any(|id| id == &image.id) {
+        if self.live_manifests(&refs)?.contains(&image.manifest_digest) {
             self.write_index_json(&refs)?;
         }
         Ok(())
     }
 
-    /// The image record with this ID, if stored.
-    pub fn get_image(&self, id: &Digest) -> Result<Option<ImageRecord>> {
-        read_json(&self.image_path(id))
+    /// The image record of this manifest, if stored.
+    pub fn get_image(&self, manifest: &Digest) -> Result<Option<ImageRecord>> {
+        read_json(&self.image_path(manifest))
     }
 
     /// Every image record (any order).
@@ -189,10 +199,10 @@ impl Store {
             let Some(hex) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
                 continue;
             };
-            let Ok(id) = Digest::new(haul_oci::Algorithm::Sha256, hex) else {
+            let Ok(manifest) = Digest::new(haul_oci::Algorithm::Sha256, hex) else {
                 continue;
             };
-            if let Some(image) = self.get_image(&id)? {
+            if let Some(image) = self.get_image(&manifest)? {
                 out.push(image);
             }
         }
@@ -219,8 +229,8 @@ impl Store {
         Ok(out)
     }
 
-    /// Deletes an image record; callers hold the store lock.
-    pub(crate) fn delete_image_record(&self, id: &Digest) -> Result<()> {
-        remove_file_if_exists(&self.image_path(id))
+    /// Deletes the record of an image manifest; callers hold the store lock.
+    pub(crate) fn delete_image_record(&self, manifest: &Digest) -> Result<()> {
+        remove_file_if_exists(&self.image_path(manifest))
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! `content/index.json` is derived data: it is rewritten from `refs.json`
 //! and the image records, under the store lock, whenever a reference or an
-//! image changes. It lists one manifest descriptor per reference, annotated
+//! image changes. It lists one descriptor per reference (the exact
+//! manifest or index the reference resolved to), annotated
 //! with `org.opencontainers.image.ref.name` (and containerd's
 //! `io.containerd.image.name`) set to the reference's full normalised form,
 //! e.g. `docker.io/library/alpine:latest` or
@@ -23,6 +24,7 @@ use serde_json::json;
 use crate::error::Result;
 use crate::fsutil::write_json;
 use crate::images::ImageRecord;
+use crate::refs::RefTarget;
 use crate::Store;
 
 /// The annotation naming a reference in an OCI layout's `index.json`.
@@ -64,11 +66,12 @@ impl Store {
         self.root.join("images").join("sha256")
     }
 
-    pub(crate) fn image_path(&self, id: &Digest) -> PathBuf {
+    /// The record of the image whose manifest is `manifest`.
+    pub(crate) fn image_path(&self, manifest: &Digest) -> PathBuf {
         self.root
             .join("images")
-            .join(id.algorithm().as_str())
-            .join(format!("{}.json", id.hex()))
+            .join(manifest.algorithm().as_str())
+            .join(format!("{}.json", manifest.hex()))
     }
 
     pub(crate) fn refs_path(&self) -> PathBuf {
@@ -97,28 +100,34 @@ impl Store {
     }
 
     /// Rewrites `content/index.json` from the references and image records,
-    /// leaving out images with a blob missing. Callers hold the store lock.
-    pub(crate) fn write_index_json(&self, refs: &BTreeMap<String, Digest>) -> Result<()> {
-        let mut images: BTreeMap<Digest, Option<ImageRecord>> = BTreeMap::new();
+    /// leaving out images with a blob missing. A reference that came
+    /// through an index names the index when every platform it lists is
+    /// stored whole, else its own platform's manifest. Callers hold the
+    /// store lock.
+    pub(crate) fn write_index_json(&self, refs: &BTreeMap<String, RefTarget>) -> Result<()> {
         let mut manifests = Vec::new();
-        for (name, id) in refs {
-            if !images.contains_key(id) {
-                images.insert(id.clone(), self.get_image(id)?);
-            }
-            let Some(image) = &images[id] else { continue };
-            // The layout names only images it holds whole: a reader such as
-            // skopeo must find every blob an entry needs.
-            if !self.missing_blobs(image).is_empty() {
+        for (name, target) in refs {
+            let annotations = json!({
+                ANNOTATION_IMAGE_NAME: name,
+                ANNOTATION_REF_NAME: name,
+            });
+            if let Some(index) = self.complete_index(target)? {
+                manifests.push(json!({
+                    "mediaType": index.1,
+                    "digest": target.index,
+                    "size": index.0,
+                    "annotations": annotations,
+                }));
                 continue;
             }
+            let Some(image) = self.complete_image(&target.manifest)? else {
+                continue;
+            };
             let mut descriptor = json!({
                 "mediaType": image.manifest_media_type,
                 "digest": image.manifest_digest,
                 "size": image.manifest_size,
-                "annotations": {
-                    ANNOTATION_IMAGE_NAME: name,
-                    ANNOTATION_REF_NAME: name,
-                },
+                "annotations": annotations,
             });
             if !image.platform.os.is_empty() && !image.platform.architecture.is_empty() {
                 descriptor["platform"] =
@@ -132,5 +141,34 @@ impl Store {
             "manifests": manifests,
         });
         write_json(&self.tmp_dir(), &self.index_json_path(), &index)
+    }
+
+    /// The record of `manifest` when every blob it needs is stored: the
+    /// layout names only images it holds whole, so that a reader such as
+    /// skopeo finds every blob an entry needs.
+    pub(crate) fn complete_image(&self, manifest: &Digest) -> Result<Option<ImageRecord>> {
+        Ok(self
+            .get_image(manifest)?
+            .filter(|image| self.missing_blobs(image).is_empty()))
+    }
+
+    /// The size and media type of the target's index, when it has one and
+    /// every image it lists is stored whole.
+    pub fn complete_index(&self, target: &RefTarget) -> Result<Option<(u64, String)>> {
+        let Some(index) = &target.index else {
+            return Ok(None);
+        };
+        let Some(parsed) = self.read_index(index)? else {
+            return Ok(None);
+        };
+        for entry in parsed.manifest().manifests().unwrap_or_default() {
+            let Ok(child) = Digest::try_from(entry.digest()) else {
+                return Ok(None);
+            };
+            if self.complete_image(&child)?.is_none() {
+                return Ok(None);
+            }
+        }
+        Ok(Some((parsed.size(), parsed.media_type().to_string())))
     }
 }

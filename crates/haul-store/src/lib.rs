@@ -21,8 +21,8 @@
 //!       diff/                   the layer's uncompressed diff, unpacked
 //!       layer.json              diffID, chainID, parent, size, created
 //!     tmp-XXXXXX/               a registration in progress
-//!   images/sha256/IDHEX.json    image records, by image ID (config digest)
-//!   refs.json                   references -> image IDs
+//!   images/sha256/HEX.json      image records, one per image manifest (by its digest)
+//!   refs.json                   references -> exact manifest (and index) digests
 //!   distribution/
 //!     diffid/sha256/HEX.json    diffID -> [(blob digest, registry/repository)]
 //!     blob/sha256/HEX.json      blob digest -> diffID
@@ -95,6 +95,7 @@ mod ingest;
 mod layers;
 mod layout;
 mod lock;
+mod migrate;
 mod refs;
 pub mod unpack;
 mod uploads;
@@ -113,7 +114,7 @@ pub use ingest::{Ingest, IngestOutcome, ParkedBlob};
 pub use layers::{chain_id, LayerInfo, StagedLayer};
 pub use layout::{ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME};
 pub use lock::Lease;
-pub use refs::{IdMatch, RemovedImage};
+pub use refs::{IdMatch, RefTarget, RemovedImage, ResolvedImage};
 pub use unpack::{ExpansionLimit, UnpackOptions, UnpackReport};
 pub use uploads::UploadRecord;
 pub use v1meta::V1Layer;
@@ -132,6 +133,10 @@ pub struct Store {
     /// How long a lock is waited for when the caller names no limit.
     lock_timeout: Option<Duration>,
 }
+
+/// Largest manifest or index the store reads into memory (the OCI
+/// recommendation, as the registry client).
+pub const MANIFEST_LIMIT: u64 = 4 * 1024 * 1024;
 
 /// How long [`Store`] waits for a lock by default before failing with
 /// [`Error::LockTimeout`], which names the processes holding it.
@@ -158,6 +163,7 @@ impl Store {
         }
         // What removals killed midway left: unreachable already.
         fsutil::empty_trash(&store.trash_dir());
+        store.upgrade_references()?;
         let marker = store.content_dir().join("oci-layout");
         let index = store.index_json_path();
         if !marker.is_file() || !index.is_file() || store.index_is_stale() {

@@ -24,6 +24,8 @@ pub const MEDIA_TYPE_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 pub const MEDIA_TYPE_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 /// OCI gzip layer media type.
 pub const MEDIA_TYPE_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+/// OCI zstd-compressed layer.
+pub const MEDIA_TYPE_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 /// The annotation naming a tag in an OCI layout's `index.json`.
 pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
 
@@ -300,6 +302,8 @@ pub enum Compression {
     /// gzip, level 6 (`...layer.v1.tar+gzip`).
     #[default]
     Gzip,
+    /// zstd, level 3 (`...layer.v1.tar+zstd`).
+    Zstd,
 }
 
 impl Compression {
@@ -308,6 +312,7 @@ impl Compression {
         match self {
             Compression::None => MEDIA_TYPE_LAYER_TAR,
             Compression::Gzip => MEDIA_TYPE_LAYER_GZIP,
+            Compression::Zstd => MEDIA_TYPE_LAYER_ZSTD,
         }
     }
 }
@@ -336,6 +341,12 @@ impl LayerSpec {
             entries,
             compression: Compression::None,
         }
+    }
+
+    /// The same layer compressed another way (the same diff, another blob).
+    pub fn compressed(mut self, compression: Compression) -> Self {
+        self.compression = compression;
+        self
     }
 
     /// Appends an entry.
@@ -774,6 +785,12 @@ fn write_layer_blob(dir: &Path, spec: &LayerSpec) -> Result<BuiltLayer> {
             let inner = write_layer_tar(spec, HashWriter::new(gz)).map_err(io_err)?;
             let (diff_id, diff_size, gz) = inner.finish();
             (diff_id, diff_size, gz.finish().map_err(io_err)?)
+        }
+        Compression::Zstd => {
+            let zst = zstd::stream::Encoder::new(outer, 3).map_err(io_err)?;
+            let inner = write_layer_tar(spec, HashWriter::new(zst)).map_err(io_err)?;
+            let (diff_id, diff_size, zst) = inner.finish();
+            (diff_id, diff_size, zst.finish().map_err(io_err)?)
         }
     };
     let (digest, size, buffered) = outer.finish();

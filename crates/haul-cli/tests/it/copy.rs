@@ -155,6 +155,19 @@ fn copy_to_and_from_oci_layouts_and_docker_archives() {
         &format!("oci:{}:v1", layout.display()),
     ]);
     assert_ok(&out);
+    let text = stdout(&out);
+    assert!(
+        !text.contains("Downloaded newer image"),
+        "the copy is no pull into the store: {text}"
+    );
+    assert!(
+        text.ends_with(&format!(
+            "Wrote {} to oci:{}:v1\n",
+            env.reference("library/src:1"),
+            layout.display()
+        )),
+        "{text}"
+    );
     let raw = haul_testkit::skopeo::run_skopeo([
         "inspect",
         "--raw",

@@ -710,3 +710,25 @@ fn platform_of_a_single_image_must_match_what_is_asked() {
     assert_ok(&env.haul(&["--platform", "linux/amd64", "pull", &reference]));
     env.assert_store_invariants();
 }
+
+#[test]
+fn an_image_naming_no_platform_is_pulled_for_any_platform_with_a_warning() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let image = sample_image().platform(haul_testkit::image::Platform::new("", ""));
+    env.put_image(&image, "library/no-platform:1");
+    let reference = env.reference("library/no-platform:1");
+    let out = env.haul(&["--platform", "linux/arm64", "pull", &reference]);
+    assert_ok(&out);
+    let err = stderr(&out);
+    assert!(
+        err.contains("warning: ") && err.contains("names no platform"),
+        "{err}"
+    );
+    assert_eq!(stdout(&env.haul(&["images", "-q"])).lines().count(), 1);
+    let quiet = env.haul(&["pull", &reference]);
+    assert_ok(&quiet);
+    assert_eq!(stderr(&quiet), "", "no warning without --platform");
+    env.assert_store_invariants();
+}

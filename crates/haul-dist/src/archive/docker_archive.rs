@@ -8,7 +8,7 @@ use haul_store::{ImageRecord, Store};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::import::{LayerBlob, LayerInput, Pending};
+use super::import::{LayerBlob, LayerInput, Pending, PendingImage};
 use super::source::{clean_member_path, read_small, Source};
 use super::tar_writer::TarWriter;
 use super::{
@@ -99,7 +99,8 @@ pub fn save_docker_archive(
     let mut manifest: Vec<ManifestItem> = Vec::new();
     let mut repositories: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
 
-    for (image, refs) in &images {
+    for (resolved, refs) in &images {
+        let image = &resolved.image;
         let shown = refs[0].familiar();
         let config_bytes = store.read_blob_limited(&image.id, CONFIG_LIMIT)?;
         let config: Map<String, Value> =
@@ -320,7 +321,8 @@ fn read_image(
     };
     let manifest_bytes = serde_json::to_vec(&manifest).expect("a manifest serialises");
     let parsed = parse_manifest(manifest_bytes.clone(), Some(media_type::DOCKER_MANIFEST))?;
-    let image = ImageRecord::from_parts(&parsed, &config)?;
+    let mut image = ImageRecord::from_parts(&parsed, &config)?;
+    image.manifest_made_locally = true;
     pending.add_document(&config_digest, config_bytes);
     pending.add_document(parsed.digest(), manifest_bytes);
     let references = if references.is_empty() {
@@ -331,7 +333,12 @@ fn read_image(
     } else {
         references
     };
-    pending.add_image(image, references);
+    pending.add_image(PendingImage {
+        image,
+        index: None,
+        references,
+        synthesized: true,
+    });
     Ok(())
 }
 

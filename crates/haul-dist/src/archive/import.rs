@@ -12,7 +12,8 @@ use std::io::{self, Read};
 
 use haul_oci::{Compression, Digest, Digester, Reference};
 use haul_store::{
-    chain_id, ImageRecord, Ingest, IngestOutcome, ParkedBlob, StagedLayer, Store, UnpackOptions,
+    chain_id, ImageRecord, Ingest, IngestOutcome, ParkedBlob, RefTarget, StagedLayer, Store,
+    UnpackOptions,
 };
 
 use super::{Error, LoadedImage, Result};
@@ -101,6 +102,20 @@ impl<R: Read> Read for Tee<'_, R> {
     }
 }
 
+/// An image of the archive and the references to give it.
+pub(crate) struct PendingImage {
+    /// Its record.
+    pub(crate) image: ImageRecord,
+    /// The index it was selected from, if any (the references keep it).
+    pub(crate) index: Option<Digest>,
+    /// The references to point at it.
+    pub(crate) references: Vec<Reference>,
+    /// Whether haul wrote its manifest (a docker-archive has none): then a
+    /// stored image with the same config stands for it, as `docker load`
+    /// keeps the image it already has.
+    pub(crate) synthesized: bool,
+}
+
 /// Everything read and verified but not yet committed.
 pub(crate) struct Pending<'s> {
     store: &'s Store,
@@ -115,7 +130,7 @@ pub(crate) struct Pending<'s> {
     layers: Vec<(StagedLayer, Option<Digest>)>,
     staged_chains: HashSet<Digest>,
     /// Images and the references to give them.
-    images: Vec<(ImageRecord, Vec<Reference>)>,
+    images: Vec<PendingImage>,
 }
 
 impl<'s> Pending<'s> {
@@ -141,17 +156,46 @@ impl<'s> Pending<'s> {
     }
 
     /// Keeps an image and its references for the commit.
-    pub(crate) fn add_image(&mut self, image: ImageRecord, references: Vec<Reference>) {
-        match self.images.iter_mut().find(|(i, _)| i.id == image.id) {
-            Some((_, refs)) => {
-                for r in references {
-                    if !refs.contains(&r) {
-                        refs.push(r);
+    pub(crate) fn add_image(&mut self, image: PendingImage) {
+        let same = |other: &PendingImage| {
+            other.image.manifest_digest == image.image.manifest_digest && other.index == image.index
+        };
+        match self.images.iter_mut().find(|other| same(other)) {
+            Some(other) => {
+                for r in image.references {
+                    if !other.references.contains(&r) {
+                        other.references.push(r);
                     }
                 }
             }
-            None => self.images.push((image, references)),
+            None => self.images.push(image),
         }
+    }
+
+    /// The stored image to point an archive's image's references at: its
+    /// own record, or for a manifest haul wrote, a stored image of the same
+    /// config that is whole, if there is one.
+    fn image_to_keep(&self, pending: &PendingImage) -> Result<Option<ImageRecord>> {
+        let whole = |image: &ImageRecord| -> Result<bool> {
+            Ok(self.store.missing_blobs(image).is_empty()
+                && self.store.missing_layers(image)?.is_empty())
+        };
+        if let Some(own) = self.store.get_image(&pending.image.manifest_digest)? {
+            if whole(&own)? {
+                return Ok(Some(own));
+            }
+        }
+        if !pending.synthesized {
+            return Ok(None);
+        }
+        let mut candidates = Vec::new();
+        for image in self.store.list_image_records()? {
+            if image.id == pending.image.id && whole(&image)? {
+                candidates.push(image);
+            }
+        }
+        candidates.sort_by_key(|image| image.added);
+        Ok(candidates.pop())
     }
 
     fn layer_present(&self, chain: &Digest) -> Result<bool> {
@@ -293,7 +337,7 @@ impl<'s> Pending<'s> {
 
     /// Makes everything part of the store: blobs, documents, layers (in
     /// order), image records, then references. An image already stored
-    /// whole under the same ID keeps its record.
+    /// whole keeps its record (see [`PendingImage::synthesized`]).
     pub(crate) fn commit(mut self) -> Result<Vec<LoadedImage>> {
         for parked in std::mem::take(&mut self.blobs) {
             parked.commit()?;
@@ -307,23 +351,26 @@ impl<'s> Pending<'s> {
             self.store.commit_staged(staged, parent.as_ref())?;
         }
         let mut loaded = Vec::new();
-        for (image, references) in std::mem::take(&mut self.images) {
-            let kept = match self.store.get_image(&image.id)? {
-                Some(existing)
-                    if self.store.missing_blobs(&existing).is_empty()
-                        && self.store.missing_layers(&existing)?.is_empty() =>
-                {
-                    existing
-                }
-                _ => {
-                    self.store.put_image(&image)?;
-                    image
+        for pending in std::mem::take(&mut self.images) {
+            let kept = match self.image_to_keep(&pending)? {
+                Some(kept) => kept,
+                None => {
+                    self.store.put_image(&pending.image)?;
+                    pending.image
                 }
             };
+            let target = RefTarget {
+                manifest: kept.manifest_digest.clone(),
+                index: pending.index,
+            };
             let mut tagged = Vec::new();
-            for reference in references {
-                let previous = self.store.tag(&reference, &kept.id)?;
-                tagged.push((reference, previous.filter(|p| p != &kept.id)));
+            for reference in pending.references {
+                let previous = self.store.tag(&reference, &target)?;
+                let previous_id = match previous {
+                    Some(previous) => self.store.get_image(&previous.manifest)?.map(|i| i.id),
+                    None => None,
+                };
+                tagged.push((reference, previous_id.filter(|id| id != &kept.id)));
             }
             loaded.push(LoadedImage {
                 image: kept,

@@ -142,7 +142,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use haul_oci::{Digest, Digester, Platform, Reference};
-use haul_store::{ImageLayer, ImageRecord, Store, UnpackOptions};
+use haul_store::{ImageLayer, ImageRecord, ResolvedImage, Store, UnpackOptions};
 
 pub use docker_archive::save_docker_archive;
 pub use oci_archive::save_oci_layout;
@@ -320,19 +320,19 @@ pub fn load(store: &Store, input: &Path, options: &LoadOptions) -> Result<LoadRe
     Ok(LoadReport { kind, images })
 }
 
-/// The images named by `references`, each once, in the order first named,
+/// What `references` name, each target once, in the order first named,
 /// with the references naming it. Fails on the first reference that names
 /// no image.
 pub(crate) fn resolve_for_save(
     store: &Store,
     references: &[Reference],
-) -> Result<Vec<(ImageRecord, Vec<Reference>)>> {
-    let mut out: Vec<(ImageRecord, Vec<Reference>)> = Vec::new();
+) -> Result<Vec<(ResolvedImage, Vec<Reference>)>> {
+    let mut out: Vec<(ResolvedImage, Vec<Reference>)> = Vec::new();
     for reference in references {
         let image = store
             .resolve(reference)?
             .ok_or_else(|| Error::NoSuchImage(reference.familiar()))?;
-        match out.iter_mut().find(|(i, _)| i.id == image.id) {
+        match out.iter_mut().find(|(i, _)| i.target() == image.target()) {
             Some((_, refs)) => {
                 if !refs.contains(reference) {
                     refs.push(reference.clone());
@@ -344,12 +344,12 @@ pub(crate) fn resolve_for_save(
     Ok(out)
 }
 
-fn saved_images(images: &[(ImageRecord, Vec<Reference>)]) -> Vec<SavedImage> {
+fn saved_images(images: &[(ResolvedImage, Vec<Reference>)]) -> Vec<SavedImage> {
     images
         .iter()
-        .map(|(image, references)| SavedImage {
-            id: image.id.clone(),
-            manifest_digest: image.manifest_digest.clone(),
+        .map(|(resolved, references)| SavedImage {
+            id: resolved.image.id.clone(),
+            manifest_digest: resolved.image.manifest_digest.clone(),
             references: references.clone(),
         })
         .collect()

@@ -12,7 +12,7 @@ use haul_oci::{
 use haul_store::{ImageRecord, Store, ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME};
 use serde_json::{json, Value};
 
-use super::import::{LayerBlob, LayerInput, Pending};
+use super::import::{LayerBlob, LayerInput, Pending, PendingImage};
 use super::source::{read_small, Source};
 use super::tar_writer::TarWriter;
 use super::{
@@ -42,17 +42,21 @@ fn oci_media_type(docker: &str) -> &str {
         .map_or(docker, |(_, oci)| oci)
 }
 
-/// The manifest an image is saved with: its stored bytes for an OCI
-/// manifest; for a Docker schema 2 manifest, the same manifest with OCI
-/// media types (skopeo and umoci look up only OCI manifests in a layout's
-/// `index.json`; config and layer blobs are unchanged, so is the image ID).
-fn layout_manifest(store: &Store, image: &ImageRecord) -> Result<(Vec<u8>, Digest, &'static str)> {
+/// The manifest an image is saved with: its stored bytes, except for a
+/// Docker schema 2 manifest haul wrote itself (a docker-archive or schema 1
+/// image: no registry serves it, so no digest is kept), saved with OCI
+/// media types, because skopeo 1.9 and umoci look up only OCI manifests in
+/// a layout's `index.json` (config and layer blobs are unchanged, so is
+/// the image ID).
+fn layout_manifest(store: &Store, image: &ImageRecord) -> Result<(Vec<u8>, Digest, String)> {
     let bytes = store.read_blob_limited(&image.manifest_digest, MANIFEST_LIMIT)?;
-    if !media_type::same(&image.manifest_media_type, media_type::DOCKER_MANIFEST) {
+    if !image.manifest_made_locally
+        || !media_type::same(&image.manifest_media_type, media_type::DOCKER_MANIFEST)
+    {
         return Ok((
             bytes,
             image.manifest_digest.clone(),
-            media_type::OCI_MANIFEST,
+            image.manifest_media_type.clone(),
         ));
     }
     let mut value: Value = serde_json::from_slice(&bytes).map_err(|e| Error::Invalid {
@@ -73,13 +77,15 @@ fn layout_manifest(store: &Store, image: &ImageRecord) -> Result<(Vec<u8>, Diges
     }
     let converted = serde_json::to_vec(&value).expect("JSON values serialise");
     let digest = Digest::sha256_of(&converted);
-    Ok((converted, digest, media_type::OCI_MANIFEST))
+    Ok((converted, digest, media_type::OCI_MANIFEST.to_string()))
 }
 
 /// Writes the images `references` name as an OCI image layout at `output`:
 /// a tar of it when the name ends in `.tar`, else a directory (which must
-/// not exist or be empty). Blobs are copied byte for byte, re-hashed on the
-/// way.
+/// not exist or be empty). Every reference is saved as exactly what it
+/// names: its own manifest (OCI or Docker schema 2, bytes unchanged), or
+/// the index it came through when every platform of that index is stored.
+/// Blobs are copied byte for byte, re-hashed on the way.
 pub fn save_oci_layout(
     store: &Store,
     references: &[Reference],
@@ -100,33 +106,64 @@ pub fn save_oci_layout(
     let existing_layout = !as_tar(output) && output.join("oci-layout").is_file();
     let full_names =
         existing_layout || images.iter().map(|(_, refs)| refs.len()).sum::<usize>() > 1;
-    for ((image, refs), saved) in images.iter().zip(report.iter_mut()) {
+    for ((resolved, refs), saved) in images.iter().zip(report.iter_mut()) {
         let shown = refs[0].familiar();
-        let (manifest, manifest_digest, manifest_type) = layout_manifest(store, image)?;
-        if !documents.iter().any(|(d, _)| d == &manifest_digest) {
-            documents.push((manifest_digest.clone(), manifest.clone()));
-        }
-        for (digest, is_layer) in std::iter::once((&image.id, false))
-            .chain(image.layers.iter().map(|l| (&l.digest, true)))
-        {
-            let size = match store.blob_size(digest) {
-                Ok(size) => size,
-                Err(haul_store::Error::BlobNotFound { .. }) if is_layer => {
-                    let layer = image.layers.iter().find(|l| &l.digest == digest);
-                    return Err(Error::MissingLayerBlob {
-                        reference: shown,
-                        diff_id: layer
-                            .map(|l| l.diff_id.clone())
-                            .expect("a layer of the image"),
-                        blob: digest.clone(),
-                    });
+        let target = resolved.target();
+        let whole_index = store.complete_index(&target)?;
+        let members = match (&whole_index, &target.index) {
+            (Some(_), Some(index)) => {
+                let bytes = store.read_blob_limited(index, MANIFEST_LIMIT)?;
+                if !documents.iter().any(|(d, _)| d == index) {
+                    documents.push((index.clone(), bytes));
                 }
-                Err(e) => return Err(e.into()),
+                let mut members = Vec::new();
+                for child in store.index_children(index)?.unwrap_or_default() {
+                    members.extend(store.get_image(&child)?);
+                }
+                members
+            }
+            _ => vec![resolved.image.clone()],
+        };
+        let mut saved_manifest = None;
+        for image in &members {
+            let (manifest, digest, media) = if whole_index.is_some() {
+                let bytes = store.read_blob_limited(&image.manifest_digest, MANIFEST_LIMIT)?;
+                let media = image.manifest_media_type.clone();
+                (bytes, image.manifest_digest.clone(), media)
+            } else {
+                layout_manifest(store, image)?
             };
-            if !blobs.iter().any(|(d, _)| d == digest) {
-                blobs.push((digest.clone(), size));
+            if !documents.iter().any(|(d, _)| d == &digest) {
+                documents.push((digest.clone(), manifest.clone()));
+            }
+            saved_manifest = Some((digest, media, manifest.len() as u64));
+            for (digest, is_layer) in std::iter::once((&image.id, false))
+                .chain(image.layers.iter().map(|l| (&l.digest, true)))
+            {
+                let size = match store.blob_size(digest) {
+                    Ok(size) => size,
+                    Err(haul_store::Error::BlobNotFound { .. }) if is_layer => {
+                        let layer = image.layers.iter().find(|l| &l.digest == digest);
+                        return Err(Error::MissingLayerBlob {
+                            reference: shown,
+                            diff_id: layer
+                                .map(|l| l.diff_id.clone())
+                                .expect("a layer of the image"),
+                            blob: digest.clone(),
+                        });
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                if !blobs.iter().any(|(d, _)| d == digest) {
+                    blobs.push((digest.clone(), size));
+                }
             }
         }
+        let image = &resolved.image;
+        let (manifest_digest, manifest_type, manifest_size) = match (&whole_index, &target.index) {
+            (Some((size, media)), Some(index)) => (index.clone(), media.clone(), *size),
+            _ => saved_manifest.expect("one image saved"),
+        };
         saved.manifest_digest = manifest_digest.clone();
         for reference in refs {
             let mut annotations = serde_json::Map::new();
@@ -139,10 +176,13 @@ pub fn save_oci_layout(
             let mut entry = json!({
                 "mediaType": manifest_type,
                 "digest": manifest_digest,
-                "size": manifest.len(),
+                "size": manifest_size,
                 "annotations": annotations,
             });
-            if !image.platform.os.is_empty() && !image.platform.architecture.is_empty() {
+            if whole_index.is_none()
+                && !image.platform.os.is_empty()
+                && !image.platform.architecture.is_empty()
+            {
                 entry["platform"] =
                     serde_json::to_value(&image.platform).expect("a platform serialises");
             }
@@ -581,8 +621,7 @@ pub(crate) fn read(
         )?;
         let config = parse_image_config(config_bytes.clone())
             .map_err(|e| Error::from(e).in_member(&blob_member(&config_digest)))?;
-        let mut image = ImageRecord::from_parts(&manifest, &config)?;
-        image.index_digest = index_digest;
+        let image = ImageRecord::from_parts(&manifest, &config)?;
 
         let mut parent: Option<Digest> = None;
         for layer in &image.layers {
@@ -623,7 +662,12 @@ pub(crate) fn read(
                 .without_digest()
                 .with_digest(manifest_digest.clone())],
         };
-        pending.add_image(image, references);
+        pending.add_image(PendingImage {
+            image,
+            index: index_digest,
+            references,
+            synthesized: false,
+        });
     }
     Ok(())
 }
@@ -671,6 +715,11 @@ mod tests {
         )
         .is_err());
     }
+}
+
+#[cfg(test)]
+mod media_type_tests {
+    use super::*;
 
     #[test]
     fn docker_media_types_map_to_oci() {

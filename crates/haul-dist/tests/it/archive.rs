@@ -10,7 +10,7 @@ use haul_dist::archive::{self, ArchiveKind, LoadOptions, LoadReport};
 use haul_dist::oci::{
     media_type, parse_image_config, parse_manifest, Compression, Digest, Reference,
 };
-use haul_dist::store::{ExportOptions, ImageRecord, Store};
+use haul_dist::store::{ExportOptions, ImageRecord, RefTarget, Store};
 use haul_testkit::image::{blob_path, BuiltImage};
 use haul_testkit::skopeo::run_skopeo;
 use haul_testkit::{sample_image, Entry, ImageBuilder, LayerSpec, Rootfs};
@@ -75,7 +75,7 @@ fn put_image(store: &Store, scratch: &Scratch, builder: &ImageBuilder, name: &st
     let config = parse_image_config(built.config_bytes.clone()).unwrap();
     let record = ImageRecord::from_parts(&manifest, &config).unwrap();
     store.put_image(&record).unwrap();
-    store.tag(&reference(name), &record.id).unwrap();
+    store.tag(&reference(name), &record.target()).unwrap();
     built
 }
 
@@ -84,6 +84,7 @@ fn resolve(store: &Store, name: &str) -> ImageRecord {
         .resolve(&reference(name))
         .unwrap()
         .unwrap_or_else(|| panic!("{name} is not in the store"))
+        .image
 }
 
 /// Exports `name` from `store` and compares it with `builder`'s tree.
@@ -334,7 +335,10 @@ fn one_image_under_two_tags_is_saved_once_and_base_layers_are_shared() {
     let base = sample_image();
     let built = put_image(&store, &scratch, &base, "example.com/a:1");
     store
-        .tag(&reference("example.com/b:2"), &digest(&built.config.digest))
+        .tag(
+            &reference("example.com/b:2"),
+            &RefTarget::manifest(digest(&built.manifest.digest)),
+        )
         .unwrap();
     let derived = sample_image().layer(LayerSpec::gzip(vec![Entry::file(
         "etc/derived",
@@ -451,7 +455,10 @@ fn oci_layouts_load_back_with_their_names() {
     let image = sample_image();
     let built = put_image(&store, &scratch, &image, "example.com/app:1.0");
     store
-        .tag(&reference("alpine:edge"), &digest(&built.config.digest))
+        .tag(
+            &reference("alpine:edge"),
+            &RefTarget::manifest(digest(&built.manifest.digest)),
+        )
         .unwrap();
     let refs = [reference("example.com/app:1.0"), reference("alpine:edge")];
     let dir = scratch.path("layout");
@@ -728,7 +735,7 @@ fn loading_an_image_the_store_has_keeps_its_record() {
     store
         .tag(
             &reference("example.com/keep:1"),
-            &digest(&built.config.digest),
+            &RefTarget::manifest(digest(&built.manifest.digest)),
         )
         .unwrap();
 
@@ -807,6 +814,10 @@ fn an_image_index_in_a_layout_loads_the_requested_platform() {
     let report = archive::load(&store, &dir, &options).unwrap();
     assert_eq!(loaded_names(&report), ["localhost/multi:both"]);
     let image = resolve(&store, "localhost/multi:both");
+    let target = store
+        .target(&reference("localhost/multi:both"))
+        .unwrap()
+        .unwrap();
     let arm = built
         .images
         .iter()
@@ -814,7 +825,7 @@ fn an_image_index_in_a_layout_loads_the_requested_platform() {
         .unwrap();
     assert_eq!(image.manifest_digest.as_str(), arm.manifest.digest);
     assert_eq!(
-        image.index_digest.as_ref().map(|d| d.to_string()),
+        target.index.as_ref().map(|d| d.to_string()),
         Some(built.index.digest.clone())
     );
     assert!(store.missing_blobs(&image).is_empty());

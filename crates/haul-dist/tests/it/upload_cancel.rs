@@ -115,7 +115,7 @@ async fn a_cancelled_push_stops_and_cancels_its_upload_session() {
         .unwrap();
     let target = Reference::parse(&format!("{}/team/up:1", setup.proxy.authority())).unwrap();
     store
-        .tag(&target, &store.resolve(&source).unwrap().unwrap().id)
+        .tag(&target, &store.resolve(&source).unwrap().unwrap().target())
         .unwrap();
 
     let pusher = Pusher::new(client(), store, &PushSettings::default());

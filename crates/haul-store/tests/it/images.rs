@@ -69,11 +69,14 @@ fn image_record_pairs_layers_with_diff_ids() {
     assert_eq!(record.platform.architecture, "amd64");
     assert!(store.missing_blobs(&record).is_empty());
     assert!(store.missing_layers(&record).unwrap().is_empty());
-    assert_eq!(store.get_image(&record.id).unwrap(), Some(record.clone()));
+    assert_eq!(
+        store.get_image(&record.manifest_digest).unwrap(),
+        Some(record.clone())
+    );
     assert!(store
         .root()
         .join("images/sha256")
-        .join(format!("{}.json", record.id.hex()))
+        .join(format!("{}.json", record.manifest_digest.hex()))
         .is_file());
 }
 
@@ -92,38 +95,28 @@ fn tag_resolve_untag_and_list() {
     let (one, _) = put_image(&store, &small_image(1), "alpine");
     let (two, _) = put_image(&store, &small_image(2), "localhost:5000/team/app:2.0");
 
-    assert_eq!(
-        store.resolve(&r("alpine:latest")).unwrap(),
-        Some(one.clone())
-    );
-    assert_eq!(
-        store.resolve(&r("docker.io/library/alpine")).unwrap(),
-        Some(one.clone())
-    );
-    assert_eq!(store.resolve(&r("alpine:3")).unwrap(), None);
+    let resolve = |reference: &Reference| store.resolve(reference).unwrap().map(|r| r.image);
+    assert_eq!(resolve(&r("alpine:latest")), Some(one.clone()));
+    assert_eq!(resolve(&r("docker.io/library/alpine")), Some(one.clone()));
+    assert_eq!(resolve(&r("alpine:3")), None);
 
     // A digest reference of the same repository finds the image by
     // manifest digest, before and after it is tagged explicitly.
     let by_digest = r(&format!("alpine@{}", one.manifest_digest));
-    assert_eq!(store.resolve(&by_digest).unwrap(), Some(one.clone()));
+    assert_eq!(resolve(&by_digest), Some(one.clone()));
+    assert_eq!(resolve(&r(&format!("other@{}", one.manifest_digest))), None);
+    assert_eq!(store.tag(&by_digest, &one.target()).unwrap(), None);
+    assert_eq!(store.tag(&r("alpine:edge"), &one.target()).unwrap(), None);
     assert_eq!(
-        store
-            .resolve(&r(&format!("other@{}", one.manifest_digest)))
-            .unwrap(),
-        None
-    );
-    assert_eq!(store.tag(&by_digest, &one.id).unwrap(), None);
-    assert_eq!(store.tag(&r("alpine:edge"), &one.id).unwrap(), None);
-    assert_eq!(
-        store.tag(&r("alpine:edge"), &two.id).unwrap(),
-        Some(one.id.clone()),
+        store.tag(&r("alpine:edge"), &two.target()).unwrap(),
+        Some(one.target()),
         "retagging returns the previous image"
     );
 
     let missing = Digest::sha256_of(b"no image");
     assert!(matches!(
-        store.tag(&r("x:1"), &missing),
-        Err(Error::ImageNotFound { .. })
+        store.tag(&r("x:1"), &haul_store::RefTarget::manifest(missing)),
+        Err(Error::ManifestNotFound { .. })
     ));
 
     let list = store.list_images().unwrap();
@@ -180,10 +173,7 @@ fn tag_resolve_untag_and_list() {
         ]
     );
 
-    assert_eq!(
-        store.untag(&r("alpine:edge")).unwrap(),
-        Some(two.id.clone())
-    );
+    assert_eq!(store.untag(&r("alpine:edge")).unwrap(), Some(two.target()));
     assert_eq!(store.untag(&r("alpine:edge")).unwrap(), None);
     assert_eq!(
         store.references_of(&two.id).unwrap(),
@@ -198,9 +188,9 @@ fn removing_the_last_tag_of_a_repository_drops_its_digest_references() {
     let (one, _) = put_image(&store, &small_image(1), "team/app:1");
     let by_digest = r(&format!("team/app@{}", one.manifest_digest));
     let other_repo = r(&format!("mirror/app@{}", one.manifest_digest));
-    store.tag(&by_digest, &one.id).unwrap();
-    store.tag(&other_repo, &one.id).unwrap();
-    store.tag(&r("team/app:2"), &one.id).unwrap();
+    store.tag(&by_digest, &one.target()).unwrap();
+    store.tag(&other_repo, &one.target()).unwrap();
+    store.tag(&r("team/app:2"), &one.target()).unwrap();
 
     let removed = store.remove_image(&r("team/app:1")).unwrap();
     assert_eq!(
@@ -265,7 +255,7 @@ fn index_json_names_only_images_whose_every_blob_is_present() {
     let own_layer = &two.layers[1].digest;
     assert!(one.layers.iter().all(|l| &l.digest != own_layer));
     std::fs::remove_file(store.blob_path(own_layer)).unwrap();
-    store.tag(&r("a:2"), &one.id).unwrap();
+    store.tag(&r("a:2"), &one.target()).unwrap();
     let names: Vec<String> = index_ref_names(&store)
         .into_iter()
         .map(|(n, _)| n)
@@ -283,14 +273,14 @@ fn index_json_names_only_images_whose_every_blob_is_present() {
 fn remove_image_drops_the_record_with_its_last_reference() {
     let (_dir, store) = new_store();
     let (one, _) = put_image(&store, &small_image(1), "a:1");
-    store.tag(&r("b:1"), &one.id).unwrap();
+    store.tag(&r("b:1"), &one.target()).unwrap();
 
     let removed = store.remove_image(&r("a:1")).unwrap();
     assert_eq!(removed.deleted, None, "b:1 still names the image");
-    assert!(store.get_image(&one.id).unwrap().is_some());
+    assert!(store.get_image(&one.manifest_digest).unwrap().is_some());
     let removed = store.remove_image(&r("b:1")).unwrap();
     assert_eq!(removed.deleted, Some(one.id.clone()));
-    assert!(store.get_image(&one.id).unwrap().is_none());
+    assert!(store.get_image(&one.manifest_digest).unwrap().is_none());
     assert!(store.list_images().unwrap().is_empty());
     assert!(matches!(
         store.remove_image(&r("b:1")),
@@ -298,7 +288,7 @@ fn remove_image_drops_the_record_with_its_last_reference() {
     ));
 
     let (two, _) = put_image(&store, &small_image(2), "c:1");
-    store.tag(&r("c:2"), &two.id).unwrap();
+    store.tag(&r("c:2"), &two.target()).unwrap();
     let mut refs = store.delete_image(&two.id).unwrap();
     refs.sort();
     assert_eq!(refs, vec![r("c:1"), r("c:2")]);
@@ -368,7 +358,10 @@ fn gc_frees_what_no_reference_reaches_and_keeps_the_rest() {
     let report = store.gc().unwrap();
     assert_eq!(report.blobs_removed, 1, "{report:?}");
     assert_eq!(report.partials_removed, 1, "{report:?}");
-    assert_eq!(report.layers_removed, 0, "{report:?}");
+    assert_eq!(
+        report.layers_removed, 1,
+        "the half-unpacked registration counts: {report:?}"
+    );
     assert!(!store.has_blob(&orphan));
     assert!(store.missing_blobs(&drop_me).is_empty());
     assert!(!store.root().join("layers/tmp-killed").exists());
@@ -469,6 +462,144 @@ fn store_reopens_with_its_content() {
     let (_dir, store) = new_store();
     let (one, _) = put_image(&store, &small_image(1), "a:1");
     let again = Store::open(store.root()).unwrap();
-    assert_eq!(again.resolve(&r("a:1")).unwrap(), Some(one));
+    assert_eq!(
+        again.resolve(&r("a:1")).unwrap().map(|r| r.image),
+        Some(one)
+    );
     assert_eq!(index_ref_names(&again).len(), 1);
+}
+
+#[test]
+fn two_manifests_of_one_config_are_two_images_each_kept_by_its_references() {
+    let (_dir, store) = new_store();
+    let (gzip, _) = put_image(&store, &small_image(1), "app:gzip");
+    let mut other = small_image(1);
+    other
+        .annotations
+        .insert("org.example.variant".into(), "b".into());
+    let (annotated, _) = put_image(&store, &other, "app:annotated");
+    assert_eq!(gzip.id, annotated.id, "one config");
+    assert_ne!(gzip.manifest_digest, annotated.manifest_digest);
+
+    // Each reference resolves to its own manifest; the layout names both.
+    let manifest_of = |name: &str| {
+        store
+            .resolve(&r(name))
+            .unwrap()
+            .map(|resolved| resolved.image.manifest_digest)
+    };
+    assert_eq!(manifest_of("app:gzip"), Some(gzip.manifest_digest.clone()));
+    assert_eq!(
+        manifest_of("app:annotated"),
+        Some(annotated.manifest_digest.clone())
+    );
+    assert_eq!(
+        index_ref_names(&store),
+        vec![
+            (
+                "docker.io/library/app:annotated".to_string(),
+                annotated.manifest_digest.to_string()
+            ),
+            (
+                "docker.io/library/app:gzip".to_string(),
+                gzip.manifest_digest.to_string()
+            ),
+        ]
+    );
+    assert_eq!(store.list_images().unwrap().len(), 2);
+    assert!(matches!(
+        store.find_image_by_id(gzip.id.as_str()).unwrap(),
+        IdMatch::One(_)
+    ));
+
+    // Removing one leaves the other whole, also after gc.
+    let removed = store.remove_image(&r("app:annotated")).unwrap();
+    assert_eq!(removed.deleted, Some(annotated.id.clone()));
+    store.gc().unwrap();
+    assert!(!store.has_blob(&annotated.manifest_digest));
+    assert!(store.missing_blobs(&gzip).is_empty());
+    assert_eq!(manifest_of("app:gzip"), Some(gzip.manifest_digest.clone()));
+}
+
+#[test]
+fn a_reference_through_an_index_keeps_every_stored_platform_and_names_the_index() {
+    let (_dir, store) = new_store();
+    let (amd, _) = put_image(&store, &small_image(1), "plain:amd");
+    let arm_builder = small_image(2).platform(haul_testkit::image::Platform::linux_arm64());
+    let (arm, _) = put_image(&store, &arm_builder, "plain:arm");
+    let entries: Vec<serde_json::Value> = [&amd, &arm]
+        .iter()
+        .map(|image| {
+            serde_json::json!({
+                "mediaType": image.manifest_media_type,
+                "digest": image.manifest_digest,
+                "size": image.manifest_size,
+                "platform": image.platform,
+            })
+        })
+        .collect();
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": entries,
+    });
+    let index_bytes = serde_json::to_vec(&index).unwrap();
+    let index_digest = Digest::sha256_of(&index_bytes);
+    store.put_blob_bytes(&index_bytes, &index_digest).unwrap();
+    let target = haul_store::RefTarget {
+        manifest: amd.manifest_digest.clone(),
+        index: Some(index_digest.clone()),
+    };
+    store.tag(&r("multi:1"), &target).unwrap();
+    store.untag(&r("plain:amd")).unwrap();
+    store.untag(&r("plain:arm")).unwrap();
+
+    // The layout names the index, whole; gc keeps both platforms.
+    assert_eq!(
+        index_ref_names(&store),
+        vec![(
+            "docker.io/library/multi:1".to_string(),
+            index_digest.to_string()
+        )]
+    );
+    store.gc().unwrap();
+    assert!(
+        store.missing_blobs(&arm).is_empty(),
+        "arm64 kept by the index"
+    );
+    assert!(store.has_blob(&index_digest));
+    assert_eq!(
+        store.platform_siblings().unwrap(),
+        std::collections::HashSet::from([arm.manifest_digest.clone()])
+    );
+    // A digest reference of the repository finds the index and each platform.
+    let found = store
+        .resolve(&r(&format!("multi@{}", arm.manifest_digest)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.image.manifest_digest, arm.manifest_digest);
+    let found = store
+        .resolve(&r(&format!("multi@{index_digest}")))
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.index, Some(index_digest.clone()));
+
+    // Without the arm64 image, the layout names the platform it has.
+    std::fs::remove_file(store.blob_path(&arm.layers[1].digest)).unwrap();
+    store.tag(&r("multi:1"), &target).unwrap();
+    store.tag(&r("other:1"), &amd.target()).unwrap();
+    let names = index_ref_names(&store);
+    assert!(
+        names.contains(&(
+            "docker.io/library/multi:1".to_string(),
+            amd.manifest_digest.to_string()
+        )),
+        "{names:?}"
+    );
+
+    store.remove_image(&r("multi:1")).unwrap();
+    store.remove_image(&r("other:1")).unwrap();
+    store.gc().unwrap();
+    assert!(store.list_blobs().unwrap().is_empty());
+    assert!(store.list_image_records().unwrap().is_empty());
 }

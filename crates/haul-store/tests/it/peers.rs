@@ -14,7 +14,10 @@ fn skopeo_inspects_and_copies_an_image_from_the_store() {
     let builder = sample_image();
     let (record, built) = put_image(&store, &builder, "localhost:5000/haul/sample:1.0");
     store
-        .tag(&haul_oci::Reference::parse("alpine").unwrap(), &record.id)
+        .tag(
+            &haul_oci::Reference::parse("alpine").unwrap(),
+            &record.target(),
+        )
         .unwrap();
     let content = store.content_dir();
 

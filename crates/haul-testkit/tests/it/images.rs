@@ -73,6 +73,7 @@ fn sample_layout_is_valid_and_deterministic() {
                     .unwrap();
                 out
             }
+            Compression::Zstd => zstd::decode_all(&blob[..]).unwrap(),
             Compression::None => blob.clone(),
         };
         assert_eq!(&sha256_digest(&tar), diff_id);

@@ -231,8 +231,8 @@ pub(crate) fn assert_store_invariants(root: &Path) {
 }
 
 /// Panics unless the blob `descriptor` names, and for a manifest its
-/// config and layers, are in `blobs` (an index's manifests are checked
-/// where stored: a single-platform pull keeps only its own).
+/// config and layers, for an index every manifest it lists, are in
+/// `blobs` (the store names an index only when it holds it whole).
 #[track_caller]
 fn assert_blobs_present(blobs: &Path, descriptor: &serde_json::Value, name: &str) {
     let digest = descriptor["digest"]
@@ -241,13 +241,17 @@ fn assert_blobs_present(blobs: &Path, descriptor: &serde_json::Value, name: &str
     let path = blobs.join(&digest["sha256:".len()..]);
     let bytes = std::fs::read(&path)
         .unwrap_or_else(|e| panic!("{name}: blob {digest} is not in the store: {e}"));
-    let is_manifest = descriptor["mediaType"]
-        .as_str()
-        .is_some_and(|t| t.contains("manifest") && !t.contains("list") && !t.contains("index"));
-    if !is_manifest {
+    let media_type = descriptor["mediaType"].as_str().unwrap_or_default();
+    let manifest: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    if media_type.contains("list") || media_type.contains("index") {
+        for child in manifest["manifests"].as_array().into_iter().flatten() {
+            assert_blobs_present(blobs, child, name);
+        }
         return;
     }
-    let manifest: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    if !media_type.contains("manifest") {
+        return;
+    }
     let layers = manifest["layers"].as_array().cloned().unwrap_or_default();
     for child in std::iter::once(&manifest["config"]).chain(&layers) {
         let digest = child["digest"]

@@ -79,7 +79,7 @@ pub(crate) fn put_image(
     assert_eq!(record.top_chain_id(), parent.as_ref());
     store.put_image(&record).expect("put image");
     store
-        .tag(&Reference::parse(reference).unwrap(), &record.id)
+        .tag(&Reference::parse(reference).unwrap(), &record.target())
         .expect("tag");
     (record, built)
 }
