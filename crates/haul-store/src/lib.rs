@@ -5,6 +5,32 @@
 //! `spawn_blocking` in async code) and failures are [`Error`] values naming
 //! their subject.
 //!
+//! # The model, in one story
+//!
+//! - **A blob is present** when `content/blobs/ALG/HEX` exists: complete and
+//!   verified, never partial.
+//! - **An image** is one image manifest (OCI or Docker schema 2) with its
+//!   config; its record, keyed by the manifest digest, pairs each layer
+//!   blob with its diffID and chain ID. The image ID is the config digest,
+//!   as Docker shows it: several images (manifests) may share one. **An
+//!   image is present** when its manifest, config and every layer blob are
+//!   present; it is **unpacked** when every layer of its chain is too.
+//!   Pulls keep every blob of their manifest, also for a layer found
+//!   already unpacked from another blob.
+//! - **A reference** (tag or digest) points at a [`RefTarget`]: exactly the
+//!   manifest it resolved to, and the index it came through, if any. It is
+//!   never re-pointed by another image of the same config; every command
+//!   reading a reference reads that manifest's bytes.
+//! - **A platform** selects among the images of a reference's index: the
+//!   target's manifest is the platform chosen when it was pulled; the
+//!   index's other platforms that are stored are alive while the reference
+//!   is, and local commands pick among them.
+//! - **`content/`** is a valid OCI layout at every moment: `index.json`
+//!   names each reference whose image (or whole index) is present, and
+//!   nothing else.
+//! - **Garbage** is whatever no reference keeps: gc removes it, and after
+//!   every reference is removed, gc leaves no blob and no layer.
+//!
 //! # On disk
 //!
 //! ```text
@@ -57,9 +83,9 @@
 //! `org.opencontainers.image.ref.name` annotation is that string. skopeo
 //! 1.9 and umoci 0.4 split `oci:DIR:REF` at the first `:`, so
 //! `skopeo inspect oci:ROOT/content:docker.io/library/alpine:latest` works
-//! (the root path must contain no `:`). The entry always points at the
-//! platform-specific image manifest, which is complete in the store, even
-//! when the image was pulled through an index.
+//! (the root path must contain no `:`). The entry points at the exact
+//! manifest the reference names, or at its index when every platform of
+//! the index is present.
 //!
 //! ```
 //! use haul_store::{IngestOutcome, Store};
