@@ -10,7 +10,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use haul_dist::archive::{self, LoadOptions};
-use haul_dist::oci::Reference;
+use haul_dist::oci::{Platform, Reference};
 use haul_dist::store::Store;
 
 use crate::cli::{ArchiveFormat, Cli};
@@ -34,26 +34,41 @@ pub(crate) fn save(
         .map(|r| Reference::parse(r).with_context(|| format!("invalid reference {r:?}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let store = settings::open_store(cli)?;
-    let Some(output) = output.filter(|_| !is_standard_stream(output)) else {
-        return save_to_stdout(&store, &references, format);
+    let platform = settings::platform(cli)?;
+    let to = Destination {
+        format,
+        platform: platform.as_ref(),
     };
-    save_to(&store, &references, output, format)
+    let Some(output) = output.filter(|_| !is_standard_stream(output)) else {
+        return save_to_stdout(&store, &references, &to);
+    };
+    save_to(&store, &references, output, &to)
+}
+
+/// How `save` writes: the format, and the platform `--platform` picks.
+struct Destination<'a> {
+    format: ArchiveFormat,
+    platform: Option<&'a Platform>,
 }
 
 fn save_to(
     store: &Store,
     references: &[Reference],
     output: &Path,
-    format: ArchiveFormat,
+    to: &Destination<'_>,
 ) -> anyhow::Result<()> {
-    let saved = match format {
-        ArchiveFormat::Docker => archive::save_docker_archive(store, references, output),
-        ArchiveFormat::Oci => archive::save_oci_layout(store, references, output),
+    let saved = match to.format {
+        ArchiveFormat::Docker => {
+            archive::save_docker_archive_for(store, references, to.platform, output)
+        }
+        ArchiveFormat::Oci => archive::save_oci_layout_for(store, references, to.platform, output),
     };
     match saved {
         Ok(_) => Ok(()),
         // Says all there is to say.
-        Err(err @ archive::Error::NoSuchImage(_)) => Err(err.into()),
+        Err(err @ (archive::Error::NoSuchImage(_) | archive::Error::NoLocalPlatform { .. })) => {
+            Err(err.into())
+        }
         Err(err) => {
             Err(anyhow::Error::new(err).context(format!("cannot save to {}", output.display())))
         }
@@ -66,7 +81,7 @@ fn save_to(
 fn save_to_stdout(
     store: &Store,
     references: &[Reference],
-    format: ArchiveFormat,
+    to: &Destination<'_>,
 ) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
     if stdout.is_terminal() {
@@ -80,7 +95,7 @@ fn save_to_stdout(
         .context("cannot make a temporary directory in the store")?;
     // A `.tar` name makes the OCI layout a tar: a directory cannot go down a pipe.
     let file = spool.path().join("archive.tar");
-    save_to(store, references, &file, format)?;
+    save_to(store, references, &file, to)?;
     let mut archive = std::fs::File::open(&file).context("cannot reopen the saved archive")?;
     match std::io::copy(&mut archive, &mut stdout) {
         // The reader went away (`haul save REF | head -c 1`): done.

@@ -42,6 +42,17 @@ pub enum Error {
     #[error("no such image: {0}")]
     NoSuchImage(String),
 
+    /// A local reference has no stored image of the platform asked for.
+    #[error("{reference} has no {wanted} image in the store (stored: {stored})")]
+    NoLocalPlatform {
+        /// The reference, as typed.
+        reference: String,
+        /// The platform asked for.
+        wanted: String,
+        /// The platforms stored for it.
+        stored: String,
+    },
+
     /// A reference to one image (no index) whose platform is not the one
     /// asked for, as Docker 20.10 refuses it.
     #[error(

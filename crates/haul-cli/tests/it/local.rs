@@ -307,3 +307,103 @@ fn local_commands_take_the_platform_from_the_stored_index() {
     assert!(!env.dir("no").exists(), "a refused export writes nothing");
     assert_store_invariants(single.path());
 }
+
+#[test]
+fn save_writes_the_whole_index_or_the_platform_asked_for() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let built = env.put_index("library/multi:1");
+    let reference = env.reference("library/multi:1");
+    assert_ok(&env.haul(&["pull", "--all-platforms", &reference]));
+    let index_json = |dir: &std::path::Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap()
+    };
+
+    // Every platform pulled: the layout holds the index, byte for byte.
+    let whole = env.dir("whole");
+    assert_ok(&env.haul(&[
+        "save",
+        "--format",
+        "oci",
+        "-o",
+        whole.to_str().unwrap(),
+        &reference,
+    ]));
+    let entry = &index_json(&whole)["manifests"][0];
+    assert_eq!(entry["digest"], built.index.digest.as_str());
+    assert_eq!(
+        std::fs::read(haul_testkit::image::blob_path(&whole, &built.index.digest)).unwrap(),
+        built.index_bytes
+    );
+    let copied = env.dir("copied");
+    haul_testkit::skopeo::run_skopeo([
+        "copy".to_string(),
+        "--all".to_string(),
+        format!("oci:{}:1", whole.display()),
+        format!("oci:{}:1", copied.display()),
+    ])
+    .expect("skopeo copies every platform out of the saved layout");
+
+    // --platform picks one image of it.
+    let arm = built
+        .images
+        .iter()
+        .find(|i| i.platform.architecture == "arm64")
+        .unwrap();
+    let one = env.dir("arm");
+    assert_ok(&env.haul(&[
+        "--platform",
+        "linux/arm64",
+        "save",
+        "--format",
+        "oci",
+        "-o",
+        one.to_str().unwrap(),
+        &reference,
+    ]));
+    assert_eq!(
+        index_json(&one)["manifests"][0]["digest"],
+        arm.manifest.digest.as_str()
+    );
+    let archive = env.dir("arm.tar");
+    assert_ok(&env.haul(&[
+        "--platform",
+        "linux/arm64",
+        "save",
+        "-o",
+        archive.to_str().unwrap(),
+        &reference,
+    ]));
+    let inspected: serde_json::Value = serde_json::from_slice(
+        &haul_testkit::skopeo::run_skopeo([
+            "inspect".to_string(),
+            format!("docker-archive:{}", archive.display()),
+        ])
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(inspected["Architecture"], "arm64");
+
+    let none = env.dir("none");
+    let out = env.haul(&[
+        "--platform",
+        "linux/s390x",
+        "save",
+        "--format",
+        "oci",
+        "-o",
+        none.to_str().unwrap(),
+        &reference,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(
+            "has no linux/s390x image in the store (stored: linux/amd64, linux/arm64/v8)"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!none.exists(), "nothing written");
+    env.assert_store_invariants();
+}

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
-use haul_oci::{media_type, parse_image_config, parse_manifest, Digest, Reference};
+use haul_oci::{media_type, parse_image_config, parse_manifest, Digest, Platform, Reference};
 use haul_store::{ImageRecord, Store};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -90,8 +90,19 @@ pub fn save_docker_archive(
     references: &[Reference],
     output: &Path,
 ) -> Result<SaveReport> {
+    save_docker_archive_for(store, references, None, output)
+}
+
+/// [`save_docker_archive`] of the images of `platform` (`--platform`): each reference's
+/// own image or a stored platform of its index.
+pub fn save_docker_archive_for(
+    store: &Store,
+    references: &[Reference],
+    platform: Option<&Platform>,
+    output: &Path,
+) -> Result<SaveReport> {
     let _lease = store.lease()?;
-    let images = resolve_for_save(store, references)?;
+    let images = resolve_for_save(store, references, platform)?;
     let out = Output::file(output)?;
     let file = out.open_file()?;
     let mut tar = TarWriter::new(file, out.path());

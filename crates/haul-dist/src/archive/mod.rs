@@ -144,8 +144,8 @@ use std::path::{Path, PathBuf};
 use haul_oci::{Digest, Digester, Platform, Reference};
 use haul_store::{ImageLayer, ImageRecord, ResolvedImage, Store, UnpackOptions};
 
-pub use docker_archive::save_docker_archive;
-pub use oci_archive::save_oci_layout;
+pub use docker_archive::{save_docker_archive, save_docker_archive_for};
+pub use oci_archive::{save_oci_layout, save_oci_layout_for};
 
 /// Largest `manifest.json`, `index.json` or `repositories` read into memory.
 const METADATA_LIMIT: u64 = 8 * 1024 * 1024;
@@ -321,17 +321,23 @@ pub fn load(store: &Store, input: &Path, options: &LoadOptions) -> Result<LoadRe
 }
 
 /// What `references` name, each target once, in the order first named,
-/// with the references naming it. Fails on the first reference that names
-/// no image.
+/// with the references naming it; with `platform`, the image of that
+/// platform among a reference's image and its index's stored platforms.
+/// Fails on the first reference that names no image (or none of that
+/// platform).
 pub(crate) fn resolve_for_save(
     store: &Store,
     references: &[Reference],
+    platform: Option<&Platform>,
 ) -> Result<Vec<(ResolvedImage, Vec<Reference>)>> {
     let mut out: Vec<(ResolvedImage, Vec<Reference>)> = Vec::new();
     for reference in references {
-        let image = store
+        let mut image = store
             .resolve(reference)?
             .ok_or_else(|| Error::NoSuchImage(reference.familiar()))?;
+        if let Some(wanted) = platform {
+            image = of_platform(store, reference, image, wanted)?;
+        }
         match out.iter_mut().find(|(i, _)| i.target() == image.target()) {
             Some((_, refs)) => {
                 if !refs.contains(reference) {
@@ -342,6 +348,40 @@ pub(crate) fn resolve_for_save(
         }
     }
     Ok(out)
+}
+
+/// The image of `wanted` among `resolved` and the stored platforms of its
+/// index, as a target of its own (no index).
+fn of_platform(
+    store: &Store,
+    reference: &Reference,
+    resolved: ResolvedImage,
+    wanted: &Platform,
+) -> Result<ResolvedImage> {
+    let mut family = vec![resolved.image];
+    if let Some(index) = &resolved.index {
+        for child in store.index_children(index)?.unwrap_or_default() {
+            if child != family[0].manifest_digest {
+                family.extend(store.get_image(&child)?);
+            }
+        }
+    }
+    for candidate in wanted.compatible() {
+        if let Some(image) = family.iter().find(|i| i.platform.same_as(&candidate)) {
+            return Ok(ResolvedImage {
+                image: image.clone(),
+                index: None,
+            });
+        }
+    }
+    let mut stored: Vec<String> = family.iter().map(|i| i.platform.to_string()).collect();
+    stored.sort();
+    stored.dedup();
+    Err(Error::NoLocalPlatform {
+        reference: reference.familiar(),
+        wanted: wanted.to_string(),
+        stored: stored.join(", "),
+    })
 }
 
 fn saved_images(images: &[(ResolvedImage, Vec<Reference>)]) -> Vec<SavedImage> {

@@ -91,8 +91,19 @@ pub fn save_oci_layout(
     references: &[Reference],
     output: &Path,
 ) -> Result<SaveReport> {
+    save_oci_layout_for(store, references, None, output)
+}
+
+/// [`save_oci_layout`] of the images of `platform` (`--platform`): each reference's
+/// own image or a stored platform of its index.
+pub fn save_oci_layout_for(
+    store: &Store,
+    references: &[Reference],
+    platform: Option<&Platform>,
+    output: &Path,
+) -> Result<SaveReport> {
     let _lease = store.lease()?;
-    let images = resolve_for_save(store, references)?;
+    let images = resolve_for_save(store, references, platform)?;
 
     // Every blob, once, and the index entries; all checked before writing.
     let mut blobs: Vec<(Digest, u64)> = Vec::new();
