@@ -408,7 +408,7 @@ impl PushLayer {
             return Err(Error::Inconsistent {
                 reference: self.target.clone(),
                 message: format!(
-                    "layer {digest} is not in the local store (pulled with --no-unpack from elsewhere?)"
+                    "layer {digest} is not in the local store (a store written by an older haul kept only the unpacked layer; pull the image again)"
                 ),
             });
         }

@@ -139,7 +139,7 @@ impl V1Pusher {
                 return Err(Error::Inconsistent {
                     reference: reference.to_string(),
                     message: format!(
-                        "layer {} is not in the local store (pulled with --no-unpack from elsewhere?)",
+                        "layer {} is not in the local store (a store written by an older haul kept only the unpacked layer; pull the image again)",
                         img.layer.digest
                     ),
                 });
