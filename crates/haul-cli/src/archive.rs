@@ -61,7 +61,13 @@ fn save_to(
         ArchiveFormat::Docker => {
             archive::save_docker_archive_for(store, references, to.platform, output)
         }
-        ArchiveFormat::Oci => archive::save_oci_layout_for(store, references, to.platform, output),
+        ArchiveFormat::Oci => {
+            let options = archive::OciSaveOptions {
+                platform: to.platform.cloned(),
+                oci_media_types: false,
+            };
+            archive::save_oci_layout_with(store, references, &options, output)
+        }
     };
     match saved {
         Ok(_) => Ok(()),

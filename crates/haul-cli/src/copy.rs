@@ -278,7 +278,12 @@ async fn via_temporary_store(
             load_one(&store, path, name.as_deref(), platform.clone())?
         }
     };
-    // 2. From there to the destination.
+    // 2. From there to the destination. An OCI layout gets OCI media types,
+    // as skopeo writes it (skopeo 1.9 and umoci read nothing else there).
+    let as_skopeo = archive::OciSaveOptions {
+        platform: None,
+        oci_media_types: true,
+    };
     match destination {
         Endpoint::Registry(to) => {
             let resolved = store
@@ -292,7 +297,7 @@ async fn via_temporary_store(
         Endpoint::Oci { dir, name } => {
             let named = rename(&store, &image, name.as_deref())?;
             drop(output);
-            archive::save_oci_layout(&store, std::slice::from_ref(&named), dir)?;
+            archive::save_oci_layout_with(&store, std::slice::from_ref(&named), &as_skopeo, dir)?;
             Ok(None)
         }
         Endpoint::OciArchive { file, name } => {
@@ -309,7 +314,7 @@ async fn via_temporary_store(
                 .tempdir_in(parent)
                 .with_context(|| format!("cannot write {}", file.display()))?;
             let tar = spool.path().join("layout.tar");
-            archive::save_oci_layout(&store, std::slice::from_ref(&named), &tar)?;
+            archive::save_oci_layout_with(&store, std::slice::from_ref(&named), &as_skopeo, &tar)?;
             if std::fs::metadata(file).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
                 // A device or pipe is written into, never renamed over.
                 let mut device = std::fs::OpenOptions::new().write(true).open(file)?;

@@ -213,11 +213,18 @@ fn image_rows(store: &Store) -> anyhow::Result<Vec<ImageRow>> {
             continue;
         }
         let size = image_size(store, &image);
-        let digest_of = |name: Option<&str>| {
+        // The repository's digest reference, else what the tag's source
+        // served (its index, when it came through one).
+        let digest_of = |tagged: Option<&Reference>| {
             references
                 .iter()
-                .filter(|r| name.is_none_or(|name| r.name() == name))
+                .filter(|r| tagged.is_none_or(|t| r.name() == t.name()))
                 .find_map(|r| r.digest().cloned())
+                .or_else(|| {
+                    tagged
+                        .and_then(|t| store.target(t).ok().flatten())
+                        .map(|target| target.source_digest().clone())
+                })
                 .or_else(|| Some(image.manifest_digest.clone()))
         };
         let tagged: Vec<&Reference> = references.iter().filter(|r| r.tag().is_some()).collect();
@@ -233,7 +240,7 @@ fn image_rows(store: &Store) -> anyhow::Result<Vec<ImageRow>> {
         }
         for reference in tagged {
             rows.push(ImageRow {
-                digest: digest_of(Some(reference.name())),
+                digest: digest_of(Some(reference)),
                 reference: Some(reference.clone()),
                 image: image.clone(),
                 size,
@@ -496,6 +503,17 @@ fn remove_one(
         return Ok((removed.untagged, removed.deleted));
     }
     let references = store.references_of(&found.image.id)?;
+    if references.is_empty()
+        && store
+            .platform_siblings()?
+            .contains(&found.image.manifest_digest)
+    {
+        bail!(
+            "conflict: unable to delete {}: it is a platform of an index a reference keeps; \
+             remove that reference",
+            found.shown
+        );
+    }
     if !force && !single_reference(&references) {
         bail!(
             "conflict: unable to delete {} (must be forced): image is referenced in several \
@@ -504,7 +522,11 @@ fn remove_one(
         );
     }
     let untagged = store.delete_image(&found.image.id)?;
-    Ok((untagged, Some(found.image.id)))
+    let gone = matches!(
+        store.find_image_by_id(found.image.id.as_str())?,
+        IdMatch::None
+    );
+    Ok((untagged, gone.then_some(found.image.id)))
 }
 
 /// Docker's `isSingleReference`: at most one tag, and every reference in

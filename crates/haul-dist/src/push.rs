@@ -96,6 +96,12 @@ impl Pusher {
         output: Arc<dyn ProgressOutput>,
         cancel: CancellationToken,
     ) -> Result<PushReport> {
+        // Holding a lease keeps gc from taking what this push adds (the
+        // blobs and manifest of a compressed image) before it is named.
+        let _lease = {
+            let store = self.store.clone();
+            blocking(move || Ok(store.lease()?)).await?
+        };
         let resolved = {
             let store = self.store.clone();
             let r = reference.clone();
@@ -158,22 +164,30 @@ impl Pusher {
                 let digest = self.push_manifest(&repo, &image, &target).await?;
                 if image.manifest_digest != source_digest {
                     // The compressed manifest is what this repository now
-                    // serves: a digest reference keeps it (and its blobs).
+                    // serves: the reference pushed names it from now on,
+                    // and so does a digest reference, as Docker records a
+                    // pushed image's repository digest.
                     let store = self.store.clone();
+                    let reference = reference.clone();
                     let by_digest = reference.without_tag().with_digest(digest.clone());
                     let target = image.target();
-                    blocking(move || Ok(store.tag(&by_digest, &target).map(|_| ())?)).await?;
+                    blocking(move || {
+                        if reference.digest().is_none() {
+                            store.tag(&reference, &target)?;
+                        }
+                        store.tag(&by_digest, &target)?;
+                        Ok(())
+                    })
+                    .await?;
                 }
                 (digest, image.manifest_size)
             }
         };
-        output.message(
-            "",
-            &format!(
-                "{}: digest: {digest} size: {size}",
-                tag.as_deref().unwrap_or("latest")
-            ),
-        );
+        let line = match &tag {
+            Some(tag) => format!("{tag}: digest: {digest} size: {size}"),
+            None => format!("digest: {digest} size: {size}"),
+        };
+        output.message("", &line);
         Ok(PushReport { digest, size })
     }
 

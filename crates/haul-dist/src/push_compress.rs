@@ -70,7 +70,16 @@ pub(crate) fn compressed_image(
             reference: image.manifest_digest.to_string(),
             message: format!("the stored manifest is not JSON: {e}"),
         })?;
-    let docker = media_type::same(&image.manifest_media_type, media_type::DOCKER_MANIFEST);
+    let mut docker = media_type::same(&image.manifest_media_type, media_type::DOCKER_MANIFEST);
+    let mut manifest_type = image.manifest_media_type.clone();
+    if docker && compression == PushCompression::Zstd {
+        // Docker schema 2 has no zstd layer type others read (skopeo and
+        // go-containerregistry refuse it): the manifest becomes OCI, as
+        // skopeo makes it for zstd.
+        to_oci_media_types(&mut manifest);
+        manifest_type = media_type::OCI_MANIFEST.to_string();
+        docker = false;
+    }
     let descriptors = manifest
         .get_mut("layers")
         .and_then(Value::as_array_mut)
@@ -91,13 +100,43 @@ pub(crate) fn compressed_image(
     let bytes = serde_json::to_vec(&manifest).expect("JSON values serialise");
     let digest = Digest::sha256_of(&bytes);
     store.put_blob_bytes(&bytes, &digest)?;
-    let parsed = haul_oci::parse_manifest(bytes, Some(&image.manifest_media_type))?;
+    let parsed = haul_oci::parse_manifest(bytes, Some(&manifest_type))?;
     let config_bytes = store.read_blob_limited(&image.id, crate::pull::CONFIG_LIMIT)?;
     let config = haul_oci::parse_image_config(config_bytes)?;
     // The registry serves these bytes once pushed: their digest is kept.
     let record = ImageRecord::from_parts(&parsed, &config)?;
     store.put_image(&record)?;
     Ok(record)
+}
+
+/// Gives a Docker schema 2 manifest OCI media types (manifest, config,
+/// layers), its blobs unchanged.
+fn to_oci_media_types(manifest: &mut Value) {
+    let pairs = [
+        (media_type::DOCKER_MANIFEST, media_type::OCI_MANIFEST),
+        (media_type::DOCKER_CONFIG, media_type::OCI_CONFIG),
+        (media_type::DOCKER_LAYER, media_type::OCI_LAYER),
+        (media_type::DOCKER_LAYER_GZIP, media_type::OCI_LAYER_GZIP),
+        (media_type::DOCKER_LAYER_ZSTD, media_type::OCI_LAYER_ZSTD),
+        (
+            media_type::DOCKER_FOREIGN_LAYER_GZIP,
+            media_type::OCI_LAYER_NONDISTRIBUTABLE_GZIP,
+        ),
+    ];
+    let convert = |v: &mut Value| {
+        if let Some(Value::String(mt)) = v.get_mut("mediaType") {
+            if let Some((_, oci)) = pairs.iter().find(|(d, _)| media_type::same(d, mt)) {
+                *mt = (*oci).to_string();
+            }
+        }
+    };
+    convert(manifest);
+    if let Some(config) = manifest.get_mut("config") {
+        convert(config);
+    }
+    if let Some(Value::Array(layers)) = manifest.get_mut("layers") {
+        layers.iter_mut().for_each(convert);
+    }
 }
 
 /// A stored blob of `layer`'s diff compressed as asked: one known for its

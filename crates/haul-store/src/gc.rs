@@ -70,6 +70,7 @@ impl Store {
         let mut report = GcReport::default();
 
         let refs = self.load_refs()?;
+        report.images_removed += self.remove_unreadable_records()?;
         let records = self.list_image_records()?;
         let live = self.live_manifests(&refs)?;
         let mut blobs: HashSet<Digest> = refs
@@ -129,6 +130,7 @@ impl Store {
 
         let tmp = self.tmp_dir();
         for name in crate::sorted_names(&tmp)? {
+            report.bytes_freed += tree_size(&tmp.join(&name));
             remove_tree(&tmp.join(name))?;
         }
 

@@ -192,7 +192,8 @@ impl Store {
         read_json(&self.image_path(manifest))
     }
 
-    /// Every image record (any order).
+    /// Every image record (any order); unreadable or misfiled records are
+    /// left out.
     pub fn list_image_records(&self) -> Result<Vec<ImageRecord>> {
         let mut out = Vec::new();
         for name in crate::sorted_names(&self.images_dir())? {
@@ -202,8 +203,13 @@ impl Store {
             let Ok(manifest) = Digest::new(haul_oci::Algorithm::Sha256, hex) else {
                 continue;
             };
-            if let Some(image) = self.get_image(&manifest)? {
-                out.push(image);
+            // A record that cannot be read, or is not filed under its own
+            // manifest, is garbage (gc removes it), not a reason to refuse
+            // the whole store.
+            if let Ok(Some(image)) = self.get_image(&manifest) {
+                if image.manifest_digest == manifest {
+                    out.push(image);
+                }
             }
         }
         Ok(out)
@@ -232,5 +238,29 @@ impl Store {
     /// Deletes the record of an image manifest; callers hold the store lock.
     pub(crate) fn delete_image_record(&self, manifest: &Digest) -> Result<()> {
         remove_file_if_exists(&self.image_path(manifest))
+    }
+}
+
+impl Store {
+    /// Removes record files [`Store::list_image_records`] leaves out;
+    /// returns how many. Callers hold the store lock.
+    pub(crate) fn remove_unreadable_records(&self) -> Result<u64> {
+        let mut removed = 0;
+        let dir = self.images_dir();
+        for name in crate::sorted_names(&dir)? {
+            let path = dir.join(&name);
+            let readable = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".json"))
+                .and_then(|hex| Digest::new(haul_oci::Algorithm::Sha256, hex).ok())
+                .is_some_and(|manifest| {
+                    matches!(read_json::<ImageRecord>(&path), Ok(Some(image)) if image.manifest_digest == manifest)
+                });
+            if !readable && path.is_file() {
+                remove_file_if_exists(&path)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 }

@@ -107,11 +107,20 @@ impl Store {
     pub(crate) fn write_index_json(&self, refs: &BTreeMap<String, RefTarget>) -> Result<()> {
         let mut manifests = Vec::new();
         for (name, target) in refs {
+            // A digest reference names only what hashes to its digest (a
+            // single platform pulled through an index is not the index).
+            let named_digest = haul_oci::Reference::parse_raw(name)
+                .ok()
+                .and_then(|r| r.digest().cloned());
+            let names = |digest: &Digest| named_digest.as_ref().is_none_or(|d| d == digest);
             let annotations = json!({
                 ANNOTATION_IMAGE_NAME: name,
                 ANNOTATION_REF_NAME: name,
             });
-            if let Some(index) = self.complete_index(target)? {
+            if let Some(index) = self
+                .complete_index(target)?
+                .filter(|_| target.index.as_ref().is_some_and(names))
+            {
                 manifests.push(json!({
                     "mediaType": index.1,
                     "digest": target.index,
@@ -120,7 +129,10 @@ impl Store {
                 }));
                 continue;
             }
-            let Some(image) = self.complete_image(&target.manifest)? else {
+            let Some(image) = self
+                .complete_image(&target.manifest)?
+                .filter(|image| names(&image.manifest_digest))
+            else {
                 continue;
             };
             let mut descriptor = json!({

@@ -49,6 +49,7 @@
 //!     tmp-XXXXXX/               a registration in progress
 //!   images/sha256/HEX.json      image records, one per image manifest (by its digest)
 //!   refs.json                   references -> exact manifest (and index) digests
+//!   store-version               the layout version (2), see the `migrate` module
 //!   distribution/
 //!     diffid/sha256/HEX.json    diffID -> [(blob digest, registry/repository)]
 //!     blob/sha256/HEX.json      blob digest -> diffID
@@ -189,7 +190,7 @@ impl Store {
         }
         // What removals killed midway left: unreachable already.
         fsutil::empty_trash(&store.trash_dir());
-        store.upgrade_references()?;
+        store.upgrade_layout()?;
         let marker = store.content_dir().join("oci-layout");
         let index = store.index_json_path();
         if !marker.is_file() || !index.is_file() || store.index_is_stale() {

@@ -81,7 +81,8 @@ pub struct RemovedImage {
     /// the image's last tag in its repository, that repository's digest
     /// references to the image (as `docker rmi` does).
     pub untagged: Vec<Reference>,
-    /// The image ID whose record was deleted because no reference was left.
+    /// The image ID deleted: no reference kept its record, and no other
+    /// stored manifest has that ID.
     pub deleted: Option<Digest>,
 }
 
@@ -345,7 +346,19 @@ impl Store {
                     .ok()
                     .filter(|other| other.name() == reference.name())
             };
-            let same_image = |other: &RefTarget| other.manifest == removed.manifest;
+            // The same image is the same image ID, as in Docker: another
+            // manifest of that config (a pushed, recompressed one) too.
+            let id_of = |manifest: &Digest| {
+                self.get_image(manifest)
+                    .ok()
+                    .flatten()
+                    .map(|image| image.id)
+            };
+            let removed_id = id_of(&removed.manifest);
+            let same_image = |other: &RefTarget| {
+                other.manifest == removed.manifest
+                    || (removed_id.is_some() && id_of(&other.manifest) == removed_id)
+            };
             let tag_left = refs.iter().any(|(key, other)| {
                 same_image(other) && same_repository(key).is_some_and(|r| r.digest().is_none())
             });
@@ -372,9 +385,18 @@ impl Store {
         for orphan in orphans.iter().filter(|m| !live.contains(*m)) {
             self.delete_image_record(orphan)?;
         }
-        let deleted = image
-            .filter(|_| !live.contains(&removed.manifest))
-            .map(|image| image.id);
+        // "Deleted" names an image ID no stored image has any more.
+        let deleted = match image.filter(|_| !live.contains(&removed.manifest)) {
+            Some(image)
+                if !self
+                    .list_image_records()?
+                    .iter()
+                    .any(|other| other.id == image.id) =>
+            {
+                Some(image.id)
+            }
+            _ => None,
+        };
         Ok(RemovedImage { untagged, deleted })
     }
 

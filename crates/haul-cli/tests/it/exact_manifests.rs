@@ -163,3 +163,94 @@ fn three_manifests_of_one_config_stay_three_images_for_every_command() {
     assert!(!env.haul(&["inspect", &references[1]]).status.success());
     env.assert_store_invariants();
 }
+
+#[test]
+fn a_docker_manifest_copied_to_an_oci_layout_is_readable_by_skopeo_as_skopeo_writes_it() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    env.put_image(&sample_image(), "small:latest");
+    convert(
+        &env.registry,
+        "small:latest",
+        "docker2:latest",
+        &["--format", "v2s2"],
+    );
+    let layout = env.dir("copied");
+    assert_ok(&env.haul(&[
+        "copy",
+        &env.reference("docker2:latest"),
+        &format!("oci:{}:x", layout.display()),
+    ]));
+    let raw = run_skopeo([
+        "inspect".to_string(),
+        "--raw".to_string(),
+        format!("oci:{}:x", layout.display()),
+    ])
+    .expect("skopeo reads the layout");
+    let manifest: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    assert_eq!(
+        manifest["mediaType"],
+        "application/vnd.oci.image.manifest.v1+json"
+    );
+}
+
+#[test]
+fn a_platform_of_an_index_a_tag_keeps_is_not_deleted_by_its_id() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let built = env.put_index("library/multi:1");
+    let reference = env.reference("library/multi:1");
+    assert_ok(&env.haul(&["pull", "--all-platforms", &reference]));
+    let arm = built
+        .images
+        .iter()
+        .find(|i| i.platform.architecture == "arm64")
+        .unwrap();
+    let out = env.haul(&["rmi", &arm.config.digest]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("is a platform of an index a reference keeps"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stdout(&out).contains("Deleted"), "{}", stdout(&out));
+    // The DIGEST column shows what the tag's source served: the index.
+    let listed = stdout(&env.haul(&["images", "--digests"]));
+    assert!(listed.contains(&built.index.digest), "{listed}");
+    env.assert_store_invariants();
+}
+
+#[test]
+fn deleted_is_said_only_when_no_manifest_of_that_image_id_is_left() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    env.put_image(&sample_image(), "small:latest");
+    convert(
+        &env.registry,
+        "small:latest",
+        "docker2:latest",
+        &["--format", "v2s2"],
+    );
+    let small = env.reference("small:latest");
+    let docker2 = env.reference("docker2:latest");
+    assert_ok(&env.haul(&["pull", &small]));
+    assert_ok(&env.haul(&["pull", &docker2]));
+    let out = env.haul(&["rmi", &small]);
+    assert_ok(&out);
+    assert!(
+        !stdout(&out).contains("Deleted"),
+        "docker2 still has that ID: {}",
+        stdout(&out)
+    );
+    let out = env.haul(&["rmi", &docker2]);
+    assert_ok(&out);
+    assert!(
+        stdout(&out).contains("Deleted: sha256:"),
+        "{}",
+        stdout(&out)
+    );
+    env.assert_store_invariants();
+}

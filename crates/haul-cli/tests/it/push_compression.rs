@@ -184,3 +184,75 @@ fn a_pulled_manifest_keeps_its_digest_unless_compression_is_asked_for() {
     env.assert_store_invariants();
     assert_store_invariants(fresh.path());
 }
+
+#[test]
+fn a_pushed_tag_names_what_the_registry_serves_and_rmi_of_it_frees_everything() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let reference = env.reference("loaded/sample:1");
+    let root = loaded_from_docker_archive(&env, &reference);
+    let out = haul_in(root.path(), &["push", &reference]);
+    assert_ok(&out);
+    let served = haul_dist::oci::Digest::sha256_of(
+        &skopeo_inspect_raw(&env.registry, "loaded/sample:1").unwrap(),
+    )
+    .to_string();
+    let inspected = json(&haul_in(root.path(), &["inspect", &reference]).stdout);
+    assert_eq!(inspected["manifestDigest"], served.as_str());
+    // Loading the same archive again leaves the tag on what it names.
+    let archive = env.dir("sample.tar");
+    assert_ok(&haul_in(
+        root.path(),
+        &["load", "-i", archive.to_str().unwrap()],
+    ));
+    let inspected = json(&haul_in(root.path(), &["inspect", &reference]).stdout);
+    assert_eq!(
+        inspected["manifestDigest"],
+        served.as_str(),
+        "load re-pointed the tag"
+    );
+
+    let out = haul_in(root.path(), &["rmi", &reference]);
+    assert_ok(&out);
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!("@{served}")),
+        "the digest reference goes too: {text}"
+    );
+    assert_ok(&haul_in(root.path(), &["gc"]));
+    let left = std::fs::read_dir(root.path().join("content/blobs/sha256"))
+        .unwrap()
+        .count();
+    assert_eq!(left, 0, "rmi of the only tag, then gc, leaves no blob");
+    assert_store_invariants(root.path());
+}
+
+#[test]
+fn zstd_for_a_docker_manifest_makes_an_oci_manifest_skopeo_reads() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let reference = env.reference("loaded/zstd:1");
+    let root = loaded_from_docker_archive(&env, &reference);
+    assert_ok(&haul_in(
+        root.path(),
+        &["push", "--compression", "zstd", &reference],
+    ));
+    let pushed = json(&skopeo_inspect_raw(&env.registry, "loaded/zstd:1").unwrap());
+    assert_eq!(
+        pushed["mediaType"],
+        "application/vnd.oci.image.manifest.v1+json"
+    );
+    assert_eq!(
+        pushed["config"]["mediaType"],
+        "application/vnd.oci.image.config.v1+json"
+    );
+    assert!(layer_media_types(&pushed)
+        .iter()
+        .all(|t| t.starts_with("application/vnd.oci.image.layer.v1.tar+")));
+    let layout = env.dir("from-zstd");
+    haul_testkit::skopeo::skopeo_copy_to_oci(&env.registry, "loaded/zstd:1", &layout, "t")
+        .expect("skopeo pulls the zstd image");
+    assert_store_invariants(root.path());
+}

@@ -335,6 +335,17 @@ impl<'s> Pending<'s> {
         Ok((blob_digest, size))
     }
 
+    /// Whether `reference` already names a whole stored image of config `id`.
+    fn names_whole_image_of(&self, reference: &Reference, id: &Digest) -> Result<bool> {
+        let Some(resolved) = self.store.resolve(reference)? else {
+            return Ok(false);
+        };
+        let image = resolved.image;
+        Ok(&image.id == id
+            && self.store.missing_blobs(&image).is_empty()
+            && self.store.missing_layers(&image)?.is_empty())
+    }
+
     /// Makes everything part of the store: blobs, documents, layers (in
     /// order), image records, then references. An image already stored
     /// whole keeps its record (see [`PendingImage::synthesized`]).
@@ -365,6 +376,12 @@ impl<'s> Pending<'s> {
             };
             let mut tagged = Vec::new();
             for reference in pending.references {
+                if pending.synthesized && self.names_whole_image_of(&reference, &kept.id)? {
+                    // `docker load` of an image it has changes nothing: the
+                    // reference keeps the manifest it names.
+                    tagged.push((reference, None));
+                    continue;
+                }
                 let previous = self.store.tag(&reference, &target)?;
                 let previous_id = match previous {
                     Some(previous) => self.store.get_image(&previous.manifest)?.map(|i| i.id),

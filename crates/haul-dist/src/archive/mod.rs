@@ -145,7 +145,7 @@ use haul_oci::{Digest, Digester, Platform, Reference};
 use haul_store::{ImageLayer, ImageRecord, ResolvedImage, Store, UnpackOptions};
 
 pub use docker_archive::{save_docker_archive, save_docker_archive_for};
-pub use oci_archive::{save_oci_layout, save_oci_layout_for};
+pub use oci_archive::{save_oci_layout, save_oci_layout_with, OciSaveOptions};
 
 /// Largest `manifest.json`, `index.json` or `repositories` read into memory.
 const METADATA_LIMIT: u64 = 8 * 1024 * 1024;

@@ -44,13 +44,18 @@ fn oci_media_type(docker: &str) -> &str {
 
 /// The manifest an image is saved with: its stored bytes, except for a
 /// Docker schema 2 manifest haul wrote itself (a docker-archive or schema 1
-/// image: no registry serves it, so no digest is kept), saved with OCI
+/// image: no registry serves it, so no digest is kept) or one saved with
+/// `oci_media_types` (what `skopeo copy` to `oci:` does), saved with OCI
 /// media types, because skopeo 1.9 and umoci look up only OCI manifests in
 /// a layout's `index.json` (config and layer blobs are unchanged, so is
 /// the image ID).
-fn layout_manifest(store: &Store, image: &ImageRecord) -> Result<(Vec<u8>, Digest, String)> {
+fn layout_manifest(
+    store: &Store,
+    image: &ImageRecord,
+    oci_media_types: bool,
+) -> Result<(Vec<u8>, Digest, String)> {
     let bytes = store.read_blob_limited(&image.manifest_digest, MANIFEST_LIMIT)?;
-    if !image.manifest_made_locally
+    if !(image.manifest_made_locally || oci_media_types)
         || !media_type::same(&image.manifest_media_type, media_type::DOCKER_MANIFEST)
     {
         return Ok((
@@ -91,19 +96,30 @@ pub fn save_oci_layout(
     references: &[Reference],
     output: &Path,
 ) -> Result<SaveReport> {
-    save_oci_layout_for(store, references, None, output)
+    save_oci_layout_with(store, references, &OciSaveOptions::default(), output)
 }
 
-/// [`save_oci_layout`] of the images of `platform` (`--platform`): each reference's
-/// own image or a stored platform of its index.
-pub fn save_oci_layout_for(
+/// How [`save_oci_layout_with`] saves.
+#[derive(Debug, Clone, Default)]
+pub struct OciSaveOptions {
+    /// Save, of each reference, its image of this platform (`--platform`):
+    /// its own image or a stored platform of its index.
+    pub platform: Option<Platform>,
+    /// Give Docker schema 2 manifests OCI media types (new digests), as
+    /// `skopeo copy` to `oci:` does: skopeo 1.9 and umoci read only OCI
+    /// entries of a layout. Off, every manifest keeps its bytes.
+    pub oci_media_types: bool,
+}
+
+/// [`save_oci_layout`] as `options` say.
+pub fn save_oci_layout_with(
     store: &Store,
     references: &[Reference],
-    platform: Option<&Platform>,
+    options: &OciSaveOptions,
     output: &Path,
 ) -> Result<SaveReport> {
     let _lease = store.lease()?;
-    let images = resolve_for_save(store, references, platform)?;
+    let images = resolve_for_save(store, references, options.platform.as_ref())?;
 
     // Every blob, once, and the index entries; all checked before writing.
     let mut blobs: Vec<(Digest, u64)> = Vec::new();
@@ -142,7 +158,7 @@ pub fn save_oci_layout_for(
                 let media = image.manifest_media_type.clone();
                 (bytes, image.manifest_digest.clone(), media)
             } else {
-                layout_manifest(store, image)?
+                layout_manifest(store, image, options.oci_media_types)?
             };
             if !documents.iter().any(|(d, _)| d == &digest) {
                 documents.push((digest.clone(), manifest.clone()));
