@@ -442,13 +442,23 @@ pub(crate) fn inspect(
 }
 
 /// `haul tag SRC DST`.
-pub(crate) fn tag(store: &Store, source: &str, target: &str) -> anyhow::Result<()> {
+/// With `--platform`, the new tag names that platform's image alone.
+pub(crate) fn tag(
+    store: &Store,
+    source: &str,
+    target: &str,
+    platform: Option<&Platform>,
+) -> anyhow::Result<()> {
     let found = find_image(store, source)?;
     let target = parse_reference(target)?;
     if target.digest().is_some() {
         bail!("cannot tag with a digest: {target}");
     }
-    store.tag(&target, &found.target())?;
+    let to = match platform {
+        Some(_) => for_platform(store, found, platform)?.image.target(),
+        None => found.target(),
+    };
+    store.tag(&target, &to)?;
     Ok(())
 }
 

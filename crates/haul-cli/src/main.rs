@@ -129,7 +129,12 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             reference,
             settings::platform(cli)?.as_ref(),
         ),
-        Command::Tag { source, target } => local::tag(&settings::open_store(cli)?, source, target),
+        Command::Tag { source, target } => local::tag(
+            &settings::open_store(cli)?,
+            source,
+            target,
+            settings::platform(cli)?.as_ref(),
+        ),
         Command::Rmi { references, force } => {
             local::rmi(&settings::open_store(cli)?, references, *force)
         }

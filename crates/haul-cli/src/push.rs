@@ -17,6 +17,13 @@ use crate::settings;
 pub(crate) fn run(cli: &Cli, reference: &str, protocol: Protocol) -> anyhow::Result<()> {
     let reference =
         Reference::parse(reference).with_context(|| format!("invalid reference {reference:?}"))?;
+    if settings::platform(cli)?.is_some() {
+        anyhow::bail!(
+            "push sends what the reference names; to push one platform, tag it first: \
+             haul --platform OS/ARCH tag {} NEWREF",
+            reference.familiar()
+        );
+    }
     let store = settings::open_store(cli)?;
     // A missing image is said before any registry is asked anything.
     if store.resolve(&reference)?.is_none() {

@@ -345,6 +345,32 @@ fn save_writes_the_whole_index_or_the_platform_asked_for() {
     ])
     .expect("skopeo copies every platform out of the saved layout");
 
+    // Loaded into another store, the index stays whole: saved again, it is
+    // the same index.
+    let other = tempfile::tempdir().unwrap();
+    assert_ok(&haul_in(
+        other.path(),
+        &["load", "-i", whole.to_str().unwrap()],
+    ));
+    let again = env.dir("again");
+    assert_ok(&haul_in(
+        other.path(),
+        &[
+            "save",
+            "--format",
+            "oci",
+            "-o",
+            again.to_str().unwrap(),
+            &reference,
+        ],
+    ));
+    assert_eq!(
+        index_json(&again)["manifests"][0]["digest"],
+        built.index.digest.as_str(),
+        "load kept every platform of the index"
+    );
+    assert_store_invariants(other.path());
+
     // --platform picks one image of it.
     let arm = built
         .images
@@ -384,6 +410,16 @@ fn save_writes_the_whole_index_or_the_platform_asked_for() {
     )
     .unwrap();
     assert_eq!(inspected["Architecture"], "arm64");
+
+    // tag --platform names that platform alone; push --platform says how.
+    assert_ok(&env.haul(&["--platform", "linux/arm64", "tag", &reference, "arm:1"]));
+    let inspected: serde_json::Value =
+        serde_json::from_slice(&env.haul(&["inspect", "arm:1"]).stdout).unwrap();
+    assert_eq!(inspected["manifestDigest"], arm.manifest.digest.as_str());
+    assert_eq!(inspected["indexDigest"], serde_json::Value::Null);
+    let out = env.haul(&["--platform", "linux/arm64", "push", &reference]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("tag it first"), "{}", stderr(&out));
 
     let none = env.dir("none");
     let out = env.haul(&[

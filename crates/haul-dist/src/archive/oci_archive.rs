@@ -6,8 +6,8 @@ use std::io::{self, Write};
 use std::path::Path;
 
 use haul_oci::{
-    media_type, parse_image_config, parse_manifest, select_manifest, Algorithm, Digest, Manifest,
-    Platform, Reference,
+    media_type, parse_image_config, parse_manifest, select_manifest, Algorithm, Descriptor, Digest,
+    Manifest, Platform, Reference,
 };
 use haul_store::{ImageRecord, Store, ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME};
 use serde_json::{json, Value};
@@ -610,6 +610,7 @@ pub(crate) fn read(
         let reference = entry_reference(entry.annotations().as_ref(), repository, n)?;
         let mut descriptor = entry.clone();
         let mut index_digest = None;
+        let mut platforms = Vec::new();
         if media_type::is_index(descriptor.media_type().as_ref()) {
             let digest = Digest::try_from(descriptor.digest())?;
             let bytes = read_blob(source, &digest, descriptor.size(), MANIFEST_LIMIT)?;
@@ -621,9 +622,59 @@ pub(crate) fn read(
             descriptor = select_manifest(nested_index, platform)
                 .map_err(|e| Error::from(e).in_member(&blob_member(&digest)))?
                 .clone();
+            // An index the layout holds whole is loaded whole: every
+            // platform stays with the reference (as `pull --all-platforms`).
+            let whole = nested_index.manifests().iter().all(|m| {
+                media_type::is_manifest(m.media_type().as_ref())
+                    && Digest::try_from(m.digest()).is_ok_and(|d| source.contains(&blob_member(&d)))
+            });
+            // Attestations (platform unknown/unknown) are no images.
+            let is_image = |m: &Descriptor| {
+                m.platform()
+                    .as_ref()
+                    .is_none_or(|p| p.os().to_string() != "unknown")
+            };
+            if whole {
+                platforms.extend(
+                    nested_index
+                        .manifests()
+                        .iter()
+                        .filter(|m| m.digest() != descriptor.digest() && is_image(m))
+                        .cloned(),
+                );
+            }
             pending.add_document(&digest, bytes);
             index_digest = Some(digest);
         }
+        for other in platforms {
+            load_image(source, pending, &other, n, None, None, repository)?;
+        }
+        load_image(
+            source,
+            pending,
+            &descriptor,
+            n,
+            Some(reference),
+            index_digest,
+            repository,
+        )?;
+    }
+    Ok(())
+}
+
+/// Loads the image `descriptor` names, with `reference` (`Some(None)`: the
+/// repository by digest) and the index it came through; `reference` `None`
+/// loads an image no reference names (a platform of a loaded index).
+fn load_image(
+    source: &dyn Source,
+    pending: &mut Pending<'_>,
+    descriptor: &Descriptor,
+    n: usize,
+    reference: Option<Option<Reference>>,
+    index_digest: Option<Digest>,
+    repository: &Reference,
+) -> Result<()> {
+    {
         let media = descriptor.media_type().to_string();
         if !media_type::is_manifest(&media) || media_type::is_schema1(&media) {
             return Err(Error::UnsupportedArchive(format!(
@@ -683,11 +734,12 @@ pub(crate) fn read(
         pending.add_document(&config_digest, config_bytes);
         pending.add_document(&manifest_digest, manifest_bytes);
         let references = match reference {
-            Some(r) => vec![r],
-            None => vec![repository
+            Some(Some(r)) => vec![r],
+            Some(None) => vec![repository
                 .without_tag()
                 .without_digest()
                 .with_digest(manifest_digest.clone())],
+            None => Vec::new(),
         };
         pending.add_image(PendingImage {
             image,
