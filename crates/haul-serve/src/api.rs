@@ -154,8 +154,10 @@ async fn dispatch(
         if names::is_valid_name(name) {
             Ok(())
         } else {
-            Err(ApiError::new(ErrorCode::NameInvalid, "invalid repository name")
-                .with_detail(serde_json::json!({ "name": name })))
+            Err(
+                ApiError::new(ErrorCode::NameInvalid, "invalid repository name")
+                    .with_detail(serde_json::json!({ "name": name })),
+            )
         }
     };
     match target {

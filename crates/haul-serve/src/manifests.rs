@@ -35,16 +35,13 @@ pub(crate) async fn get(
         let (full, _tags) = app.repository(&name, ns.as_deref())?;
         let found = match &by_digest {
             Some(digest) => app.view.manifest_by_digest(digest)?,
-            None => app
-                .view
-                .manifest_for_tag(&full, &reference)?
-                .map(|tag| {
-                    if index_ok || !media_type::is_index(&tag.preferred.media_type) {
-                        tag.preferred
-                    } else {
-                        tag.platform
-                    }
-                }),
+            None => app.view.manifest_for_tag(&full, &reference)?.map(|tag| {
+                if index_ok || !media_type::is_index(&tag.preferred.media_type) {
+                    tag.preferred
+                } else {
+                    tag.platform
+                }
+            }),
         };
         found.ok_or_else(|| ApiError::unknown_manifest(&name, &reference))
     })

@@ -140,11 +140,23 @@ mod tests {
         metrics.served(42);
         metrics.hit();
         let text = metrics.render();
-        assert!(text.contains("haul_serve_requests_total{status=\"200\"} 2\n"), "{text}");
-        assert!(text.contains("haul_serve_requests_total{status=\"404\"} 1\n"), "{text}");
-        assert!(text.contains("haul_serve_bytes_served_total 42\n"), "{text}");
+        assert!(
+            text.contains("haul_serve_requests_total{status=\"200\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("haul_serve_requests_total{status=\"404\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("haul_serve_bytes_served_total 42\n"),
+            "{text}"
+        );
         assert!(text.contains("haul_serve_cache_hits_total 1\n"), "{text}");
-        assert!(text.contains("# TYPE haul_serve_inflight_transfers gauge\n"), "{text}");
+        assert!(
+            text.contains("# TYPE haul_serve_inflight_transfers gauge\n"),
+            "{text}"
+        );
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (name, value) = line.rsplit_once(' ').unwrap();
             assert!(name.starts_with("haul_serve_"), "{line}");

@@ -122,10 +122,18 @@ mod tests {
 
     #[test]
     fn names_follow_the_distribution_grammar() {
-        for good in ["a", "team/app", "a.b/c_d/e__f/g--h", "library/alpine", "x0/1y"] {
+        for good in [
+            "a",
+            "team/app",
+            "a.b/c_d/e__f/g--h",
+            "library/alpine",
+            "x0/1y",
+        ] {
             assert!(is_valid_name(good), "{good}");
         }
-        for bad in ["", "A", "a/", "/a", "a//b", "a..b", "a___b", "-a", "a-", "a:b", "a/_b"] {
+        for bad in [
+            "", "A", "a/", "/a", "a//b", "a..b", "a___b", "-a", "a-", "a:b", "a/_b",
+        ] {
             assert!(!is_valid_name(bad), "{bad}");
         }
     }

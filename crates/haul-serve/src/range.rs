@@ -83,12 +83,24 @@ mod tests {
     #[test]
     fn single_ranges_are_honoured() {
         assert_eq!(parse_range(None, 10), Whole);
-        assert_eq!(parse_range(Some("bytes=0-4"), 10), Part { start: 0, end: 4 });
+        assert_eq!(
+            parse_range(Some("bytes=0-4"), 10),
+            Part { start: 0, end: 4 }
+        );
         assert_eq!(parse_range(Some("bytes=3-"), 10), Part { start: 3, end: 9 });
         assert_eq!(parse_range(Some("bytes=-3"), 10), Part { start: 7, end: 9 });
-        assert_eq!(parse_range(Some("bytes=-30"), 10), Part { start: 0, end: 9 });
-        assert_eq!(parse_range(Some("bytes=5-100"), 10), Part { start: 5, end: 9 });
-        assert_eq!(parse_range(Some("bytes=9-9"), 10), Part { start: 9, end: 9 });
+        assert_eq!(
+            parse_range(Some("bytes=-30"), 10),
+            Part { start: 0, end: 9 }
+        );
+        assert_eq!(
+            parse_range(Some("bytes=5-100"), 10),
+            Part { start: 5, end: 9 }
+        );
+        assert_eq!(
+            parse_range(Some("bytes=9-9"), 10),
+            Part { start: 9, end: 9 }
+        );
     }
 
     #[test]

@@ -259,9 +259,12 @@ impl StoreView {
         if image.is_index() {
             return Ok(false);
         }
-        let children = image.config().into_iter().chain(image.layers().unwrap_or(&[]));
+        let children = image
+            .config()
+            .into_iter()
+            .chain(image.layers().unwrap_or(&[]));
         for descriptor in children {
-            if media_type::is_foreign(&descriptor.media_type().to_string()) {
+            if media_type::is_foreign(descriptor.media_type().as_ref()) {
                 continue;
             }
             match Digest::try_from(descriptor.digest()) {

@@ -20,6 +20,7 @@ mod push;
 mod push_faults;
 mod reaching_registries;
 mod save_load;
+mod serve;
 mod store_crash;
 mod tls;
 mod v1;
