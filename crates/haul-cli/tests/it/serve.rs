@@ -857,3 +857,50 @@ fn serves_https_with_the_given_identity() {
     assert_eq!(sha256(&raw), built.manifest.digest);
     assert_store_invariants(other.path());
 }
+
+#[test]
+fn another_haul_uses_serve_as_its_mirror_with_ns() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let built = env.put_image(&sample_image(), "team/app:1");
+    let reference = env.reference("team/app:1");
+    assert_ok(&env.haul(&["pull", &reference]));
+    let served = Served::start(env.root.path(), &[]);
+
+    let other = tempfile::tempdir().unwrap();
+    let config = other.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[registry.\"{}\"]\nmirrors = [\"{}\"]\n",
+            env.registry.host(),
+            served.url()
+        ),
+    )
+    .unwrap();
+    let out = haul_in(
+        other.path(),
+        &["--config", config.to_str().unwrap(), "pull", &reference],
+    );
+    assert_ok(&out);
+    assert!(
+        stdout(&out).contains(&built.manifest.digest),
+        "{}",
+        stdout(&out)
+    );
+    let log = served.log();
+    let asked = format!(
+        "GET /v2/team/app/manifests/1?ns={} 200",
+        env.registry.host().replace(':', "%3A")
+    );
+    assert!(log.contains(&asked), "the mirror answered {asked}: {log}");
+    for layer in &built.layers {
+        assert!(
+            log.contains(&format!("GET /v2/team/app/blobs/{}?ns=", layer.blob.digest)),
+            "layer {} came from the mirror: {log}",
+            layer.blob.digest
+        );
+    }
+    assert_store_invariants(other.path());
+}
