@@ -257,6 +257,14 @@ pub(crate) enum Command {
         /// under several registries (may be repeated; in order).
         #[arg(long = "prefer-registry", value_name = "HOST[:PORT]")]
         prefer_registries: Vec<String>,
+        /// Pull-through: fetch what the store lacks from this registry (may
+        /// be repeated; `?ns=` picks one, else the first is asked).
+        #[arg(long = "upstream", value_name = "HOST[:PORT]")]
+        upstreams: Vec<String>,
+        /// How long a tag fetched from upstream is served before it is
+        /// checked again (HEAD), in seconds.
+        #[arg(long, default_value_t = 60, value_name = "SECS")]
+        tag_ttl: u64,
     },
     /// Print version information (with the commit it was built from).
     Version,

@@ -164,6 +164,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             tls_cert,
             tls_key,
             prefer_registries,
+            upstreams,
+            tag_ttl,
         } => serve::run(
             cli,
             serve::ServeArgs {
@@ -171,6 +173,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 tls_cert: tls_cert.as_deref(),
                 tls_key: tls_key.as_deref(),
                 prefer_registries,
+                upstreams,
+                tag_ttl: std::time::Duration::from_secs(*tag_ttl),
             },
         ),
         // Every command is implemented; kept for commands added to `cli.rs`.

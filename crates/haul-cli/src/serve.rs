@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use anyhow::Context;
-use haul_serve::{ServeOptions, Server, TlsIdentity};
+use haul_dist::registry::RegistryClient;
+use haul_serve::{ServeOptions, Server, TlsIdentity, UpstreamOptions};
 
 use crate::cli::Cli;
 use crate::settings;
@@ -16,6 +17,8 @@ pub(crate) struct ServeArgs<'a> {
     pub(crate) tls_cert: Option<&'a Path>,
     pub(crate) tls_key: Option<&'a Path>,
     pub(crate) prefer_registries: &'a [String],
+    pub(crate) upstreams: &'a [String],
+    pub(crate) tag_ttl: std::time::Duration,
 }
 
 /// Runs `haul serve`.
@@ -29,10 +32,23 @@ pub(crate) fn run(cli: &Cli, args: ServeArgs<'_>) -> anyhow::Result<()> {
         _ => None,
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
+    let upstream = if args.upstreams.is_empty() {
+        None
+    } else {
+        Some(UpstreamOptions {
+            client: RegistryClient::new(settings::client_config(cli))?,
+            registries: args.upstreams.to_vec(),
+            tag_ttl: args.tag_ttl,
+        })
+    };
+    // Repositories of the upstreams win, in their order.
+    let mut preferred = args.upstreams.to_vec();
+    preferred.extend(args.prefer_registries.iter().cloned());
     let options = ServeOptions {
         listen: args.listen,
         tls,
-        preferred_registries: args.prefer_registries.to_vec(),
+        preferred_registries: preferred,
+        upstream,
     };
     settings::runtime()?.block_on(async {
         let server = Server::bind(store, options)

@@ -36,6 +36,20 @@ pub(crate) struct AppState {
     pub(crate) metrics: Arc<Metrics>,
     /// Registries whose repositories win when a name is in several.
     pub(crate) preferred_registries: Vec<String>,
+    /// Where misses are fetched from, in pull-through mode.
+    pub(crate) upstream: Option<crate::upstream::Upstream>,
+}
+
+impl AppState {
+    /// The upstream registry a request's miss goes to, if any.
+    pub(crate) fn upstream_for(
+        &self,
+        ns: Option<&str>,
+    ) -> Option<(&crate::upstream::Upstream, String)> {
+        let upstream = self.upstream.as_ref()?;
+        let registry = upstream.registry_for(ns)?.to_owned();
+        Some((upstream, registry))
+    }
 }
 
 pub(crate) type Shared = Arc<AppState>;

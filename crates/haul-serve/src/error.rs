@@ -126,6 +126,12 @@ impl ApiError {
         self
     }
 
+    /// The same error sent with another HTTP status.
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
+    }
+
     /// The code of this error.
     pub fn code(&self) -> ErrorCode {
         self.code

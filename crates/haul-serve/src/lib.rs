@@ -22,6 +22,11 @@
 //! [`names`](crate::names). Errors are OCI error bodies
 //! (`{"errors":[{"code":"MANIFEST_UNKNOWN",...}]}`).
 //!
+//! With [`ServeOptions::upstream`] the server is a pull-through mirror:
+//! what the store lacks is fetched from the upstream registry, each blob
+//! once however many clients ask at the same time, and streamed to all of
+//! them while it arrives (see the `upstream` module).
+//!
 //! The server never prints: one log line per request goes to `tracing`
 //! at `info`.
 //!
@@ -37,6 +42,7 @@
 mod api;
 mod blobs;
 mod error;
+mod follow;
 mod listing;
 mod manifests;
 mod metrics;
@@ -44,8 +50,10 @@ mod names;
 mod range;
 mod server;
 mod store_view;
+mod upstream;
 
 pub use error::{ApiError, Error, ErrorCode, Result};
 pub use metrics::Metrics;
 pub use server::{ServeOptions, Server, TlsIdentity};
 pub use tokio_util::sync::CancellationToken;
+pub use upstream::UpstreamOptions;

@@ -11,7 +11,7 @@ use axum::response::Response;
 use haul_oci::media_type;
 
 use crate::api::{blocking, Shared};
-use crate::blobs::parse_digest;
+use crate::blobs::{is_miss, parse_digest};
 use crate::error::ApiError;
 use crate::store_view::StoredManifest;
 
@@ -30,24 +30,69 @@ pub(crate) async fn get(
         None
     };
     let index_ok = accepts_index(headers);
-    let (name, ns, reference) = (name.to_owned(), ns.map(str::to_owned), reference.to_owned());
-    let manifest = blocking(state, move |app| {
-        let (full, _tags) = app.repository(&name, ns.as_deref())?;
-        let found = match &by_digest {
-            Some(digest) => app.view.manifest_by_digest(digest)?,
-            None => app.view.manifest_for_tag(&full, &reference)?.map(|tag| {
-                if index_ok || !media_type::is_index(&tag.preferred.media_type) {
-                    tag.preferred
-                } else {
-                    tag.platform
-                }
-            }),
-        };
-        found.ok_or_else(|| ApiError::unknown_manifest(&name, &reference))
-    })
-    .await?;
-    state.metrics.hit();
+    let local = {
+        let (name, ns, reference) = (name.to_owned(), ns.map(str::to_owned), reference.to_owned());
+        let by_digest = by_digest.clone();
+        blocking(state, move |app| {
+            let (full, _tags) = app.repository(&name, ns.as_deref())?;
+            let found = match &by_digest {
+                Some(digest) => app.view.manifest_by_digest(digest)?,
+                None => app.view.manifest_for_tag(&full, &reference)?.map(|tag| {
+                    if index_ok || !media_type::is_index(&tag.preferred.media_type) {
+                        tag.preferred
+                    } else {
+                        tag.platform
+                    }
+                }),
+            };
+            found.ok_or_else(|| ApiError::unknown_manifest(&name, &reference))
+        })
+        .await
+    };
+    let manifest = match local {
+        Ok(manifest) => {
+            state.metrics.hit();
+            manifest
+        }
+        Err(e) if is_miss(&e) && state.upstream_for(ns).is_some() => {
+            from_upstream(state, name, reference, ns, by_digest).await?
+        }
+        Err(e) => return Err(e),
+    };
     respond(state, manifest, head)
+}
+
+/// A manifest the store's references do not name: by digest from the
+/// store when fetched before, else from upstream.
+async fn from_upstream(
+    state: &Shared,
+    name: &str,
+    reference: &str,
+    ns: Option<&str>,
+    by_digest: Option<haul_oci::Digest>,
+) -> Result<StoredManifest, ApiError> {
+    if let Some(digest) = by_digest {
+        let stored = blocking(state, move |app| {
+            Ok(app.view.manifest_by_digest(&digest)?)
+        })
+        .await?;
+        if let Some(manifest) = stored {
+            state.metrics.hit();
+            return Ok(manifest);
+        }
+    }
+    let Some((upstream, registry)) = state.upstream_for(ns) else {
+        return Err(ApiError::unknown_manifest(name, reference));
+    };
+    upstream
+        .manifest(
+            state.view.store(),
+            &state.metrics,
+            &registry,
+            name,
+            reference,
+        )
+        .await
 }
 
 /// The response carrying `manifest`.

@@ -33,7 +33,6 @@ impl Metrics {
     }
 
     /// Counts body bytes received from upstream registries.
-    #[allow(dead_code)]
     pub(crate) fn upstream(&self, bytes: u64) {
         self.upstream_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
@@ -44,13 +43,11 @@ impl Metrics {
     }
 
     /// Counts a request that had to ask upstream.
-    #[allow(dead_code)]
     pub(crate) fn miss(&self) {
         self.cache_misses.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A transfer from upstream started (`+1`) or ended (`-1`).
-    #[allow(dead_code)]
     pub(crate) fn transfer_delta(&self, started: bool) {
         if started {
             self.inflight_transfers.fetch_add(1, Ordering::Relaxed);

@@ -42,6 +42,8 @@ pub struct ServeOptions {
     /// Registries whose repositories win when a requested name is stored
     /// under several registries (see [`crate::names`]).
     pub preferred_registries: Vec<String>,
+    /// Pull-through: fetch what the store lacks from these registries.
+    pub upstream: Option<crate::upstream::UpstreamOptions>,
 }
 
 impl Default for ServeOptions {
@@ -50,6 +52,7 @@ impl Default for ServeOptions {
             listen: SocketAddr::from(([127, 0, 0, 1], 5000)),
             tls: None,
             preferred_registries: Vec::new(),
+            upstream: None,
         }
     }
 }
@@ -89,6 +92,7 @@ impl Server {
             view: StoreView::new(store),
             metrics: Arc::clone(&metrics),
             preferred_registries: options.preferred_registries.clone(),
+            upstream: options.upstream.clone().map(crate::upstream::Upstream::new),
         });
         Ok(Server {
             listener,

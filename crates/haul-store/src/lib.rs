@@ -95,6 +95,7 @@ mod ingest;
 mod layers;
 mod layout;
 mod lock;
+mod partial;
 mod refs;
 pub mod unpack;
 mod uploads;

@@ -904,3 +904,223 @@ fn another_haul_uses_serve_as_its_mirror_with_ns() {
     }
     assert_store_invariants(other.path());
 }
+
+/// An image with one layer big enough to be held mid-way.
+fn image_with_big_layer() -> haul_testkit::ImageBuilder {
+    sample_image().layer(LayerSpec::gzip(vec![Entry::random(
+        "big", 0o644, 4_000_000, 11,
+    )]))
+}
+
+/// Lines of the server's request log for `GET` of `path`.
+fn logged_gets(served: &Served, path: &str) -> usize {
+    served
+        .log()
+        .lines()
+        .filter(|l| l.contains(&format!("GET {path}")))
+        .count()
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn pull_through_fetches_each_blob_once_for_eight_concurrent_pulls() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let built = env.put_image(&image_with_big_layer(), "library/app:1");
+    let proxy = haul_testkit::FaultProxy::start(&env.registry.host()).unwrap();
+    let big = built.layers.last().unwrap().blob.clone();
+    // The big blob's upstream answer stops after 1 MB until every client
+    // is waiting for it.
+    let gate = haul_testkit::Gate::new();
+    proxy.add_rule(
+        haul_testkit::Rule::new(
+            haul_testkit::Match::path_ends_with(big.digest.as_str()).method("GET"),
+            haul_testkit::Fault::Hold {
+                after_bytes: 1_000_000,
+                gate: gate.clone(),
+            },
+        )
+        .once(),
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let served = Served::start(cache.path(), &["--upstream", &proxy.authority()]);
+    let reference = served.reference("library/app:1");
+
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let reference = reference.clone();
+            std::thread::spawn(move || {
+                let root = tempfile::tempdir().unwrap();
+                let out = haul_in(root.path(), &["pull", &reference]);
+                (root, out)
+            })
+        })
+        .collect();
+    let big_path = format!("/v2/library/app/blobs/{}", big.digest);
+    wait_for("eight clients asking for the big blob", || {
+        logged_gets(&served, &big_path) >= 8
+    });
+    gate.open();
+    for client in clients {
+        let (root, out) = client.join().unwrap();
+        assert_ok(&out);
+        assert!(
+            stdout(&out).contains(&built.manifest.digest),
+            "{}",
+            stdout(&out)
+        );
+        assert_store_invariants(root.path());
+    }
+    assert_eq!(
+        logged_gets(&served, &big_path),
+        8,
+        "each client asked once: none saw an error to retry"
+    );
+    let blobs = std::iter::once(&built.config).chain(built.layers.iter().map(|l| &l.blob));
+    for blob in blobs {
+        assert_eq!(
+            proxy.count_matching("GET", &blob.digest),
+            1,
+            "upstream GETs of blob {}",
+            blob.digest
+        );
+    }
+    assert_eq!(
+        proxy.response_bytes_matching("GET", &big.digest),
+        big.size,
+        "the big blob came from upstream once"
+    );
+    let metrics = call("GET", &format!("{}/metrics", served.url()), &[]);
+    let text = String::from_utf8(metrics.body).unwrap();
+    assert!(text.contains("haul_serve_inflight_transfers 0"), "{text}");
+    assert!(
+        !text.contains("haul_serve_upstream_bytes_total 0\n"),
+        "{text}"
+    );
+
+    // A later client is served from the store: upstream sees nothing.
+    proxy.reset_counters();
+    let root = tempfile::tempdir().unwrap();
+    assert_ok(&haul_in(root.path(), &["pull", &reference]));
+    assert_eq!(proxy.count_matching("GET", "/blobs/"), 0);
+}
+
+#[test]
+fn pull_through_resumes_a_dropped_upstream_without_any_client_error() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let built = env.put_image(&image_with_big_layer(), "library/app:1");
+    let proxy = haul_testkit::FaultProxy::start(&env.registry.host()).unwrap();
+    let big = built.layers.last().unwrap().blob.clone();
+    proxy.add_rule(
+        haul_testkit::Rule::new(
+            haul_testkit::Match::path_ends_with(big.digest.as_str()).method("GET"),
+            haul_testkit::Fault::DropAfterBytes(1_500_000),
+        )
+        .once(),
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let served = Served::start(cache.path(), &["--upstream", &proxy.authority()]);
+    let url = format!("{}/v2/library/app/blobs/{}", served.url(), big.digest);
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || call("GET", &url, &[]))
+        })
+        .collect();
+    for client in clients {
+        let answer = client.join().unwrap();
+        assert_eq!(answer.status, 200);
+        assert_eq!(
+            sha256(&answer.body),
+            big.digest,
+            "every client got the blob whole"
+        );
+    }
+    let upstream: Vec<_> = proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.path.contains(&big.digest))
+        .collect();
+    assert_eq!(upstream.len(), 2, "one GET, one resume: {upstream:#?}");
+    let range = upstream[1].header("range").unwrap_or_default().to_string();
+    assert!(
+        range.starts_with("bytes=") && range != "bytes=0-",
+        "the resume asks for the rest: {range:?}"
+    );
+    assert!(cache
+        .path()
+        .join("content/blobs/sha256")
+        .join(&big.digest["sha256:".len()..])
+        .is_file());
+}
+
+#[test]
+fn pull_through_revalidates_tags_after_their_ttl() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let first = env.put_image(&sample_image(), "library/app:1");
+    let proxy = haul_testkit::FaultProxy::start(&env.registry.host()).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let served = Served::start(
+        cache.path(),
+        &["--upstream", &proxy.authority(), "--tag-ttl", "1"],
+    );
+    let url = format!("{}/v2/library/app/manifests/1", served.url());
+    let answer = call("GET", &url, &[]);
+    assert_eq!(answer.status, 200);
+    assert_eq!(sha256(&answer.body), first.manifest.digest);
+    assert_eq!(call("GET", &url, &[]).status, 200);
+    assert_eq!(
+        proxy.count_matching("GET", "/manifests/1"),
+        1,
+        "within the TTL the tag is not asked again"
+    );
+    // The tag moves upstream; after the TTL a HEAD sees it.
+    let second = env.put_image(&sample_image().label("v", "2"), "library/app:1");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let answer = call("GET", &url, &[]);
+    assert_eq!(sha256(&answer.body), second.manifest.digest);
+    assert_eq!(proxy.count_matching("HEAD", "/manifests/1"), 1);
+    // Unchanged after another TTL: a HEAD only, the cached bytes served.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let answer = call("GET", &url, &[]);
+    assert_eq!(sha256(&answer.body), second.manifest.digest);
+    assert_eq!(proxy.count_matching("HEAD", "/manifests/1"), 2);
+    assert_eq!(proxy.count_matching("GET", "/manifests/1"), 2);
+    // By digest: immutable, from the store.
+    let by_digest = format!(
+        "{}/v2/library/app/manifests/{}",
+        served.url(),
+        first.manifest.digest
+    );
+    assert_eq!(
+        sha256(&call("GET", &by_digest, &[]).body),
+        first.manifest.digest
+    );
+    assert_eq!(proxy.count_matching("GET", &first.manifest.digest), 0);
+    let missing = call(
+        "GET",
+        &format!("{}/v2/library/nothing/manifests/1", served.url()),
+        &[],
+    );
+    assert_eq!(missing.status, 404);
+    assert!(
+        ["NAME_UNKNOWN", "MANIFEST_UNKNOWN"].contains(&missing.error_code().as_str()),
+        "{}",
+        missing.error_code()
+    );
+}
