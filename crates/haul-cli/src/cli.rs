@@ -265,6 +265,9 @@ pub(crate) enum Command {
         /// checked again (HEAD), in seconds.
         #[arg(long, default_value_t = 60, value_name = "SECS")]
         tag_ttl: u64,
+        /// With --upstream: keep nothing fetched (a pure proxy).
+        #[arg(long, requires = "upstreams")]
+        no_store: bool,
     },
     /// Print version information (with the commit it was built from).
     Version,

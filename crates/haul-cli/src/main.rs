@@ -166,6 +166,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             prefer_registries,
             upstreams,
             tag_ttl,
+            no_store,
         } => serve::run(
             cli,
             serve::ServeArgs {
@@ -175,6 +176,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 prefer_registries,
                 upstreams,
                 tag_ttl: std::time::Duration::from_secs(*tag_ttl),
+                no_store: *no_store,
             },
         ),
         // Every command is implemented; kept for commands added to `cli.rs`.

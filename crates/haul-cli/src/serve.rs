@@ -19,6 +19,7 @@ pub(crate) struct ServeArgs<'a> {
     pub(crate) prefer_registries: &'a [String],
     pub(crate) upstreams: &'a [String],
     pub(crate) tag_ttl: std::time::Duration,
+    pub(crate) no_store: bool,
 }
 
 /// Runs `haul serve`.
@@ -39,6 +40,7 @@ pub(crate) fn run(cli: &Cli, args: ServeArgs<'_>) -> anyhow::Result<()> {
             client: RegistryClient::new(settings::client_config(cli))?,
             registries: args.upstreams.to_vec(),
             tag_ttl: args.tag_ttl,
+            store: !args.no_store,
         })
     };
     // Repositories of the upstreams win, in their order.

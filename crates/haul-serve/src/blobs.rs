@@ -177,9 +177,11 @@ async fn from_upstream(
         Err(response) => return Ok(*response),
     };
     let lease = blocking(state, |app| Ok(app.view.store().lease()?)).await?;
+    let (partial, blob) = upstream.follow_paths(&store, digest);
     let follow = crate::follow::Follow {
         fetch,
-        store,
+        partial,
+        blob,
         digest: digest.clone(),
         pos: start,
         end: start + length,

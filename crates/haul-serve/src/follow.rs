@@ -16,7 +16,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use haul_oci::Digest;
-use haul_store::{Lease, Store};
+use std::path::PathBuf;
+
+use haul_store::Lease;
 
 use crate::metrics::Metrics;
 use crate::upstream::BlobFetch;
@@ -27,7 +29,10 @@ const CHUNK: u64 = 256 * 1024;
 /// The state of one following body.
 pub(crate) struct Follow {
     pub(crate) fetch: BlobFetch,
-    pub(crate) store: Store,
+    /// The file the transfer writes.
+    pub(crate) partial: PathBuf,
+    /// Where the blob is once committed (`None` when nothing is kept).
+    pub(crate) blob: Option<PathBuf>,
     pub(crate) digest: Digest,
     /// Next byte to send.
     pub(crate) pos: u64,
@@ -115,13 +120,12 @@ impl Follow {
     /// Opens the partial file, or the committed blob; `None` when neither
     /// exists yet (the transfer has not created its partial).
     async fn open(&self, done: bool) -> io::Result<Option<Arc<File>>> {
-        let partial = self.store.ingest_partial_path(&self.digest);
-        let blob = self.store.blob_path(&self.digest);
+        let (partial, blob) = (self.partial.clone(), self.blob.clone());
         tokio::task::spawn_blocking(move || {
-            let paths = if done {
-                vec![blob]
+            let paths: Vec<PathBuf> = if done {
+                blob.into_iter().collect()
             } else {
-                vec![partial, blob]
+                std::iter::once(partial).chain(blob).collect()
             };
             for path in paths {
                 match File::open(&path) {

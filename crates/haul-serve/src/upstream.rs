@@ -53,6 +53,9 @@ pub struct UpstreamOptions {
     pub registries: Vec<String>,
     /// How long a tag's manifest is served before it is revalidated.
     pub tag_ttl: Duration,
+    /// Keep what is fetched in the store (`false`: a pure proxy; each blob
+    /// lives in a temporary file while clients read it).
+    pub store: bool,
 }
 
 /// The pull-through side of the server.
@@ -60,6 +63,7 @@ pub(crate) struct Upstream {
     client: RegistryClient,
     registries: Vec<String>,
     tag_ttl: Duration,
+    keep: bool,
     manager: TransferManager<u64>,
     tags: Mutex<HashMap<String, CachedTag>>,
 }
@@ -109,6 +113,7 @@ impl Upstream {
             client: options.client,
             registries: options.registries,
             tag_ttl: options.tag_ttl,
+            keep: options.store,
             manager: TransferManager::new(0),
             tags: Mutex::new(HashMap::new()),
         }
@@ -188,11 +193,13 @@ impl Upstream {
             media_type: parsed.media_type().to_owned(),
             bytes: fetched.bytes.to_vec(),
         };
-        let (to_store, digest) = (manifest.bytes.clone(), manifest.digest.clone());
-        let store = store.clone();
-        tokio::task::spawn_blocking(move || store.put_blob_bytes(&to_store, &digest))
-            .await
-            .map_err(ApiError::internal)??;
+        if self.keep {
+            let (to_store, digest) = (manifest.bytes.clone(), manifest.digest.clone());
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || store.put_blob_bytes(&to_store, &digest))
+                .await
+                .map_err(ApiError::internal)??;
+        }
         if by_tag {
             self.remember(&key, manifest.clone());
         }
@@ -238,15 +245,134 @@ impl Upstream {
         let repository = self.repository(registry, name)?;
         let (sender, seen) = watch::channel((0, None));
         let output: Arc<dyn ProgressOutput> = Arc::new(SeenOutput(sender));
+        let keep = self.keep;
+        let temp = self.temp_path(store, digest);
         let work = {
             let (store, metrics, digest) = (store.clone(), Arc::clone(metrics), digest.clone());
-            move |ctx: TransferContext| fetch_into_store(ctx, repository, store, metrics, digest)
+            move |ctx: TransferContext| async move {
+                if keep {
+                    fetch_into_store(ctx, repository, store, metrics, digest).await
+                } else {
+                    fetch_into_temp(ctx, repository, store, metrics, digest, temp).await
+                }
+            }
         };
         let watcher = self
             .manager
             .transfer(digest.to_string(), work, output)
             .await;
         Ok(BlobFetch { watcher, seen })
+    }
+}
+
+impl Upstream {
+    /// Where a follower reads blob `digest` while it is fetched, and where
+    /// it is once complete (`None`: nowhere, nothing is kept).
+    pub(crate) fn follow_paths(
+        &self,
+        store: &Store,
+        digest: &Digest,
+    ) -> (std::path::PathBuf, Option<std::path::PathBuf>) {
+        if self.keep {
+            (
+                store.ingest_partial_path(digest),
+                Some(store.blob_path(digest)),
+            )
+        } else {
+            (self.temp_path(store, digest), None)
+        }
+    }
+
+    /// The temporary file of a blob proxied without keeping it, under
+    /// `ROOT/tmp/` (which gc empties of leftovers).
+    fn temp_path(&self, store: &Store, digest: &Digest) -> std::path::PathBuf {
+        store.root().join("tmp").join(format!(
+            "haul-serve-{}-{}-{}.partial",
+            std::process::id(),
+            digest.algorithm(),
+            digest.hex()
+        ))
+    }
+}
+
+/// The work of a blob transfer without a store: the blob goes into a
+/// temporary file, hashed as it is written, which stays while any client
+/// still reads it (the transfer ends when its last watcher leaves) and is
+/// deleted then.
+async fn fetch_into_temp(
+    ctx: TransferContext,
+    repository: Repository,
+    store: Store,
+    metrics: Arc<Metrics>,
+    digest: Digest,
+    path: std::path::PathBuf,
+) -> Result<u64, haul_xfer::Error> {
+    ctx.acquire_slot().await?;
+    metrics.miss();
+    metrics.transfer_delta(true);
+    let _gauge = Gauge(Arc::clone(&metrics));
+    let size = match repository.head_blob(&digest).await {
+        Ok(Some(size)) => size,
+        Ok(None) => {
+            return Err(haul_xfer::Error::do_not_retry(format!(
+                "blob {digest} not found upstream in {}",
+                repository.name()
+            )))
+        }
+        Err(e) => return Err(haul_xfer::Error::failed(e)),
+    };
+    let lease = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.lease())
+            .await
+            .map_err(|_| haul_xfer::Error::Aborted)?
+            .map_err(haul_xfer::Error::do_not_retry)?
+    };
+    let io_error = |e: std::io::Error| haul_xfer::Error::do_not_retry(e);
+    let mut file = std::fs::File::create(&path).map_err(io_error)?;
+    let _remove = RemoveOnDrop(path);
+    let id = digest.to_string();
+    let progress = ctx.progress();
+    progress.write(Progress::counts(&id, "Downloading", 0, size));
+    let mut digester = haul_oci::Digester::new(digest.algorithm());
+    let mut stream = repository.blob_stream_unverified(&digest, Some(size), 0);
+    let mut written = 0;
+    loop {
+        let next = tokio::select! {
+            chunk = stream.next() => chunk,
+            () = ctx.cancelled() => return Err(haul_xfer::Error::Cancelled),
+        };
+        match next {
+            None => break,
+            Some(Err(e)) => return Err(haul_xfer::Error::failed(e)),
+            Some(Ok(bytes)) => {
+                digester.update(&bytes);
+                std::io::Write::write_all(&mut file, &bytes).map_err(io_error)?;
+                written += bytes.len() as u64;
+                metrics.upstream(bytes.len() as u64);
+                progress.write(Progress::counts(&id, "Downloading", written, size));
+            }
+        }
+    }
+    let actual = digester.finish();
+    if actual != digest || written != size {
+        return Err(haul_xfer::Error::do_not_retry(format!(
+            "blob {digest} from upstream: {written} bytes hashing to {actual}"
+        )));
+    }
+    progress.write(Progress::counts(&id, "Download complete", size, size));
+    // The file stays while a client reads it.
+    ctx.cancelled().await;
+    drop(lease);
+    Ok(size)
+}
+
+/// Deletes a file when dropped.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 

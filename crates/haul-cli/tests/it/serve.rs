@@ -1124,3 +1124,64 @@ fn pull_through_revalidates_tags_after_their_ttl() {
         missing.error_code()
     );
 }
+
+#[test]
+fn pull_through_with_no_store_keeps_nothing_and_still_fetches_once() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let built = env.put_image(&image_with_big_layer(), "library/app:1");
+    let proxy = haul_testkit::FaultProxy::start(&env.registry.host()).unwrap();
+    let big = built.layers.last().unwrap().blob.clone();
+    let gate = haul_testkit::Gate::new();
+    proxy.add_rule(
+        haul_testkit::Rule::new(
+            haul_testkit::Match::path_ends_with(big.digest.as_str()).method("GET"),
+            haul_testkit::Fault::Hold {
+                after_bytes: 1_000_000,
+                gate: gate.clone(),
+            },
+        )
+        .once(),
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let served = Served::start(
+        cache.path(),
+        &["--upstream", &proxy.authority(), "--no-store"],
+    );
+    let reference = served.reference("library/app:1");
+    let clients: Vec<_> = (0..3)
+        .map(|_| {
+            let reference = reference.clone();
+            std::thread::spawn(move || {
+                let root = tempfile::tempdir().unwrap();
+                let out = haul_in(root.path(), &["pull", &reference]);
+                (root, out)
+            })
+        })
+        .collect();
+    let big_path = format!("/v2/library/app/blobs/{}", big.digest);
+    wait_for("three clients asking for the big blob", || {
+        logged_gets(&served, &big_path) >= 3
+    });
+    gate.open();
+    for client in clients {
+        let (root, out) = client.join().unwrap();
+        assert_ok(&out);
+        assert!(
+            stdout(&out).contains(&built.manifest.digest),
+            "{}",
+            stdout(&out)
+        );
+        assert_store_invariants(root.path());
+    }
+    assert_eq!(proxy.count_matching("GET", &big.digest), 1);
+    let count = |dir: &str| {
+        std::fs::read_dir(cache.path().join(dir))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    wait_for("the proxied blobs' files to go", || count("tmp") == 0);
+    assert_eq!(count("content/blobs/sha256"), 0, "nothing kept");
+    assert_eq!(count("ingest"), 0, "nothing kept");
+}
