@@ -1185,3 +1185,168 @@ fn pull_through_with_no_store_keeps_nothing_and_still_fetches_once() {
     assert_eq!(count("content/blobs/sha256"), 0, "nothing kept");
     assert_eq!(count("ingest"), 0, "nothing kept");
 }
+
+/// A containerd of the test's own: root, state and socket in a temporary
+/// directory; killed when dropped.
+struct Containerd {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Containerd {
+    fn start() -> Containerd {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let config = root.join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"version = 2
+root = "{root}/root"
+state = "{root}/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.devmapper",
+                    "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.zfs",
+                    "io.containerd.snapshotter.v1.btrfs"]
+[grpc]
+  address = "{root}/containerd.sock"
+[ttrpc]
+  address = "{root}/containerd.sock.ttrpc"
+[debug]
+  address = ""
+  level = "warn"
+[metrics]
+  address = ""
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{root}/opt"
+"#,
+                root = root.display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(root.join("containerd.log")).unwrap();
+        let child = std::process::Command::new("containerd")
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("containerd starts");
+        let containerd = Containerd { child, dir };
+        wait_for("containerd to answer", || {
+            containerd
+                .ctr(&["version"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+        containerd
+    }
+
+    fn ctr(&self, args: &[&str]) -> std::process::Command {
+        let mut command = std::process::Command::new("ctr");
+        command
+            .arg("--address")
+            .arg(self.dir.path().join("containerd.sock"))
+            .arg("--namespace")
+            .arg("haul-test")
+            .args(args);
+        command
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn containerd_pulls_through_a_hosts_toml_mirror_pointing_at_serve() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    if haul_testkit::require_binary("containerd", "containerd").is_none()
+        || haul_testkit::require_binary("ctr", "containerd").is_none()
+    {
+        return;
+    }
+    if !haul_dist::store::running_as_root() {
+        assert!(
+            !haul_testkit::peers::in_ci(),
+            "the containerd mirror test needs root under CI"
+        );
+        eprintln!("skipping: containerd needs root");
+        return;
+    }
+    let built = env.put_image(&sample_image(), "library/app:1");
+    let reference = env.reference("library/app:1");
+    assert_ok(&env.haul(&["pull", &reference]));
+    let served = Served::start(env.root.path(), &[]);
+
+    // containerd's hosts.toml for the registry: haul serve first, then
+    // the registry itself.
+    let hosts = env.dir("hosts.d");
+    let host_dir = hosts.join(env.registry.host());
+    std::fs::create_dir_all(&host_dir).unwrap();
+    std::fs::write(
+        host_dir.join("hosts.toml"),
+        format!(
+            "server = \"{}\"\n\n[host.\"{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+            env.registry.url(),
+            served.url()
+        ),
+    )
+    .unwrap();
+
+    let containerd = Containerd::start();
+    let out = containerd
+        .ctr(&[
+            "images",
+            "pull",
+            "--snapshotter",
+            "native",
+            "--hosts-dir",
+            hosts.to_str().unwrap(),
+            &reference,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ctr images pull: {}\n{}\ncontainerd log:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        containerd.log()
+    );
+    let listed = containerd.ctr(&["images", "ls"]).output().unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with(&reference) && l.contains(&built.manifest.digest)),
+        "containerd has {reference} at {}: {listed}",
+        built.manifest.digest
+    );
+    let log = served.log();
+    let ns = format!("ns={}", env.registry.host().replace(':', "%3A"));
+    assert!(
+        log.lines()
+            .any(|l| l.contains("/v2/library/app/manifests/1?") && l.contains(&ns)),
+        "containerd resolved the tag through haul serve with ?{ns}: {log}"
+    );
+    for blob in std::iter::once(&built.config).chain(built.layers.iter().map(|l| &l.blob)) {
+        assert!(
+            log.lines().any(|l| l.contains(&format!(
+                "GET /v2/library/app/blobs/{}?{ns} 200",
+                blob.digest
+            ))),
+            "blob {} came from haul serve: {log}",
+            blob.digest
+        );
+    }
+}
