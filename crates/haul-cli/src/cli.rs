@@ -268,6 +268,14 @@ pub(crate) enum Command {
         /// With --upstream: keep nothing fetched (a pure proxy).
         #[arg(long, requires = "upstreams")]
         no_store: bool,
+        /// Require HTTP basic auth of the users of this htpasswd file
+        /// (bcrypt entries: `htpasswd -B`).
+        #[arg(long, value_name = "FILE", conflicts_with = "auth_token_file")]
+        auth_htpasswd: Option<PathBuf>,
+        /// Require `Authorization: Bearer TOKEN`, the token being this
+        /// file's first line.
+        #[arg(long, value_name = "FILE")]
+        auth_token_file: Option<PathBuf>,
     },
     /// Print version information (with the commit it was built from).
     Version,

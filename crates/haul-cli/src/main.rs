@@ -167,6 +167,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             upstreams,
             tag_ttl,
             no_store,
+            auth_htpasswd,
+            auth_token_file,
         } => serve::run(
             cli,
             serve::ServeArgs {
@@ -177,6 +179,11 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 upstreams,
                 tag_ttl: std::time::Duration::from_secs(*tag_ttl),
                 no_store: *no_store,
+                auth: match (auth_htpasswd, auth_token_file) {
+                    (Some(path), _) => Some(haul_serve::ClientAuth::Htpasswd(path.clone())),
+                    (None, Some(path)) => Some(haul_serve::ClientAuth::TokenFile(path.clone())),
+                    (None, None) => None,
+                },
             },
         ),
         // Every command is implemented; kept for commands added to `cli.rs`.

@@ -20,6 +20,7 @@ pub(crate) struct ServeArgs<'a> {
     pub(crate) upstreams: &'a [String],
     pub(crate) tag_ttl: std::time::Duration,
     pub(crate) no_store: bool,
+    pub(crate) auth: Option<haul_serve::ClientAuth>,
 }
 
 /// Runs `haul serve`.
@@ -51,6 +52,7 @@ pub(crate) fn run(cli: &Cli, args: ServeArgs<'_>) -> anyhow::Result<()> {
         tls,
         preferred_registries: preferred,
         upstream,
+        auth: args.auth,
     };
     settings::runtime()?.block_on(async {
         let server = Server::bind(store, options)

@@ -38,6 +38,8 @@ pub(crate) struct AppState {
     pub(crate) preferred_registries: Vec<String>,
     /// Where misses are fetched from, in pull-through mode.
     pub(crate) upstream: Option<crate::upstream::Upstream>,
+    /// The credentials clients must present, if any.
+    pub(crate) auth: Option<crate::auth::Authenticator>,
 }
 
 impl AppState {
@@ -63,6 +65,10 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/v2/{*rest}", any(dispatch))
         .route("/metrics", get(metrics))
         .fallback(not_found)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::require_auth,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), log_and_count))
         .with_state(state)
 }

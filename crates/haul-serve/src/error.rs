@@ -32,6 +32,15 @@ pub enum Error {
         reason: String,
     },
 
+    /// The client credentials file could not be used.
+    #[error("client credentials {path}: {reason}")]
+    Auth {
+        /// The file involved.
+        path: std::path::PathBuf,
+        /// Why it was refused.
+        reason: String,
+    },
+
     /// A blocking store task panicked or was cancelled.
     #[error("store task failed: {0}")]
     Task(#[from] tokio::task::JoinError),

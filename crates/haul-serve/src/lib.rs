@@ -40,6 +40,7 @@
 //! ```
 
 mod api;
+mod auth;
 mod blobs;
 mod error;
 mod follow;
@@ -52,6 +53,7 @@ mod server;
 mod store_view;
 mod upstream;
 
+pub use auth::ClientAuth;
 pub use error::{ApiError, Error, ErrorCode, Result};
 pub use metrics::Metrics;
 pub use server::{ServeOptions, Server, TlsIdentity};

@@ -44,6 +44,8 @@ pub struct ServeOptions {
     pub preferred_registries: Vec<String>,
     /// Pull-through: fetch what the store lacks from these registries.
     pub upstream: Option<crate::upstream::UpstreamOptions>,
+    /// Credentials clients must present (none: anyone may read).
+    pub auth: Option<crate::auth::ClientAuth>,
 }
 
 impl Default for ServeOptions {
@@ -53,6 +55,7 @@ impl Default for ServeOptions {
             tls: None,
             preferred_registries: Vec::new(),
             upstream: None,
+            auth: None,
         }
     }
 }
@@ -81,6 +84,10 @@ impl Server {
             Some(identity) => Some(load_tls(identity)?),
             None => None,
         };
+        let auth = match &options.auth {
+            Some(auth) => Some(crate::auth::Authenticator::load(auth)?),
+            None => None,
+        };
         let listener = TcpListener::bind(options.listen)
             .await
             .map_err(|source| Error::Bind {
@@ -93,6 +100,7 @@ impl Server {
             metrics: Arc::clone(&metrics),
             preferred_registries: options.preferred_registries.clone(),
             upstream: options.upstream.clone().map(crate::upstream::Upstream::new),
+            auth,
         });
         Ok(Server {
             listener,

@@ -1350,3 +1350,105 @@ fn containerd_pulls_through_a_hosts_toml_mirror_pointing_at_serve() {
         );
     }
 }
+
+#[test]
+fn clients_must_authenticate_when_serve_asks() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let built = env.put_image(&sample_image(), "library/app:1");
+    assert_ok(&env.haul(&["pull", &env.reference("library/app:1")]));
+    let user = haul_testkit::Credentials::new("reader", "s3cret");
+    let htpasswd = env.dir("htpasswd");
+    haul_testkit::htpasswd::write_htpasswd(&htpasswd, std::slice::from_ref(&user)).unwrap();
+    let served = Served::start(
+        env.root.path(),
+        &["--auth-htpasswd", htpasswd.to_str().unwrap()],
+    );
+    let manifest = format!("{}/v2/library/app/manifests/1", served.url());
+
+    let anonymous = call("GET", &manifest, &[]);
+    assert_eq!(anonymous.status, 401);
+    assert_eq!(anonymous.error_code(), "UNAUTHORIZED");
+    assert_eq!(
+        anonymous.header("www-authenticate"),
+        Some("Basic realm=\"haul serve\"")
+    );
+    let wrong = haul_testkit::Credentials::new("reader", "guess");
+    let refused = call(
+        "GET",
+        &manifest,
+        &[("Authorization", &wrong.basic_auth_header())],
+    );
+    assert_eq!(refused.status, 401);
+    let metrics = call("GET", &format!("{}/metrics", served.url()), &[]);
+    assert_eq!(metrics.status, 401, "metrics are protected too");
+    let allowed = call(
+        "GET",
+        &manifest,
+        &[("Authorization", &user.basic_auth_header())],
+    );
+    assert_eq!(allowed.status, 200);
+    assert_eq!(sha256(&allowed.body), built.manifest.digest);
+
+    // haul itself answers the challenge with the credentials of `login`.
+    let other = tempfile::tempdir().unwrap();
+    let mut login = haul_command(
+        other.path(),
+        &[
+            "login",
+            &served.addr,
+            "-u",
+            &user.username,
+            "--password-stdin",
+        ],
+    );
+    login
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = login.spawn().unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), user.password.as_bytes()).unwrap();
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    assert_ok(&out);
+    let out = haul_in(other.path(), &["pull", &served.reference("library/app:1")]);
+    assert_ok(&out);
+    assert!(
+        stdout(&out).contains(&built.manifest.digest),
+        "{}",
+        stdout(&out)
+    );
+    assert_store_invariants(other.path());
+}
+
+#[test]
+fn a_fixed_bearer_token_admits_its_holders_only() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    env.put_image(&sample_image(), "library/app:1");
+    assert_ok(&env.haul(&["pull", &env.reference("library/app:1")]));
+    let token = env.dir("token");
+    std::fs::write(&token, "t0ken-for-ci\n").unwrap();
+    let served = Served::start(
+        env.root.path(),
+        &["--auth-token-file", token.to_str().unwrap()],
+    );
+    let tags = format!("{}/v2/library/app/tags/list", served.url());
+    let answer = call("GET", &tags, &[]);
+    assert_eq!(answer.status, 401);
+    assert_eq!(
+        answer.header("www-authenticate"),
+        Some("Bearer realm=\"haul serve\"")
+    );
+    let answer = call("GET", &tags, &[("Authorization", "Bearer t0ken-for-ci")]);
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.json()["tags"], serde_json::json!(["1"]));
+    let answer = call("GET", &tags, &[("Authorization", "Bearer t0ken-for-c")]);
+    assert_eq!(answer.status, 401);
+    assert!(
+        !served.log().contains("t0ken-for-ci"),
+        "the token is never logged"
+    );
+}
