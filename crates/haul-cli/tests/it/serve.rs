@@ -1452,3 +1452,66 @@ fn a_fixed_bearer_token_admits_its_holders_only() {
         "the token is never logged"
     );
 }
+
+#[test]
+fn pull_through_answers_head_and_ranges_of_blobs_it_lacks() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let built = env.put_image(&image_with_big_layer(), "library/app:1");
+    let proxy = haul_testkit::FaultProxy::start(&env.registry.host()).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let served = Served::start(cache.path(), &["--upstream", &proxy.authority()]);
+    let big = built.layers.last().unwrap().blob.clone();
+    let url = format!("{}/v2/library/app/blobs/{}", served.url(), big.digest);
+
+    let head = call("HEAD", &url, &[]);
+    assert_eq!(head.status, 200);
+    assert_eq!(
+        head.header("content-length"),
+        Some(big.size.to_string().as_str())
+    );
+    assert_eq!(
+        proxy.count_matching("GET", &big.digest),
+        0,
+        "a HEAD fetches nothing"
+    );
+
+    let part = call("GET", &url, &[("Range", "bytes=2000000-2000099")]);
+    assert_eq!(part.status, 206);
+    assert_eq!(
+        part.header("content-range"),
+        Some(format!("bytes 2000000-2000099/{}", big.size).as_str())
+    );
+    let whole = call("GET", &url, &[]);
+    assert_eq!(sha256(&whole.body), big.digest);
+    assert_eq!(part.body, whole.body[2_000_000..2_000_100]);
+    let past = call("GET", &url, &[("Range", &format!("bytes={}-", big.size))]);
+    assert_eq!(past.status, 416);
+    // The ranged client left early, which stopped its transfer; the next
+    // one resumed the partial it left instead of starting over.
+    let gets: Vec<_> = proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.path.contains(&big.digest))
+        .collect();
+    assert!(!gets.is_empty() && gets.len() <= 2, "{gets:#?}");
+    if let Some(resume) = gets.get(1) {
+        let range = resume.header("range").unwrap_or_default();
+        assert!(
+            range.starts_with("bytes=") && range != "bytes=0-",
+            "resumed from the partial: {range:?}"
+        );
+    }
+    let unknown = call(
+        "GET",
+        &format!(
+            "{}/v2/library/app/blobs/{}",
+            served.url(),
+            sha256(b"not upstream either")
+        ),
+        &[],
+    );
+    assert_eq!(unknown.status, 404);
+    assert_eq!(unknown.error_code(), "BLOB_UNKNOWN");
+}
