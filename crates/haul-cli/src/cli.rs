@@ -252,6 +252,41 @@ pub(crate) enum Command {
         /// Registry as HOST or HOST:PORT (default: docker.io).
         registry: Option<String>,
     },
+    /// Serve the store read-only as an OCI distribution registry.
+    Serve {
+        /// Address to listen on (port 0: any free port, printed at start).
+        #[arg(long, default_value = "127.0.0.1:5000", value_name = "ADDR")]
+        listen: std::net::SocketAddr,
+        /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The private key (PEM) of --tls-cert.
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Registry whose repositories win when a requested name is stored
+        /// under several registries (may be repeated; in order).
+        #[arg(long = "prefer-registry", value_name = "HOST[:PORT]")]
+        prefer_registries: Vec<String>,
+        /// Pull-through: fetch what the store lacks from this registry (may
+        /// be repeated; `?ns=` picks one, else the first is asked).
+        #[arg(long = "upstream", value_name = "HOST[:PORT]")]
+        upstreams: Vec<String>,
+        /// How long a tag fetched from upstream is served before it is
+        /// checked again (HEAD), in seconds.
+        #[arg(long, default_value_t = 60, value_name = "SECS")]
+        tag_ttl: u64,
+        /// With --upstream: keep nothing fetched (a pure proxy).
+        #[arg(long, requires = "upstreams")]
+        no_store: bool,
+        /// Require HTTP basic auth of the users of this htpasswd file
+        /// (bcrypt entries: `htpasswd -B`).
+        #[arg(long, value_name = "FILE", conflicts_with = "auth_token_file")]
+        auth_htpasswd: Option<PathBuf>,
+        /// Require `Authorization: Bearer TOKEN`, the token being this
+        /// file's first line.
+        #[arg(long, value_name = "FILE")]
+        auth_token_file: Option<PathBuf>,
+    },
     /// Print version information (with the commit it was built from).
     Version,
     /// Print a shell completion script: `haul completion bash > /etc/bash_completion.d/haul`.
@@ -310,6 +345,7 @@ impl Command {
             Command::Load { .. } => "load",
             Command::Login { .. } => "login",
             Command::Logout { .. } => "logout",
+            Command::Serve { .. } => "serve",
             Command::Version => "version",
             Command::Completion { .. } => "completion",
             Command::Manpage => "manpage",

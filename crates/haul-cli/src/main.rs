@@ -14,6 +14,7 @@ mod protocol;
 mod pull;
 mod push;
 mod render;
+mod serve;
 mod settings;
 
 use std::process::ExitCode;
@@ -37,7 +38,10 @@ fn main() -> ExitCode {
             eprintln!("haul: {sentence}");
         }
     }
-    match (settings::interrupted_exit_code(), result) {
+    // A server stopped by a signal has shut down gracefully: a success.
+    let interrupted =
+        settings::interrupted_exit_code().filter(|_| !matches!(cli.command, Command::Serve { .. }));
+    match (interrupted, result) {
         // Ctrl-C: 130 as shells report it, once the command has cleaned up.
         (Some(code), _) => ExitCode::from(code),
         (None, Ok(())) => ExitCode::SUCCESS,
@@ -162,6 +166,33 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             format,
         } => archive::save(cli, references, output.as_deref(), *format),
         Command::Load { input } => archive::load(cli, input.as_deref()),
+        Command::Serve {
+            listen,
+            tls_cert,
+            tls_key,
+            prefer_registries,
+            upstreams,
+            tag_ttl,
+            no_store,
+            auth_htpasswd,
+            auth_token_file,
+        } => serve::run(
+            cli,
+            serve::ServeArgs {
+                listen: *listen,
+                tls_cert: tls_cert.as_deref(),
+                tls_key: tls_key.as_deref(),
+                prefer_registries,
+                upstreams,
+                tag_ttl: std::time::Duration::from_secs(*tag_ttl),
+                no_store: *no_store,
+                auth: match (auth_htpasswd, auth_token_file) {
+                    (Some(path), _) => Some(haul_serve::ClientAuth::Htpasswd(path.clone())),
+                    (None, Some(path)) => Some(haul_serve::ClientAuth::TokenFile(path.clone())),
+                    (None, None) => None,
+                },
+            },
+        ),
         // Every command is implemented; kept for commands added to `cli.rs`.
         #[allow(unreachable_patterns)]
         other => anyhow::bail!("`haul {}` is not available in this build yet", other.name()),

@@ -123,6 +123,7 @@ mod layers;
 mod layout;
 mod lock;
 mod migrate;
+mod partial;
 mod refs;
 pub mod unpack;
 mod uploads;

@@ -22,6 +22,7 @@ mod push_compression;
 mod push_faults;
 mod reaching_registries;
 mod save_load;
+mod serve;
 mod store_crash;
 mod tls;
 mod v1;

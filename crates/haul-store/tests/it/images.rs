@@ -514,7 +514,10 @@ fn two_manifests_of_one_config_are_two_images_each_kept_by_its_references() {
 
     // Removing one leaves the other whole, also after gc.
     let removed = store.remove_image(&r("app:annotated")).unwrap();
-    assert_eq!(removed.deleted, None, "app:gzip's manifest has that image ID still");
+    assert_eq!(
+        removed.deleted, None,
+        "app:gzip's manifest has that image ID still"
+    );
     store.gc().unwrap();
     assert!(!store.has_blob(&annotated.manifest_digest));
     assert!(store.missing_blobs(&gzip).is_empty());
