@@ -13,8 +13,10 @@ mod out;
 mod protocol;
 mod pull;
 mod push;
+mod referrers;
 mod render;
 mod settings;
+mod sync;
 
 use std::process::ExitCode;
 
@@ -108,7 +110,13 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             source,
             destination,
             all_platforms,
-        } => copy::run(cli, source, destination, *all_platforms),
+            referrers,
+        } => copy::run(cli, source, destination, *all_platforms, referrers),
+        Command::Sync(command) => sync::run(cli, command),
+        Command::Referrers(command) => referrers::list(cli, command),
+        Command::Inspect { reference } if reference.starts_with("docker://") => {
+            referrers::inspect_remote(cli, reference)
+        }
         Command::Images {
             filter,
             digests,

@@ -40,6 +40,9 @@ struct ClientInner {
     config: ClientConfig,
     static_credentials: Mutex<HashMap<String, Credentials>>,
     hosts: Mutex<HashMap<String, Arc<Host>>>,
+    /// One lock per referrers fallback tag (`registry/repo@subject`): its
+    /// read-modify-write never runs twice at once in this process.
+    fallback_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl RegistryClient {
@@ -58,8 +61,18 @@ impl RegistryClient {
                 config,
                 static_credentials: Mutex::new(HashMap::new()),
                 hosts: Mutex::new(HashMap::new()),
+                fallback_locks: Mutex::new(HashMap::new()),
             }),
         })
+    }
+
+    /// The lock serialising updates of one referrers fallback tag.
+    pub(crate) fn fallback_lock(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        Arc::clone(
+            lock(&self.inner.fallback_locks)
+                .entry(key.to_string())
+                .or_default(),
+        )
     }
 
     /// The settings this client was built with.

@@ -99,6 +99,13 @@ pub(crate) async fn add_to_fallback(
     digest: &Digest,
 ) -> Result<()> {
     let subject_digest = Digest::parse(subject.digest().as_ref())?;
+    // Two referrers of one subject pushed at once must not both read the
+    // old index and each write it back with only their own entry.
+    let lock = repo.client.fallback_lock(&format!(
+        "{}/{}@{subject_digest}",
+        repo.host.name, repo.name
+    ));
+    let _serialised = lock.lock().await;
     let mut index = fallback_index(repo, &subject_digest)
         .await?
         .unwrap_or_else(empty_index);

@@ -19,6 +19,7 @@ mod pull_robustness;
 mod push;
 mod push_faults;
 mod reaching_registries;
+mod referrers;
 mod save_load;
 mod store_crash;
 mod tls;

@@ -1,0 +1,466 @@
+//! `haul sync`: mirror sets of images (with their referrers) from
+//! registries into a registry prefix, through one transfer manager, so a
+//! blob that many images share moves once.
+//!
+//! Sources come from the command line (`haul sync --to HOST/PREFIX
+//! SOURCE...`) or from a TOML file (`--file`, see [`SyncFile`]). A source
+//! `HOST/REPO:TAG` (or `@DIGEST`) is copied to `HOST2/PREFIX/REPO:TAG`; a
+//! repository with `--all-tags` brings every tag that the include and
+//! exclude patterns let through (referrer and cosign tags are left to the
+//! referrers they belong to).
+
+use std::collections::BTreeSet;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use futures::StreamExt;
+use haul_dist::oci::Reference;
+use haul_dist::registry::RegistryClient;
+use haul_dist::xfer::{ChannelOutput, ProgressOutput};
+use haul_dist::{is_referrer_tag, Copier, CopyOptions, CopyStats};
+use regex::Regex;
+use serde::Deserialize;
+
+use crate::cli::Cli;
+use crate::referrers::ReferrerArgs;
+use crate::{render, settings};
+
+/// Images synced at once (each moves its blobs through the shared upload
+/// manager, which bounds the uploads themselves).
+const IMAGES_AT_ONCE: usize = 4;
+
+/// The arguments of `haul sync`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct SyncCommand {
+    /// Images ([docker://]HOST/REPO[:TAG|@DIGEST]) or, with --all-tags,
+    /// repositories to mirror.
+    #[arg(value_name = "SOURCE", required_unless_present = "file")]
+    pub sources: Vec<String>,
+    /// Target registry and optional prefix: HOST[:PORT][/PREFIX].
+    #[arg(
+        long,
+        value_name = "REGISTRY[/PREFIX]",
+        required_unless_present = "file"
+    )]
+    pub to: Option<String>,
+    /// A TOML file of sync sets (instead of SOURCE and --to).
+    #[arg(short, long, value_name = "FILE", conflicts_with_all = ["sources", "to"])]
+    pub file: Option<PathBuf>,
+    /// Each SOURCE is a repository: mirror all of its tags.
+    #[arg(long)]
+    pub all_tags: bool,
+    /// With --all-tags, only tags matching this regular expression (may be
+    /// repeated; anchor it with ^...$ to match whole tags).
+    #[arg(long, value_name = "REGEX")]
+    pub include: Vec<String>,
+    /// With --all-tags, leave out tags matching this regular expression.
+    #[arg(long, value_name = "REGEX")]
+    pub exclude: Vec<String>,
+    /// Mirror every platform of multi-platform images.
+    #[arg(long)]
+    pub all_platforms: bool,
+    /// List what would be copied, and what the target has, moving nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not copy referrers (signatures, SBOMs), which sync copies by default.
+    #[arg(long, conflicts_with = "referrers_filter")]
+    pub no_referrers: bool,
+    /// Referrer options.
+    #[command(flatten)]
+    pub referrer_args: ReferrerArgs,
+}
+
+/// A sync file: `[[sync]]` tables, each a set of images.
+///
+/// ```toml
+/// [[sync]]
+/// source = "registry.example/team/app"   # a repository, or a reference
+/// tags = ["1.0", "1.1"]                  # or: all-tags = true
+/// include = ["^1\\."]                    # with all-tags
+/// exclude = ["-rc"]
+/// to = "mirror.example:5000/mirror"
+/// all-platforms = true
+/// ```
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SyncFile {
+    sync: Vec<SyncSet>,
+}
+
+/// One `[[sync]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct SyncSet {
+    source: String,
+    to: String,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    all_tags: bool,
+    #[serde(default)]
+    include: Vec<String>,
+    #[serde(default)]
+    exclude: Vec<String>,
+    #[serde(default)]
+    all_platforms: bool,
+}
+
+/// One image to copy.
+#[derive(Debug, Clone)]
+struct Job {
+    source: Reference,
+    target: Reference,
+    all_platforms: bool,
+}
+
+/// Where images go: a registry and a path prefix.
+#[derive(Debug, Clone)]
+struct Target {
+    registry: String,
+    prefix: String,
+}
+
+impl Target {
+    fn parse(text: &str) -> anyhow::Result<Self> {
+        let text = text.strip_prefix("docker://").unwrap_or(text);
+        let text = text.trim_end_matches('/');
+        let (registry, prefix) = text.split_once('/').unwrap_or((text, ""));
+        let hostlike = registry.contains(['.', ':']) || registry == "localhost";
+        if registry.is_empty() || !hostlike {
+            bail!("--to takes REGISTRY[/PREFIX] starting with a registry host (HOST:PORT or a dotted name), not {text:?}");
+        }
+        if prefix.contains([':', '@']) {
+            bail!("--to takes a registry and a repository prefix, without tag or digest: {text:?}");
+        }
+        Ok(Self {
+            registry: registry.to_string(),
+            prefix: prefix.to_string(),
+        })
+    }
+
+    /// `source`'s place under this target: `REGISTRY/PREFIX/REPO` with the
+    /// source's tag or digest.
+    fn place(&self, source: &Reference) -> anyhow::Result<Reference> {
+        let repository = if self.prefix.is_empty() {
+            source.repository().to_string()
+        } else {
+            format!("{}/{}", self.prefix, source.repository())
+        };
+        let mut text = format!("{}/{repository}", self.registry);
+        if let Some(tag) = source.tag() {
+            text = format!("{text}:{tag}");
+        }
+        if let Some(digest) = source.digest() {
+            text = format!("{text}@{digest}");
+        }
+        Reference::parse(&text).with_context(|| format!("invalid target reference {text:?}"))
+    }
+}
+
+/// A source repository or reference, with how to choose its tags.
+struct SourceSet {
+    text: String,
+    target: Target,
+    tags: Vec<String>,
+    all_tags: bool,
+    include: Vec<Regex>,
+    exclude: Vec<Regex>,
+    all_platforms: bool,
+}
+
+fn regexes(patterns: &[String]) -> anyhow::Result<Vec<Regex>> {
+    patterns
+        .iter()
+        .map(|p| Regex::new(p).with_context(|| format!("invalid regular expression {p:?}")))
+        .collect()
+}
+
+fn source_sets(command: &SyncCommand) -> anyhow::Result<Vec<SourceSet>> {
+    if let Some(file) = &command.file {
+        return file_sets(file);
+    }
+    if !command.all_tags && !(command.include.is_empty() && command.exclude.is_empty()) {
+        bail!("--include and --exclude choose among all tags: add --all-tags");
+    }
+    let target = Target::parse(command.to.as_deref().unwrap_or_default())?;
+    let (include, exclude) = (regexes(&command.include)?, regexes(&command.exclude)?);
+    Ok(command
+        .sources
+        .iter()
+        .map(|text| SourceSet {
+            text: text.clone(),
+            target: target.clone(),
+            tags: Vec::new(),
+            all_tags: command.all_tags,
+            include: include.clone(),
+            exclude: exclude.clone(),
+            all_platforms: command.all_platforms,
+        })
+        .collect())
+}
+
+fn file_sets(file: &Path) -> anyhow::Result<Vec<SourceSet>> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let parsed: SyncFile =
+        toml::from_str(&text).with_context(|| format!("invalid sync file {}", file.display()))?;
+    parsed
+        .sync
+        .into_iter()
+        .map(|set| {
+            if set.all_tags && !set.tags.is_empty() {
+                bail!(
+                    "{}: {}: give tags or all-tags, not both",
+                    file.display(),
+                    set.source
+                );
+            }
+            Ok(SourceSet {
+                target: Target::parse(&set.to)?,
+                include: regexes(&set.include)?,
+                exclude: regexes(&set.exclude)?,
+                text: set.source,
+                tags: set.tags,
+                all_tags: set.all_tags,
+                all_platforms: set.all_platforms,
+            })
+        })
+        .collect()
+}
+
+/// The images of every set: a reference as given, a tag list, or every
+/// tag the patterns let through.
+async fn expand(client: &RegistryClient, sets: &[SourceSet]) -> anyhow::Result<Vec<Job>> {
+    let mut jobs = Vec::new();
+    for set in sets {
+        let text = set.text.strip_prefix("docker://").unwrap_or(&set.text);
+        let raw = Reference::parse_raw(text).with_context(|| format!("invalid source {text:?}"))?;
+        let explicit = raw.tag().is_some() || raw.digest().is_some();
+        let tags: Vec<String> = if set.all_tags {
+            if explicit {
+                bail!("with --all-tags a source is a repository, without tag or digest: {text}");
+            }
+            let repo = client.repository_for(&raw)?;
+            let all = repo
+                .tags(None)
+                .await
+                .with_context(|| format!("cannot list the tags of {}", raw.familiar()))?;
+            all.into_iter()
+                .filter(|t| !is_referrer_tag(t))
+                .filter(|t| set.include.is_empty() || set.include.iter().any(|r| r.is_match(t)))
+                .filter(|t| !set.exclude.iter().any(|r| r.is_match(t)))
+                .collect()
+        } else if !set.tags.is_empty() {
+            if explicit {
+                bail!("{text}: give the tags in the list or in the source, not both");
+            }
+            set.tags.clone()
+        } else {
+            Vec::new()
+        };
+        let sources = if set.all_tags || !set.tags.is_empty() {
+            tags.iter()
+                .map(|t| raw.with_tag(t).map_err(anyhow::Error::from))
+                .collect::<anyhow::Result<Vec<_>>>()?
+        } else {
+            vec![Reference::parse(text)?]
+        };
+        for source in sources {
+            jobs.push(Job {
+                target: set.target.place(&source)?,
+                source,
+                all_platforms: set.all_platforms,
+            });
+        }
+    }
+    Ok(jobs)
+}
+
+/// Runs `haul sync`.
+pub(crate) fn run(cli: &Cli, command: &SyncCommand) -> anyhow::Result<()> {
+    let sets = source_sets(command)?;
+    let mut options = CopyOptions {
+        platform: settings::platform(cli)?,
+        ..CopyOptions::default()
+    };
+    command
+        .referrer_args
+        .apply(&mut options, !command.no_referrers)?;
+    let client = RegistryClient::new(settings::client_config(cli))?;
+    let runtime = settings::runtime()?;
+    let jobs = runtime.block_on(expand(&client, &sets))?;
+    if jobs.is_empty() {
+        bail!("nothing to sync: no source image (or no tag passed the patterns)");
+    }
+    // One copier for the whole sync: one upload manager, one view of what
+    // the target has, upload sessions recorded for a rerun after a crash.
+    let mut copier = Copier::new(client, &settings::push_settings(cli));
+    if !command.dry_run {
+        copier = copier.with_upload_records(settings::open_store(cli)?);
+    }
+    copier.expect_targets(jobs.iter().map(|j| &j.target));
+    if command.dry_run {
+        return runtime.block_on(dry_run(&copier, &jobs, &options));
+    }
+    let kind = render::choose(
+        cli.global.progress,
+        cli.global.quiet,
+        std::io::stdout().is_terminal(),
+    );
+    runtime.block_on(async {
+        let (output, receiver) = ChannelOutput::new();
+        let renderer = tokio::task::spawn_blocking(move || {
+            render::render_blocking(kind, receiver, std::io::stdout().lock())
+        });
+        let output: Arc<dyn ProgressOutput> = Arc::new(output);
+        let cancel = settings::cancel_on_interrupt();
+        let copier = &copier;
+        let results: Vec<(Job, anyhow::Result<SyncedImage>)> =
+            futures::stream::iter(jobs.iter().cloned())
+                .map(|job| {
+                    let output = Arc::clone(&output);
+                    let cancel = cancel.clone();
+                    let mut options = options.clone();
+                    options.all_platforms = options.all_platforms || job.all_platforms;
+                    async move {
+                        let result = copier
+                            .copy(
+                                &job.source,
+                                &job.target,
+                                &options,
+                                Arc::clone(&output),
+                                cancel,
+                            )
+                            .await;
+                        let result = result
+                            .map(|report| {
+                                let synced = SyncedImage {
+                                    digest: report.digest.to_string(),
+                                    referrers: report.referrers.len() + report.digest_tags.len(),
+                                    stats: report.stats,
+                                };
+                                output.message("", &synced.summary(&job));
+                                synced
+                            })
+                            .map_err(anyhow::Error::from);
+                        (job, result)
+                    }
+                })
+                .buffer_unordered(IMAGES_AT_ONCE)
+                .collect()
+                .await;
+        drop(output);
+        let _ = renderer.await;
+        finish(cli, copier.totals(), &results)
+    })
+}
+
+/// What one image's copy did.
+struct SyncedImage {
+    digest: String,
+    referrers: usize,
+    stats: CopyStats,
+}
+
+impl SyncedImage {
+    fn summary(&self, job: &Job) -> String {
+        let s = &self.stats;
+        format!(
+            "Synced {} to {}: {}, blobs: {} moved, {} mounted, {} present ({}); {} referrers",
+            job.source.familiar(),
+            job.target.familiar(),
+            self.digest,
+            s.blobs_moved,
+            s.blobs_mounted,
+            s.blobs_skipped,
+            render::units::human_size(s.bytes_moved),
+            self.referrers,
+        )
+    }
+}
+
+/// The final total, and the failures.
+fn finish(
+    cli: &Cli,
+    totals: CopyStats,
+    results: &[(Job, anyhow::Result<SyncedImage>)],
+) -> anyhow::Result<()> {
+    let failed: Vec<_> = results
+        .iter()
+        .filter_map(|(job, r)| r.as_ref().err().map(|e| (job, e)))
+        .collect();
+    let done = results.len() - failed.len();
+    if settings::json_output(cli) {
+        crate::outln!(
+            "{}",
+            render::json::result_line(serde_json::json!({
+                "Images": done,
+                "Failed": failed.len(),
+                "BlobsMoved": totals.blobs_moved,
+                "BlobsMounted": totals.blobs_mounted,
+                "BlobsSkipped": totals.blobs_skipped,
+                "BytesMoved": totals.bytes_moved,
+            }))
+        );
+    } else if !cli.global.quiet {
+        crate::outln!(
+            "Synced {done} images: {} blobs moved ({} bytes), {} mounted, {} already present",
+            totals.blobs_moved,
+            totals.bytes_moved,
+            totals.blobs_mounted,
+            totals.blobs_skipped
+        );
+    }
+    for (job, error) in &failed {
+        eprintln!(
+            "haul: failed to sync {} to {}: {}",
+            job.source.familiar(),
+            job.target.familiar(),
+            crate::error_sentence(error)
+        );
+    }
+    if !failed.is_empty() {
+        return Err(anyhow::Error::new(crate::Reported));
+    }
+    Ok(())
+}
+
+/// `--dry-run`: every image with what would move, nothing moved.
+async fn dry_run(copier: &Copier, jobs: &[Job], options: &CopyOptions) -> anyhow::Result<()> {
+    let mut distinct = BTreeSet::new();
+    let (mut bytes, mut present) = (0u64, 0usize);
+    for job in jobs {
+        let mut options = options.clone();
+        options.all_platforms = options.all_platforms || job.all_platforms;
+        let survey = copier
+            .survey(&job.source, &job.target, &options)
+            .await
+            .with_context(|| format!("cannot read {}", job.source.familiar()))?;
+        let missing: Vec<_> = survey.blobs.iter().filter(|b| !b.present).collect();
+        crate::outln!(
+            "Would sync {} to {}: {}, {} blobs, {} missing on the target ({}); {} referrers",
+            job.source.familiar(),
+            job.target.familiar(),
+            survey.digest,
+            survey.blobs.len(),
+            missing.len(),
+            render::units::human_size(missing.iter().map(|b| b.size).sum()),
+            survey.referrers.len()
+        );
+        for blob in survey.blobs {
+            if blob.present {
+                present += 1;
+            } else if distinct.insert(blob.digest.clone()) {
+                bytes += blob.size;
+            }
+        }
+    }
+    crate::outln!(
+        "Would sync {} images: {} distinct blobs to move ({bytes} bytes), {present} already present",
+        jobs.len(),
+        distinct.len()
+    );
+    Ok(())
+}
