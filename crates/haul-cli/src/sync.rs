@@ -181,7 +181,8 @@ fn source_sets(command: &SyncCommand) -> anyhow::Result<Vec<SourceSet>> {
     if let Some(file) = &command.file {
         return file_sets(file);
     }
-    if !command.all_tags && !(command.include.is_empty() && command.exclude.is_empty()) {
+    let patterns = !command.include.is_empty() || !command.exclude.is_empty();
+    if patterns && !command.all_tags {
         bail!("--include and --exclude choose among all tags: add --all-tags");
     }
     let target = Target::parse(command.to.as_deref().unwrap_or_default())?;

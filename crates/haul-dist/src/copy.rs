@@ -22,7 +22,7 @@ use haul_xfer::{ProgressOutput, RetryPolicy, UploadManager};
 use tokio_util::sync::CancellationToken;
 
 use crate::blob_upload::Chunking;
-use crate::copy_blob::{CopyBlob, Placements, Tally};
+use crate::copy_blob::{CopyBlob, Placed, Placements, Tally};
 use crate::error::{Error, Result};
 use crate::push::PushSettings;
 use crate::resolve::{fetch_manifest, manifest_reference};
@@ -55,8 +55,8 @@ pub struct CopyReport {
     pub referrers: Vec<Digest>,
     /// Cosign digest tags copied with it.
     pub digest_tags: Vec<String>,
-    /// What this copy moved itself (a blob another copy of the same run
-    /// was already moving is counted there).
+    /// How this copy's blobs reached the target (a blob that another
+    /// copy of the run moved for it counts as that copy placed it).
     pub stats: CopyStats,
 }
 
@@ -138,6 +138,23 @@ impl Copier {
         }
     }
 
+    /// How the blobs `blobs` (of one copy) reached `to` in this run.
+    fn stats_of(&self, to: &Repository, blobs: &[(Digest, u64)]) -> CopyStats {
+        let target = format!("{}/{}", to.registry(), to.name());
+        let tally = Tally::default();
+        let mut seen = HashSet::new();
+        for (digest, size) in blobs {
+            if seen.insert(digest) {
+                let placed = self
+                    .placements
+                    .outcome(&target, digest)
+                    .unwrap_or(Placed::Skipped);
+                tally.add(placed, *size);
+            }
+        }
+        tally.snapshot()
+    }
+
     /// What every copy of this copier moved so far.
     pub fn totals(&self) -> CopyStats {
         self.totals.snapshot()
@@ -161,14 +178,14 @@ impl Copier {
             "",
             &format!("Copying {} to {}", source.familiar(), target.familiar()),
         );
-        let tally = Tally::default();
+        let placed = Mutex::new(Vec::new());
         let tree = self.tree(&from, source, options).await?;
         let job = Job {
             from: &from,
             to: &to,
             output: &output,
             cancel: &cancel,
-            tally: &tally,
+            placed: &placed,
         };
         for image in &tree.images {
             self.copy_blobs(&job, image).await?;
@@ -212,12 +229,13 @@ impl Copier {
                     .await?;
             }
         }
+        let blobs = lock(&placed).clone();
         Ok(CopyReport {
             digest,
             size: tree.top.size(),
             referrers,
             digest_tags,
-            stats: tally.snapshot(),
+            stats: self.stats_of(&to, &blobs),
         })
     }
 
@@ -360,6 +378,7 @@ impl Copier {
         let target = format!("{}/{}", job.to.registry(), job.to.name());
         let mut descriptors = Vec::new();
         for (digest, size, media_type) in image_blobs(image)? {
+            lock(job.placed).push((digest.clone(), size));
             let upload = match &self.store {
                 Some(store) => crate::push::recorded_upload(store, &target, &digest),
                 None => haul_registry::ResumableUpload::new(),
@@ -374,7 +393,7 @@ impl Copier {
                 chunking: self.chunking,
                 upload,
                 placements: self.placements.clone(),
-                tallies: [job.tally.clone(), self.totals.clone()],
+                totals: self.totals.clone(),
                 store: self.store.clone(),
             }));
         }
@@ -547,7 +566,8 @@ struct Job<'a> {
     to: &'a Repository,
     output: &'a Arc<dyn ProgressOutput>,
     cancel: &'a CancellationToken,
-    tally: &'a Tally,
+    /// The blobs the copy placed (digest, size).
+    placed: &'a Mutex<Vec<(Digest, u64)>>,
 }
 
 /// An image manifest's config and layers (digest, size, media type),

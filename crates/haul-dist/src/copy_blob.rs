@@ -40,7 +40,7 @@ pub struct CopyStats {
 pub(crate) struct Tally(Arc<[AtomicU64; 4]>);
 
 impl Tally {
-    fn add(&self, outcome: Placed, size: u64) {
+    pub(crate) fn add(&self, outcome: Placed, size: u64) {
         let i = match outcome {
             Placed::Moved => 0,
             Placed::Skipped => 1,
@@ -65,7 +65,7 @@ impl Tally {
 
 /// How a blob came to be in its target repository.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Placed {
+pub(crate) enum Placed {
     Moved,
     Skipped,
     Mounted,
@@ -82,6 +82,8 @@ pub(crate) struct Placements {
 struct PlacementsInner {
     /// `(registry, digest)` -> the repository that first got it.
     cells: HashMap<(String, Digest), Arc<OnceCell<String>>>,
+    /// `(registry/repository, digest)` -> how it got there in this run.
+    outcomes: HashMap<(String, Digest), Placed>,
     /// registry -> repositories this run writes to.
     repositories: HashMap<String, HashSet<String>>,
 }
@@ -102,6 +104,20 @@ impl Placements {
                 .entry((registry.to_string(), digest.clone()))
                 .or_default(),
         )
+    }
+
+    fn record(&self, target: &str, digest: &Digest, placed: Placed) {
+        lock(&self.inner)
+            .outcomes
+            .insert((target.to_string(), digest.clone()), placed);
+    }
+
+    /// How `digest` got into `target` in this run, if it did.
+    pub(crate) fn outcome(&self, target: &str, digest: &Digest) -> Option<Placed> {
+        lock(&self.inner)
+            .outcomes
+            .get(&(target.to_string(), digest.clone()))
+            .copied()
     }
 
     fn other_repositories(&self, registry: &str, except: &str) -> Vec<String> {
@@ -132,8 +148,8 @@ pub(crate) struct CopyBlob {
     /// The upload session across this blob's attempts.
     pub(crate) upload: ResumableUpload,
     pub(crate) placements: Placements,
-    /// The copy's own counters and the run's.
-    pub(crate) tallies: [Tally; 2],
+    /// The run's counters.
+    pub(crate) totals: Tally,
     /// Where this blob's upload session is recorded, if anywhere.
     pub(crate) store: Option<Store>,
 }
@@ -166,9 +182,8 @@ impl CopyBlob {
     }
 
     fn count(&self, placed: Placed) {
-        for tally in &self.tallies {
-            tally.add(placed, self.size);
-        }
+        self.totals.add(placed, self.size);
+        self.placements.record(&self.target, &self.digest, placed);
         if placed != Placed::Moved {
             // A session a killed run recorded is of no more use.
             self.forget_session();

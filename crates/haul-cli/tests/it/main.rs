@@ -22,5 +22,6 @@ mod reaching_registries;
 mod referrers;
 mod save_load;
 mod store_crash;
+mod sync;
 mod tls;
 mod v1;
