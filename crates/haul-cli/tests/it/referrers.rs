@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use haul_dist::oci::Digest;
 use haul_dist::registry::{ClientConfig, RegistryClient, Repository, RetryPolicy};
-use haul_testkit::{sample_image, Registry, RegistryConfig};
+use haul_testkit::{sample_image, MemoryRegistry, MemoryRegistryConfig, Registry, RegistryConfig};
 
 use crate::common::*;
 
@@ -361,4 +361,107 @@ fn referrers_command_lists_a_table_and_json_and_inspect_reads_the_registry() {
         shown["RepoTags"]
     );
     assert!(!env.root.path().join("content").exists(), "inspect pulled");
+}
+
+#[test]
+fn copy_into_a_registry_with_the_referrers_api_trusts_oci_subject_and_back_out_through_the_api() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    env.put_image(&sample_image(), "app:1.0");
+    let attached = attach_all(&env.registry, "app", "1.0");
+    let api = MemoryRegistry::start(MemoryRegistryConfig::default()).unwrap();
+
+    let out = env.haul(&[
+        "copy",
+        "--referrers",
+        "--digest-tags",
+        &env.reference("app:1.0"),
+        &api.reference("mirror/app:1.0"),
+    ]);
+    assert_ok(&out);
+    let expected = set(&[&attached.signature, &attached.sbom, &attached.attestation]);
+    assert_eq!(
+        referrers_of(&api.host(), "mirror/app", &attached.image),
+        expected
+    );
+    assert_eq!(
+        referrers_of(&api.host(), "mirror/app", &attached.sbom),
+        set(&[&attached.sbom_signature])
+    );
+    // The registry said OCI-Subject: no fallback index was written.
+    let mut tags = api.tags("mirror/app");
+    tags.sort();
+    assert_eq!(tags, vec!["1.0".to_string(), attached.digest_tag.0.clone()]);
+    assert_eq!(
+        api.count("PUT", "/manifests/sha256-"),
+        1,
+        "only the cosign tag"
+    );
+    for (digest, bytes) in &attached.bytes {
+        assert_eq!(
+            api.manifest("mirror/app", digest.as_str()).as_ref(),
+            Some(bytes),
+            "{digest}"
+        );
+    }
+
+    // And out again: the source's referrers API is read, the real
+    // registry gets the fallback index.
+    let target = Registry::start(RegistryConfig::no_auth()).unwrap();
+    let fallback_reads = api.count(
+        "GET",
+        &format!("/manifests/sha256-{}", attached.image.hex()),
+    );
+    let out = env.haul(&[
+        "copy",
+        "--referrers",
+        &api.reference("mirror/app:1.0"),
+        &target.reference("again/app:1.0"),
+    ]);
+    assert_ok(&out);
+    assert!(api.count("GET", "/referrers/") >= 2, "the API was asked");
+    assert_eq!(
+        api.count(
+            "GET",
+            &format!("/manifests/sha256-{}", attached.image.hex())
+        ),
+        fallback_reads,
+        "the fallback tag was read although the API answers"
+    );
+    let listed = fallback_index(&target.host(), "again/app", &attached.image);
+    assert_eq!(
+        listed,
+        expected
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<BTreeSet<_>>()
+    );
+}
+
+#[test]
+fn without_oci_subject_the_fallback_index_is_kept_where_the_api_exists() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    env.put_image(&sample_image(), "app:1.0");
+    let attached = attach_all(&env.registry, "app", "1.0");
+    let api = MemoryRegistry::start(MemoryRegistryConfig {
+        oci_subject: false,
+        ..MemoryRegistryConfig::default()
+    })
+    .unwrap();
+    let out = env.haul(&[
+        "copy",
+        "--referrers",
+        &env.reference("app:1.0"),
+        &api.reference("app:1.0"),
+    ]);
+    assert_ok(&out);
+    let listed = fallback_index(&api.host(), "app", &attached.image);
+    let expected: BTreeSet<String> = [&attached.signature, &attached.sbom, &attached.attestation]
+        .iter()
+        .map(|d| d.to_string())
+        .collect();
+    assert_eq!(listed, expected);
 }
