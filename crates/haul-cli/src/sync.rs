@@ -13,10 +13,12 @@ use std::collections::BTreeSet;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use futures::StreamExt;
 use haul_dist::oci::Reference;
+use haul_dist::registry::ratelimit::{RateLimitPause, RateLimitPolicy};
 use haul_dist::registry::RegistryClient;
 use haul_dist::xfer::{ChannelOutput, ProgressOutput};
 use haul_dist::{is_referrer_tag, Copier, CopyOptions, CopyStats};
@@ -64,6 +66,10 @@ pub(crate) struct SyncCommand {
     /// List what would be copied, and what the target has, moving nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Pause (with a countdown) before a manifest read when a registry
+    /// reports fewer pulls left than this (RateLimit-Remaining); 0: never.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub rate_limit_floor: u64,
     /// Do not copy referrers (signatures, SBOMs), which sync copies by default.
     #[arg(long, conflicts_with = "referrers_filter")]
     pub no_referrers: bool,
@@ -289,7 +295,13 @@ pub(crate) fn run(cli: &Cli, command: &SyncCommand) -> anyhow::Result<()> {
     command
         .referrer_args
         .apply(&mut options, !command.no_referrers)?;
-    let client = RegistryClient::new(settings::client_config(cli))?;
+    // Progress (and the quota countdown) go to one renderer, started below.
+    let (channel, receiver) = ChannelOutput::new();
+    let output: Arc<dyn ProgressOutput> = Arc::new(channel);
+    let mut config = settings::client_config(cli);
+    let tick = settings::push_settings(cli).retry_tick;
+    config.rate_limit = quota_policy(command.rate_limit_floor, tick, &output);
+    let client = RegistryClient::new(config)?;
     let runtime = settings::runtime()?;
     let jobs = runtime.block_on(expand(&client, &sets))?;
     if jobs.is_empty() {
@@ -311,11 +323,9 @@ pub(crate) fn run(cli: &Cli, command: &SyncCommand) -> anyhow::Result<()> {
         std::io::stdout().is_terminal(),
     );
     runtime.block_on(async {
-        let (output, receiver) = ChannelOutput::new();
         let renderer = tokio::task::spawn_blocking(move || {
             render::render_blocking(kind, receiver, std::io::stdout().lock())
         });
-        let output: Arc<dyn ProgressOutput> = Arc::new(output);
         let cancel = settings::cancel_on_interrupt();
         let copier = &copier;
         let results: Vec<(Job, anyhow::Result<SyncedImage>)> =
@@ -356,6 +366,35 @@ pub(crate) fn run(cli: &Cli, command: &SyncCommand) -> anyhow::Result<()> {
         let _ = renderer.await;
         finish(cli, copier.totals(), &results)
     })
+}
+
+/// Pauses under `floor` pulls left, counting down on `output`.
+fn quota_policy(floor: u64, tick: Duration, output: &Arc<dyn ProgressOutput>) -> RateLimitPolicy {
+    // Weak: the renderer ends when the sync drops its output.
+    let output = Arc::downgrade(output);
+    let observer = move |pause: &RateLimitPause| {
+        let Some(output) = output.upgrade() else {
+            return;
+        };
+        let id = format!("quota {}", pause.registry);
+        if pause.seconds_left == 0 {
+            output.update(&id, "Rate limit: going on");
+        } else {
+            output.update(
+                &id,
+                &format!(
+                    "Rate limit: {} of {} pulls left, waiting {} s",
+                    pause.remaining, pause.limit, pause.seconds_left
+                ),
+            );
+        }
+    };
+    RateLimitPolicy {
+        floor,
+        tick,
+        observer: Some(Arc::new(observer)),
+        ..RateLimitPolicy::default()
+    }
 }
 
 /// What one image's copy did.

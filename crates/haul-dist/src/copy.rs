@@ -93,8 +93,9 @@ pub struct Copier {
     uploads: UploadManager,
     chunking: Chunking,
     placements: Placements,
-    /// Manifests read from a source in this run, by digest.
-    manifests: Mutex<HashMap<Digest, ParsedManifest>>,
+    /// Manifests read from a source in this run, by digest (read once
+    /// even when several copies ask at the same time).
+    manifests: Mutex<HashMap<Digest, Arc<tokio::sync::OnceCell<ParsedManifest>>>>,
     /// Tag lists of source repositories, read once per run.
     tags: tokio::sync::Mutex<HashMap<String, Arc<HashSet<String>>>>,
     /// Where upload sessions are recorded, so that a killed run's uploads
@@ -358,18 +359,22 @@ impl Copier {
                 }
             },
         };
-        if let Some(digest) = &digest {
-            if let Some(m) = lock(&self.manifests).get(digest) {
-                return Ok(m.clone());
-            }
-        }
-        let parsed = match &digest {
-            // The digest a HEAD gave is fetched by digest: verified.
-            Some(d) => fetch_manifest(repo, d.as_str()).await?,
-            None => fetch_manifest(repo, reference).await?,
+        let Some(digest) = digest else {
+            let parsed = fetch_manifest(repo, reference).await?;
+            let cell = self.manifest_cell(parsed.digest());
+            let _ = cell.set(parsed.clone());
+            return Ok(parsed);
         };
-        lock(&self.manifests).insert(parsed.digest().clone(), parsed.clone());
-        Ok(parsed)
+        let cell = self.manifest_cell(&digest);
+        // The digest a HEAD gave is fetched by digest: verified.
+        let parsed = cell
+            .get_or_try_init(|| fetch_manifest(repo, digest.as_str()))
+            .await?;
+        Ok(parsed.clone())
+    }
+
+    fn manifest_cell(&self, digest: &Digest) -> Arc<tokio::sync::OnceCell<ParsedManifest>> {
+        Arc::clone(lock(&self.manifests).entry(digest.clone()).or_default())
     }
 
     /// The config and layers of `image` (an image manifest) onto the

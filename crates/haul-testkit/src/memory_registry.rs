@@ -37,6 +37,8 @@ pub struct MemoryRegistryConfig {
     /// Send `RateLimit-Limit: N;w=3600` and a `RateLimit-Remaining` that
     /// counts manifest `GET`s down (`HEAD`s do not count, as Docker Hub).
     pub rate_limit: Option<u64>,
+    /// With `rate_limit`, also send `RateLimit-Reset: SECONDS`.
+    pub rate_limit_reset: Option<u64>,
 }
 
 impl Default for MemoryRegistryConfig {
@@ -45,6 +47,7 @@ impl Default for MemoryRegistryConfig {
             referrers_api: true,
             oci_subject: true,
             rate_limit: None,
+            rate_limit_reset: None,
         }
     }
 }
@@ -181,6 +184,11 @@ impl MemoryRegistry {
             .get(repository)
             .and_then(|m| m.get(reference))
             .map(|(_, b)| b.to_vec())
+    }
+
+    /// How many manifest `GET`s were answered (what a quota counts).
+    pub fn manifest_gets(&self) -> u64 {
+        lock(&self.shared.state).manifest_gets
     }
 
     /// Whether the blob pool holds `digest`.
@@ -490,14 +498,17 @@ fn manifest(
         .header("content-type", media_type)
         .header("content-length", bytes.len())
         .header("docker-content-digest", sha256(&bytes));
+    if *method == Method::GET {
+        state.manifest_gets += 1;
+    }
     if let Some(limit) = shared.config.rate_limit {
-        if *method == Method::GET {
-            state.manifest_gets += 1;
-        }
         let remaining = limit.saturating_sub(state.manifest_gets);
         builder = builder
             .header("ratelimit-limit", format!("{limit};w=3600"))
             .header("ratelimit-remaining", format!("{remaining};w=3600"));
+        if let Some(reset) = shared.config.rate_limit_reset {
+            builder = builder.header("ratelimit-reset", reset.to_string());
+        }
     }
     let body = if *method == Method::HEAD {
         Bytes::new()

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use haul_dist::oci::Digest;
 use haul_testkit::fault_proxy::{Fault, FaultProxy, Match, Rule};
 use haul_testkit::image::BuiltImage;
-use haul_testkit::{Entry, ImageBuilder, LayerSpec, Registry, RegistryConfig};
+use haul_testkit::{
+    Entry, ImageBuilder, LayerSpec, MemoryRegistry, MemoryRegistryConfig, Registry, RegistryConfig,
+};
 
 use crate::common::*;
 use crate::referrers::{attach, client, manifest_bytes, referrers_of, runtime, SIG_TYPE};
@@ -458,4 +460,69 @@ fn a_killed_sync_run_again_uploads_nothing_twice_and_continues_the_held_session(
         .map(|d| d.count())
         .unwrap_or(0);
     assert_eq!(left, 0, "finished uploads are forgotten");
+}
+
+#[test]
+fn sync_reads_each_manifest_once_resolves_tags_with_head_and_waits_for_quota() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let quota = MemoryRegistry::start(MemoryRegistryConfig {
+        rate_limit: Some(10),
+        rate_limit_reset: Some(3),
+        ..MemoryRegistryConfig::default()
+    })
+    .unwrap();
+    // The source: one image under three tags, and a two-platform index.
+    env.put_image(&app_image(1, "v1"), "team/app:v1");
+    env.put_index("team/multi:1");
+    for tag in ["v1", "v2", "v3"] {
+        assert_ok(&env.haul(&[
+            "copy",
+            &env.reference("team/app:v1"),
+            &quota.reference(&format!("team/app:{tag}")),
+        ]));
+    }
+    assert_ok(&env.haul(&[
+        "copy",
+        "--all-platforms",
+        &env.reference("team/multi:1"),
+        &quota.reference("team/multi:1"),
+    ]));
+    let gets_before = quota.manifest_gets();
+    let heads_before = quota.count("HEAD", "/manifests/");
+
+    let target = Registry::start(RegistryConfig::no_auth()).unwrap();
+    let out = env.haul(&[
+        "--progress",
+        "plain",
+        "sync",
+        "--rate-limit-floor",
+        "9",
+        "--all-tags",
+        "--all-platforms",
+        "--to",
+        &format!("{}/mirror", target.host()),
+        &quota.reference("team/app"),
+        &quota.reference("team/multi"),
+    ]);
+    assert_ok(&out);
+    // One GET per distinct manifest: the image, the index, its two
+    // platform manifests; the four tags were resolved with HEAD.
+    assert_eq!(quota.manifest_gets() - gets_before, 4, "manifest GETs");
+    assert!(quota.count("HEAD", "/manifests/") - heads_before >= 4);
+    let text = stdout(&out);
+    for wanted in [
+        "pulls left, waiting 3 s",
+        "waiting 1 s",
+        "Rate limit: going on",
+    ] {
+        assert!(text.contains(wanted), "no {wanted:?} in:\n{text}");
+    }
+    for (repo, tag) in [("team/app", "v2"), ("team/multi", "1")] {
+        assert_eq!(
+            manifest_bytes(&target.host(), &format!("mirror/{repo}"), tag),
+            quota.manifest(repo, tag).unwrap()
+        );
+    }
 }
