@@ -17,6 +17,7 @@ mod referrers;
 mod render;
 mod settings;
 mod sync;
+mod sync_layout;
 
 use std::process::ExitCode;
 

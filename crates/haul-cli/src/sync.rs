@@ -129,7 +129,19 @@ struct Target {
 }
 
 impl Target {
+    /// The target of a sync into an OCI layout, whose images keep their
+    /// source names: the place it gives is not used.
+    fn unused() -> Self {
+        Self {
+            registry: "localhost".into(),
+            prefix: String::new(),
+        }
+    }
+
     fn parse(text: &str) -> anyhow::Result<Self> {
+        if text.starts_with("oci:") {
+            bail!("an OCI layout end (oci:DIR) is given on the command line: --to oci:DIR SOURCE... or --to REGISTRY oci:DIR");
+        }
         let text = text.strip_prefix("docker://").unwrap_or(text);
         let text = text.trim_end_matches('/');
         let (registry, prefix) = text.split_once('/').unwrap_or((text, ""));
@@ -191,7 +203,11 @@ fn source_sets(command: &SyncCommand) -> anyhow::Result<Vec<SourceSet>> {
     if patterns && !command.all_tags {
         bail!("--include and --exclude choose among all tags: add --all-tags");
     }
-    let target = Target::parse(command.to.as_deref().unwrap_or_default())?;
+    let to = command.to.as_deref().unwrap_or_default();
+    let target = match to.strip_prefix("oci:") {
+        Some(_) => Target::unused(),
+        None => Target::parse(to)?,
+    };
     let (include, exclude) = (regexes(&command.include)?, regexes(&command.exclude)?);
     Ok(command
         .sources
@@ -287,6 +303,11 @@ async fn expand(client: &RegistryClient, sets: &[SourceSet]) -> anyhow::Result<V
 
 /// Runs `haul sync`.
 pub(crate) fn run(cli: &Cli, command: &SyncCommand) -> anyhow::Result<()> {
+    let layout_target = command.to.as_deref().and_then(|t| t.strip_prefix("oci:"));
+    let layout_sources = command.sources.iter().any(|s| s.starts_with("oci:"));
+    if layout_target.is_some() || layout_sources {
+        return run_layout(cli, command, layout_target.map(Path::new));
+    }
     let sets = source_sets(command)?;
     let mut options = CopyOptions {
         platform: settings::platform(cli)?,
@@ -366,6 +387,110 @@ pub(crate) fn run(cli: &Cli, command: &SyncCommand) -> anyhow::Result<()> {
         let _ = renderer.await;
         finish(cli, copier.totals(), &results)
     })
+}
+
+/// `haul sync` with an OCI layout at one end (see [`crate::sync_layout`]).
+fn run_layout(cli: &Cli, command: &SyncCommand, target_dir: Option<&Path>) -> anyhow::Result<()> {
+    let layout_sources: Vec<&str> = command
+        .sources
+        .iter()
+        .filter_map(|s| s.strip_prefix("oci:"))
+        .collect();
+    if target_dir.is_some() && !layout_sources.is_empty() {
+        bail!("sync goes from registries to an OCI layout or from OCI layouts to a registry, not between layouts");
+    }
+    if !layout_sources.is_empty() && layout_sources.len() != command.sources.len() {
+        bail!("a sync from OCI layouts takes only oci:DIR sources");
+    }
+    if command.all_platforms || command.dry_run || command.referrer_args.any() {
+        bail!("with an OCI layout end, sync takes one platform per image (--platform), without --all-platforms, --dry-run or referrer options");
+    }
+    let platform = settings::platform(cli)?;
+    let target = match target_dir {
+        Some(_) => None,
+        None => Some(Target::parse(command.to.as_deref().unwrap_or_default())?),
+    };
+    let client = RegistryClient::new(settings::client_config(cli))?;
+    let runtime = settings::runtime()?;
+    let kind = render::choose(
+        cli.global.progress,
+        cli.global.quiet,
+        std::io::stdout().is_terminal(),
+    );
+    let sources = match target_dir {
+        Some(_) => {
+            let sets = source_sets(command)?;
+            let jobs = runtime.block_on(expand(&client, &sets))?;
+            if jobs.is_empty() {
+                bail!("nothing to sync: no source image (or no tag passed the patterns)");
+            }
+            jobs.into_iter().map(|j| j.source).collect()
+        }
+        None => Vec::new(),
+    };
+    let done = runtime.block_on(async {
+        let (channel, receiver) = ChannelOutput::new();
+        let renderer = tokio::task::spawn_blocking(move || {
+            render::render_blocking(kind, receiver, std::io::stdout().lock())
+        });
+        let output: Arc<dyn ProgressOutput> = Arc::new(channel);
+        let cancel = settings::cancel_on_interrupt();
+        let result = match (target_dir, &target) {
+            (Some(dir), _) => {
+                crate::sync_layout::registry_to_layout(
+                    cli, client, &sources, dir, platform, output, cancel,
+                )
+                .await
+            }
+            (None, None) => unreachable!("a layout target or a registry target"),
+            (None, Some(target)) => {
+                let place = |r: &Reference| target.place(r);
+                let mut all = crate::sync_layout::LayoutSync {
+                    images: Vec::new(),
+                    transferred: 0,
+                };
+                let mut result = Ok(());
+                for dir in &layout_sources {
+                    match crate::sync_layout::layout_to_registry(
+                        cli,
+                        client.clone(),
+                        Path::new(dir),
+                        &place,
+                        platform.clone(),
+                        Arc::clone(&output),
+                        cancel.clone(),
+                    )
+                    .await
+                    {
+                        Ok(done) => all.images.extend(done.images),
+                        Err(e) => {
+                            result = Err(e);
+                            break;
+                        }
+                    }
+                }
+                drop(output);
+                result.map(|()| all)
+            }
+        };
+        let _ = renderer.await;
+        result
+    })?;
+    if settings::json_output(cli) {
+        crate::outln!(
+            "{}",
+            render::json::result_line(serde_json::json!({
+                "Images": done.images.len(),
+                "BytesMoved": done.transferred,
+            }))
+        );
+    } else if !cli.global.quiet {
+        for (from, to, digest) in &done.images {
+            crate::outln!("Synced {from} to {to}: {digest}");
+        }
+        crate::outln!("Synced {} images", done.images.len());
+    }
+    Ok(())
 }
 
 /// Pauses under `floor` pulls left, counting down on `output`.

@@ -526,3 +526,93 @@ fn sync_reads_each_manifest_once_resolves_tags_with_head_and_waits_for_quota() {
         );
     }
 }
+
+#[test]
+fn sync_into_an_oci_layout_and_from_it_into_a_registry_keeps_every_digest() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let mut digests = BTreeMap::new();
+    for app in 1..=2 {
+        for tag in TAGS {
+            let built = env.put_image(&app_image(app, tag), &format!("team/app{app}:{tag}"));
+            digests.insert(format!("team/app{app}:{tag}"), built.manifest.digest);
+        }
+    }
+    let proxy = FaultProxy::start(&env.registry.host()).unwrap();
+    let layout = env.dir("airgap");
+    let sources: Vec<String> = (1..=2)
+        .map(|app| format!("{}/team/app{app}", proxy.authority()))
+        .collect();
+    let mut args = vec!["sync", "--all-tags", "--exclude", "^dev$", "--to"];
+    let to = format!("oci:{}", layout.display());
+    args.push(&to);
+    args.extend(sources.iter().map(String::as_str));
+    let out = env.haul(&args);
+    assert_ok(&out);
+    assert!(stdout(&out).contains("Synced 4 images"), "{}", stdout(&out));
+    // Each distinct blob crossed the network once for the four images.
+    let mut gets: BTreeMap<String, usize> = BTreeMap::new();
+    for r in proxy.requests() {
+        if r.method == "GET" && r.path.contains("/blobs/sha256:") {
+            let digest = r.path.rsplit('/').next().unwrap().to_string();
+            *gets.entry(digest).or_default() += 1;
+        }
+    }
+    assert!(
+        gets.values().all(|&n| n == 1),
+        "a blob was fetched twice: {gets:?}"
+    );
+    // Config + own layer per image, two shared base layers.
+    assert_eq!(gets.len(), 4 * 2 + 2, "{gets:?}");
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let named: BTreeMap<String, String> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["annotations"]["org.opencontainers.image.ref.name"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+                m["digest"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(named.len(), 4, "{named:?}");
+
+    // Back out of the layout into another registry.
+    let target = Registry::start(RegistryConfig::no_auth()).unwrap();
+    let out = env.haul(&[
+        "sync",
+        "--to",
+        &format!("{}/mirror", target.host()),
+        &format!("oci:{}", layout.display()),
+    ]);
+    assert_ok(&out);
+    for (name, digest) in &digests {
+        let (repo, tag) = name.split_once(':').unwrap();
+        if tag == "dev" {
+            continue;
+        }
+        assert_eq!(
+            &Digest::sha256_of(&manifest_bytes(
+                &target.host(),
+                &format!("mirror/{repo}"),
+                tag
+            ))
+            .to_string(),
+            digest,
+            "{name}"
+        );
+    }
+    let both = env.haul(&["sync", "--to", &to, &format!("oci:{}", layout.display())]);
+    assert_eq!(both.status.code(), Some(1));
+    assert!(
+        stderr(&both).contains("not between layouts"),
+        "{}",
+        stderr(&both)
+    );
+}
