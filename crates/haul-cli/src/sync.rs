@@ -60,6 +60,10 @@ pub(crate) struct SyncCommand {
     /// With --all-tags, leave out tags matching this regular expression.
     #[arg(long, value_name = "REGEX")]
     pub exclude: Vec<String>,
+    /// With --all-tags, only tags that are semantic versions (a leading
+    /// `v` allowed) in this range, e.g. ">=1.2, <2".
+    #[arg(long, value_name = "RANGE")]
+    pub semver: Option<String>,
     /// Mirror every platform of multi-platform images.
     #[arg(long)]
     pub all_platforms: bool,
@@ -86,6 +90,7 @@ pub(crate) struct SyncCommand {
 /// tags = ["1.0", "1.1"]                  # or: all-tags = true
 /// include = ["^1\\."]                    # with all-tags
 /// exclude = ["-rc"]
+/// semver = ">=1.0, <2"                   # with all-tags
 /// to = "mirror.example:5000/mirror"
 /// all-platforms = true
 /// ```
@@ -109,6 +114,8 @@ struct SyncSet {
     include: Vec<String>,
     #[serde(default)]
     exclude: Vec<String>,
+    #[serde(default)]
+    semver: Option<String>,
     #[serde(default)]
     all_platforms: bool,
 }
@@ -185,7 +192,39 @@ struct SourceSet {
     all_tags: bool,
     include: Vec<Regex>,
     exclude: Vec<Regex>,
+    semver: Option<semver::VersionReq>,
     all_platforms: bool,
+}
+
+/// Parses a semver range for tag selection.
+fn version_range(range: Option<&str>) -> anyhow::Result<Option<semver::VersionReq>> {
+    range
+        .map(|r| {
+            semver::VersionReq::parse(r).with_context(|| format!("invalid semver range {r:?}"))
+        })
+        .transpose()
+}
+
+/// Whether `tag` is a version (`1.2.3`, `v1.2.3`, `1.2`, `v1`) in `range`.
+fn tag_in_range(tag: &str, range: &semver::VersionReq) -> bool {
+    let text = tag.strip_prefix('v').unwrap_or(tag);
+    let (core, rest) = match text.find(['-', '+']) {
+        Some(i) => text.split_at(i),
+        None => (text, ""),
+    };
+    let mut parts: Vec<&str> = core.split('.').collect();
+    if parts.is_empty()
+        || parts.len() > 3
+        || parts
+            .iter()
+            .any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return false;
+    }
+    while parts.len() < 3 {
+        parts.push("0");
+    }
+    semver::Version::parse(&format!("{}{rest}", parts.join("."))).is_ok_and(|v| range.matches(&v))
 }
 
 fn regexes(patterns: &[String]) -> anyhow::Result<Vec<Regex>> {
@@ -199,10 +238,12 @@ fn source_sets(command: &SyncCommand) -> anyhow::Result<Vec<SourceSet>> {
     if let Some(file) = &command.file {
         return file_sets(file);
     }
-    let patterns = !command.include.is_empty() || !command.exclude.is_empty();
+    let patterns =
+        !command.include.is_empty() || !command.exclude.is_empty() || command.semver.is_some();
     if patterns && !command.all_tags {
-        bail!("--include and --exclude choose among all tags: add --all-tags");
+        bail!("--include, --exclude and --semver choose among all tags: add --all-tags");
     }
+    let range = version_range(command.semver.as_deref())?;
     let to = command.to.as_deref().unwrap_or_default();
     let target = match to.strip_prefix("oci:") {
         Some(_) => Target::unused(),
@@ -219,6 +260,7 @@ fn source_sets(command: &SyncCommand) -> anyhow::Result<Vec<SourceSet>> {
             all_tags: command.all_tags,
             include: include.clone(),
             exclude: exclude.clone(),
+            semver: range.clone(),
             all_platforms: command.all_platforms,
         })
         .collect())
@@ -233,6 +275,15 @@ fn file_sets(file: &Path) -> anyhow::Result<Vec<SourceSet>> {
         .sync
         .into_iter()
         .map(|set| {
+            let patterns =
+                !set.include.is_empty() || !set.exclude.is_empty() || set.semver.is_some();
+            if patterns && !set.all_tags {
+                bail!(
+                    "{}: {}: include, exclude and semver choose among all tags: add all-tags = true",
+                    file.display(),
+                    set.source
+                );
+            }
             if set.all_tags && !set.tags.is_empty() {
                 bail!(
                     "{}: {}: give tags or all-tags, not both",
@@ -244,6 +295,7 @@ fn file_sets(file: &Path) -> anyhow::Result<Vec<SourceSet>> {
                 target: Target::parse(&set.to)?,
                 include: regexes(&set.include)?,
                 exclude: regexes(&set.exclude)?,
+                semver: version_range(set.semver.as_deref())?,
                 text: set.source,
                 tags: set.tags,
                 all_tags: set.all_tags,
@@ -274,6 +326,7 @@ async fn expand(client: &RegistryClient, sets: &[SourceSet]) -> anyhow::Result<V
                 .filter(|t| !is_referrer_tag(t))
                 .filter(|t| set.include.is_empty() || set.include.iter().any(|r| r.is_match(t)))
                 .filter(|t| !set.exclude.iter().any(|r| r.is_match(t)))
+                .filter(|t| set.semver.as_ref().is_none_or(|r| tag_in_range(t, r)))
                 .collect()
         } else if !set.tags.is_empty() {
             if explicit {
@@ -628,4 +681,47 @@ async fn dry_run(copier: &Copier, jobs: &[Job], options: &CopyOptions) -> anyhow
         distinct.len()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_match_semver_ranges_with_a_v_and_short_forms() {
+        let range = semver::VersionReq::parse(">=1.2, <2").unwrap();
+        for tag in ["1.2.0", "v1.2.3", "1.9", "v1.10.0"] {
+            assert!(tag_in_range(tag, &range), "{tag}");
+        }
+        for tag in [
+            "1.1.9",
+            "2.0.0",
+            "v2",
+            "latest",
+            "1.2.x",
+            "sha256-abc",
+            "1..2",
+            "1.2.3.4",
+        ] {
+            assert!(!tag_in_range(tag, &range), "{tag}");
+        }
+        let pre = semver::VersionReq::parse(">=1.0.0-rc.1").unwrap();
+        assert!(tag_in_range("1.0.0-rc.2", &pre));
+        assert!(!tag_in_range("1.0.0-rc.2", &range));
+    }
+
+    #[test]
+    fn targets_are_a_registry_and_a_prefix() {
+        let t = Target::parse("127.0.0.1:5000/mirror/x").unwrap();
+        let placed = t
+            .place(&Reference::parse("example.com/team/app:1.0").unwrap())
+            .unwrap();
+        assert_eq!(placed.to_string(), "127.0.0.1:5000/mirror/x/team/app:1.0");
+        let bare = Target::parse("localhost:5000").unwrap();
+        let placed = bare.place(&Reference::parse("alpine").unwrap()).unwrap();
+        assert_eq!(placed.to_string(), "localhost:5000/library/alpine:latest");
+        assert!(Target::parse("mirror/x").is_err());
+        assert!(Target::parse("127.0.0.1:5000/x:1").is_err());
+        assert!(Target::parse("oci:/tmp/x").is_err());
+    }
 }

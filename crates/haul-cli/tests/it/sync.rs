@@ -338,6 +338,12 @@ all-tags = true
 include = ["^v"]
 exclude = ["2$"]
 to = "{dst}/two"
+
+[[sync]]
+source = "{src}/team/app1"
+all-tags = true
+semver = ">=2"
+to = "{dst}/three"
 "#,
             src = env.registry.host(),
             dst = target.host()
@@ -369,9 +375,22 @@ to = "{dst}/two"
             .tags(None)
             .await
             .unwrap();
-        (one, two)
+        let three = client
+            .repository(&host, "three/team/app1")
+            .unwrap()
+            .tags(None)
+            .await
+            .unwrap();
+        (one, two, three)
     });
-    assert_eq!(listed, (vec!["v2".to_string()], vec!["v1".to_string()]));
+    assert_eq!(
+        listed,
+        (
+            vec!["v2".to_string()],
+            vec!["v1".to_string()],
+            vec!["v2".to_string()]
+        )
+    );
 
     let bad = env.dir("bad.toml");
     std::fs::write(&bad, "[[sync]]\nsource = \"x\"\n").unwrap();
@@ -614,5 +633,44 @@ fn sync_into_an_oci_layout_and_from_it_into_a_registry_keeps_every_digest() {
         stderr(&both).contains("not between layouts"),
         "{}",
         stderr(&both)
+    );
+}
+
+#[test]
+fn a_sync_with_a_missing_image_syncs_the_others_and_fails_naming_it() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let built = env.put_image(&app_image(1, "v1"), "team/app1:v1");
+    let target = Registry::start(RegistryConfig::no_auth()).unwrap();
+    let out = env.haul(&[
+        "sync",
+        "--to",
+        &format!("{}/mirror", target.host()),
+        &env.reference("team/app1:v1"),
+        &env.reference("team/nothing:v1"),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "failed to sync {} to {}/mirror/team/nothing:v1",
+            env.reference("team/nothing:v1"),
+            target.host()
+        )),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "one sentence per failure: {err}");
+    assert!(stdout(&out).contains("Synced 1 images"), "{}", stdout(&out));
+    assert_eq!(
+        Digest::sha256_of(&manifest_bytes(&target.host(), "mirror/team/app1", "v1")).to_string(),
+        built.manifest.digest
+    );
+    let usage = env.haul(&["sync", "--include", "x", "--to", &target.host(), "a/b"]);
+    assert_eq!(usage.status.code(), Some(1));
+    assert!(
+        stderr(&usage).contains("add --all-tags"),
+        "{}",
+        stderr(&usage)
     );
 }
