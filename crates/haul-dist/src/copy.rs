@@ -277,7 +277,7 @@ impl Copier {
                     continue;
                 }
                 for found in self.wanted_referrers(&from, &subject, options).await? {
-                    if !referrers.contains(&found) && !seen.contains(&found) {
+                    if !referrers.contains(&found) {
                         referrers.push(found.clone());
                         queue.push((found, depth + 1));
                     }

@@ -257,11 +257,22 @@ impl CopyBlob {
         cancel: &CancellationToken,
     ) -> Result<Placed> {
         if self.upload.session().is_none() {
+            // Asked all at once: on a first run into an empty registry
+            // every answer is "no", and that should cost one round trip.
             let registry = self.to.registry();
-            for name in self.placements.other_repositories(registry, self.to.name()) {
-                let other = self.to.client().repository(registry, &name)?;
-                let has = or_cancelled(cancel, other.head_blob(&self.digest)).await?;
-                if matches!(has, Ok(Some(_))) && self.mount(&name, progress, cancel).await? {
+            let others = self.placements.other_repositories(registry, self.to.name());
+            let mut checks = Vec::new();
+            for name in &others {
+                let other = self.to.client().repository(registry, name)?;
+                let digest = &self.digest;
+                checks.push(async move { other.head_blob(digest).await });
+            }
+            let answers = or_cancelled(cancel, async {
+                Ok::<_, crate::Error>(futures::future::join_all(checks).await)
+            })
+            .await??;
+            for (name, has) in others.iter().zip(answers) {
+                if matches!(has, Ok(Some(_))) && self.mount(name, progress, cancel).await? {
                     return Ok(Placed::Mounted);
                 }
                 if self.upload.session().is_some() {
