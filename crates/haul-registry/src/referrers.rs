@@ -76,7 +76,13 @@ pub(crate) async fn list(
 }
 
 async fn fallback_index(repo: &Repository, subject: &Digest) -> Result<Option<ImageIndex>> {
-    match repo.get_manifest(&fallback_tag(subject)).await {
+    let tag = fallback_tag(subject);
+    // Most manifests have no referrers: a HEAD (which pull quotas do not
+    // count) says so without a GET.
+    if repo.head_manifest(&tag).await?.is_none() {
+        return Ok(None);
+    }
+    match repo.get_manifest(&tag).await {
         Ok(m) => Ok(Some(parse_index(&m.bytes, &repo.host.name)?)),
         Err(e) if e.is_not_found() => Ok(None),
         Err(e) => Err(e),
