@@ -69,7 +69,8 @@ pub(crate) struct ReferrersCommand {
     /// The image in a registry ([docker://]REF).
     #[arg(value_name = "REF")]
     pub reference: String,
-    /// Only referrers of this artifact type.
+    /// Only referrers of this artifact type (one that declares none, or
+    /// the empty-JSON type, is judged by its config and layer types).
     #[arg(long, value_name = "TYPE")]
     pub artifact_type: Option<String>,
     /// Output format.
@@ -102,9 +103,11 @@ pub(crate) fn list(cli: &Cli, command: &ReferrersCommand) -> anyhow::Result<()> 
     let found = settings::runtime()?.block_on(async {
         let repo = client.repository_for(&reference)?;
         let subject = subject_digest(&repo, &reference).await?;
-        let found = repo
-            .referrers(&subject, command.artifact_type.as_deref())
-            .await?;
+        let found = repo.referrers(&subject, None).await?;
+        let found = match &command.artifact_type {
+            Some(t) => haul_dist::filter_referrers(&repo, found, std::slice::from_ref(t)).await?,
+            None => found,
+        };
         anyhow::Ok(found)
     });
     let found = found

@@ -451,18 +451,11 @@ impl Copier {
                 wanted.push(digest);
                 continue;
             }
-            let declared = descriptor.artifact_type().as_ref().map(|t| t.to_string());
-            let matches = match declared.as_deref() {
-                Some(t) if t != haul_oci::media_type::OCI_EMPTY => {
-                    options.referrers_filter.iter().any(|f| f == t)
-                }
-                // No artifact type, or the empty-JSON one (cosign writes
-                // that): the manifest itself says what it is.
-                _ => {
+            let matches = match declared_match(&descriptor, &options.referrers_filter) {
+                Some(matches) => matches,
+                None => {
                     let manifest = self.manifest(repo, digest.as_str()).await?;
-                    artifact_types(&manifest)
-                        .iter()
-                        .any(|t| options.referrers_filter.contains(t))
+                    read_match(&manifest, &options.referrers_filter)
                 }
             };
             if matches {
@@ -591,6 +584,44 @@ fn image_blobs(image: &ParsedManifest) -> Result<Vec<(Digest, u64, String)>> {
             ))
         })
         .collect()
+}
+
+/// The descriptors of `referrers` (of `repo`) whose artifact type is one
+/// of `types`. A referrer that declares none, or the empty-JSON type (as
+/// some cosign versions write), is read: its own `artifactType`, config
+/// and layer media types then decide.
+pub async fn filter_referrers(
+    repo: &Repository,
+    referrers: Vec<haul_oci::Descriptor>,
+    types: &[String],
+) -> Result<Vec<haul_oci::Descriptor>> {
+    let mut kept = Vec::new();
+    for descriptor in referrers {
+        let matches = match declared_match(&descriptor, types) {
+            Some(matches) => matches,
+            None => read_match(
+                &fetch_manifest(repo, descriptor.digest().as_ref()).await?,
+                types,
+            ),
+        };
+        if matches {
+            kept.push(descriptor);
+        }
+    }
+    Ok(kept)
+}
+
+/// Whether a referrer's declared artifact type is one of `types`; `None`
+/// when it declares none or the empty-JSON type (cosign writes that), so
+/// that the manifest itself must say what it is.
+fn declared_match(descriptor: &haul_oci::Descriptor, types: &[String]) -> Option<bool> {
+    let declared = descriptor.artifact_type().as_ref()?.to_string();
+    (declared != haul_oci::media_type::OCI_EMPTY).then(|| types.contains(&declared))
+}
+
+/// Whether what `manifest` says it is (see [`artifact_types`]) is one of `types`.
+fn read_match(manifest: &ParsedManifest, types: &[String]) -> bool {
+    artifact_types(manifest).iter().any(|t| types.contains(t))
 }
 
 /// What a manifest says it is: its `artifactType`, its config's media

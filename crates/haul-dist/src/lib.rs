@@ -47,7 +47,8 @@ mod v1_push;
 
 pub use blob_upload::Chunking;
 pub use copy::{
-    is_referrer_tag, Copier, CopyOptions, CopyReport, CopyStats, CopySurvey, SurveyedBlob,
+    filter_referrers, is_referrer_tag, Copier, CopyOptions, CopyReport, CopyStats, CopySurvey,
+    SurveyedBlob,
 };
 pub use error::{Error, Result};
 pub use pull::{PullOptions, PullReport, PullSettings, Puller};

@@ -331,6 +331,25 @@ fn referrers_command_lists_a_table_and_json_and_inspect_reads_the_registry() {
         .unwrap();
     assert_eq!(sbom_entry["artifactType"], SBOM_TYPE);
 
+    // The untyped attestation is judged by its layers.
+    let typed = env.haul(&[
+        "referrers",
+        &env.reference("app:1.0"),
+        "--artifact-type",
+        ATTESTATION_LAYER,
+        "--format",
+        "json",
+    ]);
+    assert_ok(&typed);
+    let typed: serde_json::Value = serde_json::from_slice(&typed.stdout).unwrap();
+    let typed: Vec<&str> = typed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["digest"].as_str().unwrap())
+        .collect();
+    assert_eq!(typed, vec![attached.attestation.as_str()]);
+
     let table = env.haul(&[
         "referrers",
         &format!("docker://{}", env.reference("app:1.0")),
