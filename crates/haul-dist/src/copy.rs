@@ -188,9 +188,7 @@ impl Copier {
             cancel: &cancel,
             placed: &placed,
         };
-        for image in &tree.images {
-            self.copy_blobs(&job, image).await?;
-        }
+        self.copy_blobs(&job, &tree.images).await?;
         for child in &tree.children {
             to.put_manifest(
                 child.digest().as_str(),
@@ -377,12 +375,17 @@ impl Copier {
         Arc::clone(lock(&self.manifests).entry(digest.clone()).or_default())
     }
 
-    /// The config and layers of `image` (an image manifest) onto the
-    /// target, through the upload manager.
-    async fn copy_blobs(&self, job: &Job<'_>, image: &ParsedManifest) -> Result<()> {
+    /// The configs and layers of `images` (image manifests) onto the
+    /// target, all through one call of the upload manager (in parallel up
+    /// to its limit, a blob that several share once).
+    async fn copy_blobs(&self, job: &Job<'_>, images: &[ParsedManifest]) -> Result<()> {
         let target = format!("{}/{}", job.to.registry(), job.to.name());
         let mut descriptors = Vec::new();
-        for (digest, size, media_type) in image_blobs(image)? {
+        let mut blobs = Vec::new();
+        for image in images {
+            blobs.extend(image_blobs(image)?);
+        }
+        for (digest, size, media_type) in blobs {
             lock(job.placed).push((digest.clone(), size));
             let upload = match &self.store {
                 Some(store) => crate::push::recorded_upload(store, &target, &digest),
@@ -475,13 +478,22 @@ impl Copier {
     ) -> Result<()> {
         let manifest = self.manifest(job.from, digest.as_str()).await?;
         match manifest.manifest() {
-            Manifest::Image(_) => self.copy_blobs(job, &manifest).await?,
+            Manifest::Image(_) => {
+                self.copy_blobs(job, std::slice::from_ref(&manifest))
+                    .await?
+            }
             Manifest::Index(index) => {
+                let mut children = Vec::new();
                 for entry in index.manifests() {
-                    let child = self.manifest(job.from, entry.digest().as_ref()).await?;
-                    if matches!(child.manifest(), Manifest::Image(_)) {
-                        self.copy_blobs(job, &child).await?;
-                    }
+                    children.push(self.manifest(job.from, entry.digest().as_ref()).await?);
+                }
+                let images: Vec<ParsedManifest> = children
+                    .iter()
+                    .filter(|c| matches!(c.manifest(), Manifest::Image(_)))
+                    .cloned()
+                    .collect();
+                self.copy_blobs(job, &images).await?;
+                for child in &children {
                     job.to
                         .put_manifest(
                             child.digest().as_str(),

@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::TryStreamExt;
@@ -220,15 +220,28 @@ impl CopyBlob {
         // The first copy of this run to need the blob on this registry
         // places it; the others wait, then mount it from there.
         let mut placed_here = None;
-        let holder = or_cancelled(
-            cancel,
-            cell.get_or_try_init(|| async {
+        let placing = AtomicBool::new(false);
+        let holder = {
+            let wait = cell.get_or_try_init(|| async {
+                placing.store(true, Ordering::Relaxed);
                 placed_here = Some(self.place(progress, cancel).await?);
                 Ok::<_, crate::Error>(self.to.name().to_string())
-            }),
-        )
-        .await??
-        .clone();
+            });
+            tokio::pin!(wait);
+            tokio::select! {
+                biased;
+                done = &mut wait => done?.clone(),
+                _ = cancel.cancelled() => {
+                    if !placing.load(Ordering::Relaxed) {
+                        // Only waiting for another copy: stop now.
+                        return Err(crate::Error::Cancelled);
+                    }
+                    // Placing it here: the upload stops by itself and
+                    // cancels its session on the registry first.
+                    wait.await?.clone()
+                }
+            }
+        };
         if let Some(placed) = placed_here {
             self.count(placed);
             return Ok(self.remote());
