@@ -18,6 +18,7 @@ mod render;
 mod settings;
 mod sync;
 mod sync_layout;
+mod sync_plan;
 
 use std::process::ExitCode;
 
