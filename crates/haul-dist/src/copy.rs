@@ -96,6 +96,8 @@ pub struct Copier {
     /// Manifests read from a source in this run, by digest (read once
     /// even when several copies ask at the same time).
     manifests: Mutex<HashMap<Digest, Arc<tokio::sync::OnceCell<ParsedManifest>>>>,
+    /// Manifests put by digest in this run, per `registry/repository`.
+    put_manifests: Mutex<HashMap<(String, Digest), Arc<tokio::sync::OnceCell<()>>>>,
     /// Tag lists of source repositories, read once per run.
     tags: tokio::sync::Mutex<HashMap<String, Arc<HashSet<String>>>>,
     /// Where upload sessions are recorded, so that a killed run's uploads
@@ -116,6 +118,7 @@ impl Copier {
             chunking: settings.chunking,
             placements: Placements::default(),
             manifests: Mutex::new(HashMap::new()),
+            put_manifests: Mutex::new(HashMap::new()),
             tags: tokio::sync::Mutex::new(HashMap::new()),
             store: None,
             totals: Tally::default(),
@@ -190,12 +193,7 @@ impl Copier {
         };
         self.copy_blobs(&job, &tree.images).await?;
         for child in &tree.children {
-            to.put_manifest(
-                child.digest().as_str(),
-                child.media_type(),
-                Bytes::copy_from_slice(child.bytes()),
-            )
-            .await?;
+            self.put_by_digest(&to, child).await?;
         }
         let name = target
             .tag()
@@ -494,13 +492,7 @@ impl Copier {
                     .collect();
                 self.copy_blobs(job, &images).await?;
                 for child in &children {
-                    job.to
-                        .put_manifest(
-                            child.digest().as_str(),
-                            child.media_type(),
-                            Bytes::copy_from_slice(child.bytes()),
-                        )
-                        .await?;
+                    self.put_by_digest(job.to, child).await?;
                 }
             }
             Manifest::Schema1(_) => {
@@ -510,13 +502,41 @@ impl Copier {
                 })
             }
         }
-        job.to
-            .put_manifest(
-                tag.unwrap_or(digest.as_str()),
+        match tag {
+            Some(tag) => {
+                job.to
+                    .put_manifest(
+                        tag,
+                        manifest.media_type(),
+                        Bytes::copy_from_slice(manifest.bytes()),
+                    )
+                    .await?;
+            }
+            None => self.put_by_digest(job.to, &manifest).await?,
+        }
+        Ok(())
+    }
+
+    /// Puts `manifest` into `to` by its digest, once per run: copies that
+    /// share it (tags of one index, referrers of one subject) wait for the
+    /// first. distribution 2.8 rewrites a manifest's link on every PUT, and
+    /// an index PUT that checks its entries meanwhile can find one missing.
+    async fn put_by_digest(&self, to: &Repository, manifest: &ParsedManifest) -> Result<()> {
+        let key = (
+            format!("{}/{}", to.registry(), to.name()),
+            manifest.digest().clone(),
+        );
+        let cell = Arc::clone(lock(&self.put_manifests).entry(key).or_default());
+        cell.get_or_try_init(|| async {
+            to.put_manifest(
+                manifest.digest().as_str(),
                 manifest.media_type(),
                 Bytes::copy_from_slice(manifest.bytes()),
             )
-            .await?;
+            .await
+            .map(|_| ())
+        })
+        .await?;
         Ok(())
     }
 

@@ -674,3 +674,65 @@ fn a_sync_with_a_missing_image_syncs_the_others_and_fails_naming_it() {
         stderr(&usage)
     );
 }
+
+#[test]
+fn tags_of_one_signed_image_synced_at_once_leave_one_fallback_index_entry_per_referrer() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let built = env.put_image(&app_image(1, "v1"), "team/app:v1");
+    for tag in ["v2", "v3", "v4"] {
+        env.put_image(&app_image(1, "v1"), &format!("team/app:{tag}"));
+    }
+    let subject = Digest::parse(&built.manifest.digest).unwrap();
+    let size = built.manifest_bytes.len() as u64;
+    let signatures: BTreeSet<Digest> = runtime().block_on(async {
+        let client = client();
+        let repo = client.repository(&env.registry.host(), "team/app").unwrap();
+        let mut out = BTreeSet::new();
+        for n in 0..3 {
+            let payload = format!("signature {n}");
+            out.insert(
+                attach(
+                    &repo,
+                    (&subject, size, "application/vnd.oci.image.manifest.v1+json"),
+                    Some(SIG_TYPE),
+                    SIG_TYPE,
+                    payload.as_bytes(),
+                )
+                .await
+                .0,
+            );
+        }
+        out
+    });
+    let target = Registry::start(RegistryConfig::no_auth()).unwrap();
+    let out = env.haul(&[
+        "sync",
+        "--all-tags",
+        "--to",
+        &format!("{}/mirror", target.host()),
+        &env.reference("team/app"),
+    ]);
+    assert_ok(&out);
+    // Four copies of one subject wrote its fallback index at once.
+    let index: serde_json::Value = serde_json::from_slice(&manifest_bytes(
+        &target.host(),
+        "mirror/team/app",
+        &format!("sha256-{}", subject.hex()),
+    ))
+    .unwrap();
+    let listed: Vec<String> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["digest"].as_str().unwrap().to_string())
+        .collect();
+    let mut sorted = listed.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        signatures.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+        "each referrer listed once: {listed:?}"
+    );
+}
