@@ -87,6 +87,9 @@ const REFERRER_DEPTH: usize = 8;
 /// Suffixes of cosign's digest tags.
 const DIGEST_TAG_SUFFIXES: [&str; 3] = ["sig", "att", "sbom"];
 
+/// A value made once per run, which later askers wait for.
+type Once<T> = Arc<tokio::sync::OnceCell<T>>;
+
 /// Copies images between registries.
 pub struct Copier {
     client: RegistryClient,
@@ -95,9 +98,9 @@ pub struct Copier {
     placements: Placements,
     /// Manifests read from a source in this run, by digest (read once
     /// even when several copies ask at the same time).
-    manifests: Mutex<HashMap<Digest, Arc<tokio::sync::OnceCell<ParsedManifest>>>>,
+    manifests: Mutex<HashMap<Digest, Once<ParsedManifest>>>,
     /// Manifests put by digest in this run, per `registry/repository`.
-    put_manifests: Mutex<HashMap<(String, Digest), Arc<tokio::sync::OnceCell<()>>>>,
+    put_manifests: Mutex<HashMap<(String, Digest), Once<()>>>,
     /// Tag lists of source repositories, read once per run.
     tags: tokio::sync::Mutex<HashMap<String, Arc<HashSet<String>>>>,
     /// Where upload sessions are recorded, so that a killed run's uploads
@@ -369,7 +372,7 @@ impl Copier {
         Ok(parsed.clone())
     }
 
-    fn manifest_cell(&self, digest: &Digest) -> Arc<tokio::sync::OnceCell<ParsedManifest>> {
+    fn manifest_cell(&self, digest: &Digest) -> Once<ParsedManifest> {
         Arc::clone(lock(&self.manifests).entry(digest.clone()).or_default())
     }
 
