@@ -360,6 +360,13 @@ fn finish(
             totals.blobs_skipped
         );
     }
+    if settings::interrupted_exit_code().is_some() && !failed.is_empty() {
+        // One line for Ctrl-C, not one "cancelled" per image.
+        bail!(
+            "sync interrupted: {done} of {} images synced",
+            results.len()
+        );
+    }
     for (job, error) in &failed {
         eprintln!(
             "haul: failed to sync {} to {}: {}",

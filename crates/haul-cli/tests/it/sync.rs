@@ -736,3 +736,51 @@ fn tags_of_one_signed_image_synced_at_once_leave_one_fallback_index_entry_per_re
         "each referrer listed once: {listed:?}"
     );
 }
+
+#[test]
+fn ctrl_c_stops_a_sync_with_one_sentence_and_exit_130() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    for app in 1..=3 {
+        env.put_image(&app_image(app, "v1"), &format!("team/app{app}:v1"));
+    }
+    let target = Registry::start(RegistryConfig::no_auth()).unwrap();
+    let proxy = FaultProxy::start(&target.host()).unwrap();
+    let gate = haul_testkit::Gate::new();
+    proxy.add_rule(Rule::new(
+        Match::path_contains("/blobs/uploads/").method("PUT"),
+        Fault::HoldRequest(gate.clone()),
+    ));
+    let to = format!("{}/mirror", proxy.authority());
+    let sources: Vec<String> = (1..=3)
+        .map(|app| env.reference(&format!("team/app{app}:v1")))
+        .collect();
+    let mut args = vec!["sync", "--to", to.as_str()];
+    args.extend(sources.iter().map(String::as_str));
+    let child = haul_command(env.root.path(), &args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while proxy.count_matching("PUT", "/blobs/uploads/") == 0 {
+        assert!(start.elapsed() < Duration::from_secs(30), "no blob PUT");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    gate.open();
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(
+        err.trim(),
+        "haul: sync interrupted: 0 of 3 images synced",
+        "one sentence for the interrupt"
+    );
+}
