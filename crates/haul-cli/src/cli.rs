@@ -157,7 +157,15 @@ pub(crate) enum Command {
         /// docker-archive).
         #[arg(long, value_enum, value_name = "FORMAT")]
         compression: Option<LayerCompression>,
+        /// Referrers to bring along.
+        #[command(flatten)]
+        referrers: crate::referrers::ReferrerArgs,
     },
+    /// Mirror sets of images (with their referrers) into a registry,
+    /// moving each shared blob once.
+    Sync(crate::sync::SyncCommand),
+    /// List the referrers (signatures, SBOMs) of an image in a registry.
+    Referrers(crate::referrers::ReferrersCommand),
     /// List local images.
     Images {
         /// Only images of this repository (and tag), e.g. `alpine` or
@@ -171,9 +179,10 @@ pub(crate) enum Command {
         #[arg(long, value_enum, default_value_t = ListFormat::Table)]
         format: ListFormat,
     },
-    /// Show an image's manifest digest, config and layers as JSON.
+    /// Show an image's manifest digest, config and layers as JSON
+    /// (docker://REF: a registry's image, with its referrers, not pulled).
     Inspect {
-        /// The local image reference.
+        /// The local image reference, or docker://REF.
         #[arg(value_name = "REF")]
         reference: String,
     },
@@ -335,6 +344,8 @@ impl Command {
             Command::Pull { .. } => "pull",
             Command::Push { .. } => "push",
             Command::Copy { .. } => "copy",
+            Command::Sync(_) => "sync",
+            Command::Referrers(_) => "referrers",
             Command::Images { .. } => "images",
             Command::Inspect { .. } => "inspect",
             Command::Tag { .. } => "tag",

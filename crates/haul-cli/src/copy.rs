@@ -106,10 +106,21 @@ pub(crate) fn run(
     source: &str,
     destination: &str,
     all_platforms: bool,
+    referrers: &crate::referrers::ReferrerArgs,
 ) -> anyhow::Result<()> {
     let source = parse_endpoint(source)?;
     let destination = parse_endpoint(destination)?;
     check_before_moving(&source, &destination, all_platforms)?;
+    let registries = matches!(
+        (&source, &destination),
+        (Endpoint::Registry(_), Endpoint::Registry(_))
+    );
+    if referrers.any() && !registries {
+        bail!(
+            "--referrers, --digest-tags and --referrers-filter copy between registries only \
+             (docker:// on both sides)"
+        );
+    }
     let platform = settings::platform(cli)?;
     let client = RegistryClient::new(settings::client_config(cli))?;
     let kind = render::choose(
@@ -126,10 +137,12 @@ pub(crate) fn run(
         let result = match (&source, &destination) {
             (Endpoint::Registry(from), Endpoint::Registry(to)) => {
                 let copier = Copier::new(client, &settings::push_settings(cli));
-                let options = CopyOptions {
+                let mut options = CopyOptions {
                     platform,
                     all_platforms,
+                    ..CopyOptions::default()
                 };
+                referrers.apply(&mut options, false)?;
                 copier
                     .copy(from, to, &options, output, settings::cancel_on_interrupt())
                     .await

@@ -13,9 +13,13 @@ mod out;
 mod protocol;
 mod pull;
 mod push;
+mod referrers;
 mod render;
 mod serve;
 mod settings;
+mod sync;
+mod sync_layout;
+mod sync_plan;
 
 use std::process::ExitCode;
 
@@ -113,8 +117,14 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             source,
             destination,
             all_platforms,
+            referrers,
             ..
-        } => copy::run(cli, source, destination, *all_platforms),
+        } => copy::run(cli, source, destination, *all_platforms, referrers),
+        Command::Sync(command) => sync::run(cli, command),
+        Command::Referrers(command) => referrers::list(cli, command),
+        Command::Inspect { reference } if reference.starts_with("docker://") => {
+            referrers::inspect_remote(cli, reference)
+        }
         Command::Images {
             filter,
             digests,

@@ -32,6 +32,7 @@
 pub mod archive;
 mod blob_upload;
 mod copy;
+mod copy_blob;
 mod error;
 mod layer_fetch;
 mod own_blobs;
@@ -47,7 +48,10 @@ mod v1_pull;
 mod v1_push;
 
 pub use blob_upload::Chunking;
-pub use copy::{Copier, CopyOptions, CopyReport};
+pub use copy::{
+    filter_referrers, is_referrer_tag, Copier, CopyOptions, CopyReport, CopyStats, CopySurvey,
+    SurveyedBlob,
+};
 pub use error::{Error, Result};
 pub use pull::{PullOptions, PullReport, PullSettings, Puller};
 pub use push::{PushReport, PushSettings, Pusher};

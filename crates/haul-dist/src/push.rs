@@ -301,7 +301,7 @@ impl Pusher {
 /// An upload of `digest` to `target` that records its session in the
 /// store as it goes, continuing the session an earlier (killed) push
 /// recorded: the registry is asked where that session stands first.
-fn recorded_upload(store: &Store, target: &str, digest: &Digest) -> ResumableUpload {
+pub(crate) fn recorded_upload(store: &Store, target: &str, digest: &Digest) -> ResumableUpload {
     let observer = {
         let (store, target, digest) = (store.clone(), target.to_string(), digest.clone());
         move |session: Option<&UploadSession>| {

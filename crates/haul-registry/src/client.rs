@@ -40,6 +40,9 @@ struct ClientInner {
     config: ClientConfig,
     static_credentials: Mutex<HashMap<String, Credentials>>,
     hosts: Mutex<HashMap<String, Arc<Host>>>,
+    /// One lock per referrers fallback tag (`registry/repo@subject`): its
+    /// read-modify-write never runs twice at once in this process.
+    fallback_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl RegistryClient {
@@ -58,8 +61,18 @@ impl RegistryClient {
                 config,
                 static_credentials: Mutex::new(HashMap::new()),
                 hosts: Mutex::new(HashMap::new()),
+                fallback_locks: Mutex::new(HashMap::new()),
             }),
         })
+    }
+
+    /// The lock serialising updates of one referrers fallback tag.
+    pub(crate) fn fallback_lock(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        Arc::clone(
+            lock(&self.inner.fallback_locks)
+                .entry(key.to_string())
+                .or_default(),
+        )
     }
 
     /// The settings this client was built with.
@@ -280,6 +293,11 @@ pub(crate) struct Host {
     /// wait for the first fetch and use its token instead of each asking.
     token_fetch: tokio::sync::Mutex<()>,
     retry: RetryPolicy,
+    rate_limit: crate::ratelimit::RateLimitPolicy,
+    /// The quota the registry reported last (manifest answers).
+    quota: Mutex<Option<crate::ratelimit::RateLimit>>,
+    /// Held while pausing for quota: concurrent reads wait once.
+    quota_pause: tokio::sync::Mutex<()>,
 }
 
 impl Host {
@@ -308,7 +326,56 @@ impl Host {
             tokens: TokenCache::default(),
             token_fetch: tokio::sync::Mutex::new(()),
             retry: config.retry.clone(),
+            rate_limit: config.rate_limit.clone(),
+            quota: Mutex::new(None),
+            quota_pause: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Remembers the quota an answer reports, if it reports one.
+    pub(crate) fn note_quota(&self, headers: &reqwest::header::HeaderMap) {
+        if let Some(quota) = crate::ratelimit::parse(headers) {
+            tracing::debug!(registry = %self.name, "quota: {} of {} left", quota.remaining, quota.limit);
+            *lock(&self.quota) = Some(quota);
+        }
+    }
+
+    /// The quota the registry reported last.
+    pub(crate) fn quota(&self) -> Option<crate::ratelimit::RateLimit> {
+        *lock(&self.quota)
+    }
+
+    /// Before a request that counts against the quota: when what is left
+    /// is under the policy's floor, waits (telling the observer each tick)
+    /// until the registry should have restored it.
+    pub(crate) async fn await_quota(&self) {
+        if self.rate_limit.floor == 0 {
+            return;
+        }
+        let _one_pause = self.quota_pause.lock().await;
+        let Some(quota) = self.quota() else { return };
+        let Some(wait) = crate::ratelimit::pause_for(&quota, &self.rate_limit) else {
+            return;
+        };
+        let seconds = wait.as_secs().max(1);
+        let tell = |seconds_left| {
+            if let Some(observer) = &self.rate_limit.observer {
+                observer(&crate::ratelimit::RateLimitPause {
+                    registry: self.name.clone(),
+                    limit: quota.limit,
+                    remaining: quota.remaining,
+                    seconds_left,
+                });
+            }
+        };
+        tracing::info!(registry = %self.name, "{} of {} requests left: pausing {seconds} s", quota.remaining, quota.limit);
+        for left in (1..=seconds).rev() {
+            tell(left);
+            tokio::time::sleep(self.rate_limit.tick).await;
+        }
+        tell(0);
+        // Unknown until the next answer says.
+        *lock(&self.quota) = None;
     }
 
     /// The base URL (`https://host/` or `http://host/`) of a registry that

@@ -42,6 +42,8 @@ pub struct ClientConfig {
     pub retry: RetryPolicy,
     /// The User-Agent header.
     pub user_agent: String,
+    /// When to pause for a registry's pull quota.
+    pub rate_limit: crate::ratelimit::RateLimitPolicy,
 }
 
 impl Default for ClientConfig {
@@ -59,6 +61,7 @@ impl Default for ClientConfig {
             read_timeout: Duration::from_secs(30),
             retry: RetryPolicy::default(),
             user_agent: format!("haul/{}", env!("CARGO_PKG_VERSION")),
+            rate_limit: crate::ratelimit::RateLimitPolicy::default(),
         }
     }
 }

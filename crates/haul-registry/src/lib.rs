@@ -33,6 +33,7 @@ mod blob;
 mod client;
 mod config;
 mod error;
+pub mod ratelimit;
 mod referrers;
 mod repository;
 mod tls;

@@ -76,7 +76,13 @@ pub(crate) async fn list(
 }
 
 async fn fallback_index(repo: &Repository, subject: &Digest) -> Result<Option<ImageIndex>> {
-    match repo.get_manifest(&fallback_tag(subject)).await {
+    let tag = fallback_tag(subject);
+    // Most manifests have no referrers: a HEAD (which pull quotas do not
+    // count) says so without a GET.
+    if repo.head_manifest(&tag).await?.is_none() {
+        return Ok(None);
+    }
+    match repo.get_manifest(&tag).await {
         Ok(m) => Ok(Some(parse_index(&m.bytes, &repo.host.name)?)),
         Err(e) if e.is_not_found() => Ok(None),
         Err(e) => Err(e),
@@ -99,6 +105,13 @@ pub(crate) async fn add_to_fallback(
     digest: &Digest,
 ) -> Result<()> {
     let subject_digest = Digest::parse(subject.digest().as_ref())?;
+    // Two referrers of one subject pushed at once must not both read the
+    // old index and each write it back with only their own entry.
+    let lock = repo.client.fallback_lock(&format!(
+        "{}/{}@{subject_digest}",
+        repo.host.name, repo.name
+    ));
+    let _serialised = lock.lock().await;
     let mut index = fallback_index(repo, &subject_digest)
         .await?
         .unwrap_or_else(empty_index);

@@ -142,11 +142,14 @@ impl Repository {
         let op = self.manifest_op(reference, "GET", self.pull_scope());
         let url = host.url(&self.manifest_path(reference)).await?;
         let accept = media_type::manifest_accept_header();
+        // A manifest GET counts against a registry's pull quota.
+        host.await_quota().await;
         let resp = host
             .send(&op, &|http| {
                 Ok(http.get(url.clone()).header(ACCEPT, accept.as_str()))
             })
             .await?;
+        host.note_quota(resp.headers());
         if !resp.status().is_success() {
             return Err(host.status_error(&op, resp).await);
         }
@@ -198,6 +201,7 @@ impl Repository {
                 Ok(http.head(url.clone()).header(ACCEPT, accept.as_str()))
             })
             .await?;
+        self.host.note_quota(resp.headers());
         match resp.status() {
             StatusCode::NOT_FOUND => Ok(None),
             s if s.is_success() => {

@@ -3,6 +3,8 @@
 //! - [`Registry`]: the real `docker-registry` (distribution 2.8) on
 //!   127.0.0.1 with no auth, htpasswd auth or bearer-token auth (through the
 //!   testkit's [`TokenServer`]), optionally over TLS with a generated CA.
+//! - [`MemoryRegistry`]: a small in-memory registry for what distribution
+//!   2.8 lacks: the OCI 1.1 referrers API, `OCI-Subject`, rate-limit headers.
 //! - [`ImageBuilder`]: deterministic test images written as OCI layouts,
 //!   with the expected root filesystem to compare against.
 //! - [`skopeo`] and [`umoci`]: independent peers to put images into a
@@ -15,6 +17,7 @@ pub mod fault_proxy;
 pub mod htpasswd;
 pub mod http;
 pub mod image;
+pub mod memory_registry;
 pub mod peers;
 pub mod registry;
 pub mod skopeo;
@@ -30,6 +33,7 @@ pub use image::{
     sample_image, sample_platform_images, write_oci_index_layout, BlobRef, BuiltImage, BuiltIndex,
     BuiltLayer, Compression, Content, Entry, FsNode, ImageBuilder, LayerSpec, Platform, Rootfs,
 };
+pub use memory_registry::{MemoryRegistry, MemoryRegistryConfig, MemoryRequest};
 pub use peers::require_binary;
 pub use registry::{AuthMode, Registry, RegistryConfig, TokenOptions};
 pub use token_server::{Access, Grant, TokenServer, TokenServerConfig};

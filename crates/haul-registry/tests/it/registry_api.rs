@@ -435,3 +435,55 @@ async fn referrers_are_listed_through_the_tag_fallback() {
     let tag = haul_registry::fallback_tag(&image_digest);
     assert!(repo.tags(None).await.unwrap().contains(&tag));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn referrers_pushed_at_once_all_land_in_the_fallback_index() {
+    let Some(reg) = start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let client = RegistryClient::new(config_for(&reg)).unwrap();
+    let repo = client.repository(&reg.host(), "ref/many").unwrap();
+    let config = Bytes::from_static(b"{}");
+    let dc = put_blob(&repo, &config).await;
+    let image = image_manifest((&dc, 2), &[]);
+    let image_digest = repo
+        .put_manifest("v1", OCI_MANIFEST, image.clone())
+        .await
+        .unwrap();
+    let mut pushes = Vec::new();
+    for i in 0..12 {
+        let repo = repo.clone();
+        let artifact = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": "application/vnd.example.sig",
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": dc.to_string(), "size": 2},
+            "layers": [],
+            "subject": {"mediaType": OCI_MANIFEST, "digest": image_digest.to_string(), "size": image.len()},
+            "annotations": {"n": i.to_string()},
+        });
+        let bytes = Bytes::from(serde_json::to_vec(&artifact).unwrap());
+        pushes.push(tokio::spawn(async move {
+            let digest = Digest::sha256_of(&bytes);
+            repo.put_manifest(digest.as_str(), OCI_MANIFEST, bytes)
+                .await
+                .unwrap();
+            digest
+        }));
+    }
+    let mut pushed = std::collections::BTreeSet::new();
+    for p in pushes {
+        pushed.insert(p.await.unwrap());
+    }
+    let listed: std::collections::BTreeSet<Digest> = repo
+        .referrers(&image_digest, None)
+        .await
+        .unwrap()
+        .iter()
+        .map(|d| Digest::try_from(d.digest()).unwrap())
+        .collect();
+    assert_eq!(
+        listed, pushed,
+        "a concurrent update of the fallback index was lost"
+    );
+}

@@ -1,0 +1,389 @@
+//! One blob of a copy, and how the copies of one [`crate::Copier`] share
+//! the work of placing a blob on a target registry: the first copy that
+//! needs a blob there moves it (or mounts it from a repository that has
+//! it), every other copy that needs it in another repository of the same
+//! registry waits for that and mounts it from there.
+
+use std::collections::{HashMap, HashSet};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures::TryStreamExt;
+use haul_oci::Digest;
+use haul_registry::{BlobSource, MountOutcome, Repository, ResumableUpload};
+use haul_store::Store;
+use haul_xfer::{short_id, ProgressOutput, RemoteDescriptor, UploadDescriptor};
+use tokio::io::AsyncRead;
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+
+use crate::blob_upload::{or_cancelled, upload_blob, Chunking, ProgressSource};
+use crate::error::Result;
+use crate::pull_layer::into_transfer_error;
+
+/// Blob counts and bytes of a copy (or of every copy of a run).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CopyStats {
+    /// Blobs whose bytes were sent to the target.
+    pub blobs_moved: u64,
+    /// Blobs the target repository had already.
+    pub blobs_skipped: u64,
+    /// Blobs mounted from another repository of the target registry.
+    pub blobs_mounted: u64,
+    /// Bytes of the moved blobs.
+    pub bytes_moved: u64,
+}
+
+/// Shared counters behind [`CopyStats`].
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Tally(Arc<[AtomicU64; 4]>);
+
+impl Tally {
+    pub(crate) fn add(&self, outcome: Placed, size: u64) {
+        let i = match outcome {
+            Placed::Moved => 0,
+            Placed::Skipped => 1,
+            Placed::Mounted => 2,
+        };
+        self.0[i].fetch_add(1, Ordering::Relaxed);
+        if outcome == Placed::Moved {
+            self.0[3].fetch_add(size, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn snapshot(&self) -> CopyStats {
+        let get = |i: usize| self.0[i].load(Ordering::Relaxed);
+        CopyStats {
+            blobs_moved: get(0),
+            blobs_skipped: get(1),
+            blobs_mounted: get(2),
+            bytes_moved: get(3),
+        }
+    }
+}
+
+/// How a blob came to be in its target repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Placed {
+    Moved,
+    Skipped,
+    Mounted,
+}
+
+/// Which repository of each target registry holds (or is being given)
+/// each blob in this run, and which repositories the run writes to.
+#[derive(Clone, Default)]
+pub(crate) struct Placements {
+    inner: Arc<Mutex<PlacementsInner>>,
+}
+
+#[derive(Default)]
+struct PlacementsInner {
+    /// `(registry, digest)` -> the repository that first got it.
+    cells: HashMap<(String, Digest), Arc<OnceCell<String>>>,
+    /// `(registry/repository, digest)` -> how it got there in this run.
+    outcomes: HashMap<(String, Digest), Placed>,
+    /// registry -> repositories this run writes to.
+    repositories: HashMap<String, HashSet<String>>,
+}
+
+impl Placements {
+    pub(crate) fn expect_repository(&self, registry: &str, repository: &str) {
+        lock(&self.inner)
+            .repositories
+            .entry(registry.to_string())
+            .or_default()
+            .insert(repository.to_string());
+    }
+
+    fn cell(&self, registry: &str, digest: &Digest) -> Arc<OnceCell<String>> {
+        Arc::clone(
+            lock(&self.inner)
+                .cells
+                .entry((registry.to_string(), digest.clone()))
+                .or_default(),
+        )
+    }
+
+    fn record(&self, target: &str, digest: &Digest, placed: Placed) {
+        lock(&self.inner)
+            .outcomes
+            .insert((target.to_string(), digest.clone()), placed);
+    }
+
+    /// How `digest` got into `target` in this run, if it did.
+    pub(crate) fn outcome(&self, target: &str, digest: &Digest) -> Option<Placed> {
+        lock(&self.inner)
+            .outcomes
+            .get(&(target.to_string(), digest.clone()))
+            .copied()
+    }
+
+    fn other_repositories(&self, registry: &str, except: &str) -> Vec<String> {
+        let inner = lock(&self.inner);
+        let mut names: Vec<String> = inner
+            .repositories
+            .get(registry)
+            .into_iter()
+            .flatten()
+            .filter(|r| r.as_str() != except)
+            .cloned()
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+/// One blob of a copy.
+pub(crate) struct CopyBlob {
+    pub(crate) from: Repository,
+    pub(crate) to: Repository,
+    /// `registry/repository` of the target.
+    pub(crate) target: String,
+    pub(crate) digest: Digest,
+    pub(crate) size: u64,
+    pub(crate) media_type: String,
+    pub(crate) chunking: Chunking,
+    /// The upload session across this blob's attempts.
+    pub(crate) upload: ResumableUpload,
+    pub(crate) placements: Placements,
+    /// The run's counters.
+    pub(crate) totals: Tally,
+    /// Where this blob's upload session is recorded, if anywhere.
+    pub(crate) store: Option<Store>,
+}
+
+/// A blob read from a registry, from any offset, unverified: the target
+/// registry checks the digest of what it receives.
+struct RegistrySource {
+    repo: Repository,
+    digest: Digest,
+    size: u64,
+}
+
+impl BlobSource for RegistrySource {
+    fn open(&self, offset: u64) -> std::io::Result<Pin<Box<dyn AsyncRead + Send>>> {
+        let stream = self
+            .repo
+            .blob_stream_unverified(&self.digest, Some(self.size), offset)
+            .map_err(std::io::Error::other);
+        Ok(Box::pin(tokio_util::io::StreamReader::new(stream)))
+    }
+}
+
+impl CopyBlob {
+    fn remote(&self) -> RemoteDescriptor {
+        RemoteDescriptor {
+            digest: self.digest.to_string(),
+            size: self.size,
+            media_type: self.media_type.clone(),
+        }
+    }
+
+    fn count(&self, placed: Placed) {
+        self.totals.add(placed, self.size);
+        self.placements.record(&self.target, &self.digest, placed);
+        if placed != Placed::Moved {
+            // A session a killed run recorded is of no more use.
+            self.forget_session();
+        }
+    }
+
+    fn forget_session(&self) {
+        if let Some(store) = &self.store {
+            if self.upload.session().is_none() {
+                if let Err(e) = store.forget_upload(&self.target, &self.digest) {
+                    tracing::debug!("cannot forget the upload record of {}: {e}", self.digest);
+                }
+            }
+        }
+    }
+
+    async fn copy(
+        &self,
+        progress: &Arc<dyn ProgressOutput>,
+        cancel: &CancellationToken,
+    ) -> Result<RemoteDescriptor> {
+        let id = self.id();
+        let registry = self.to.registry().to_string();
+        let cell = self.placements.cell(&registry, &self.digest);
+        if or_cancelled(cancel, self.to.head_blob(&self.digest))
+            .await??
+            .is_some()
+        {
+            let _ = cell.set(self.to.name().to_string());
+            progress.update(&id, "Layer already exists");
+            self.count(Placed::Skipped);
+            return Ok(self.remote());
+        }
+        // The first copy of this run to need the blob on this registry
+        // places it; the others wait, then mount it from there.
+        let mut placed_here = None;
+        let placing = AtomicBool::new(false);
+        let holder = {
+            let wait = cell.get_or_try_init(|| async {
+                placing.store(true, Ordering::Relaxed);
+                placed_here = Some(self.place(progress, cancel).await?);
+                Ok::<_, crate::Error>(self.to.name().to_string())
+            });
+            tokio::pin!(wait);
+            tokio::select! {
+                biased;
+                done = &mut wait => done?.clone(),
+                _ = cancel.cancelled() => {
+                    if !placing.load(Ordering::Relaxed) {
+                        // Only waiting for another copy: stop now.
+                        return Err(crate::Error::Cancelled);
+                    }
+                    // Placing it here: the upload stops by itself and
+                    // cancels its session on the registry first.
+                    wait.await?.clone()
+                }
+            }
+        };
+        if let Some(placed) = placed_here {
+            self.count(placed);
+            return Ok(self.remote());
+        }
+        if holder == self.to.name() {
+            progress.update(&id, "Layer already exists");
+            self.count(Placed::Skipped);
+            return Ok(self.remote());
+        }
+        if self.upload.session().is_none() && self.mount(&holder, progress, cancel).await? {
+            self.count(Placed::Mounted);
+            return Ok(self.remote());
+        }
+        self.stream(progress, cancel).await?;
+        self.count(Placed::Moved);
+        Ok(self.remote())
+    }
+
+    /// Puts the blob into the target repository: mounted from another
+    /// repository of the target registry that has it (this run's other
+    /// targets, then the source when it is on the same registry), else
+    /// streamed from the source.
+    async fn place(
+        &self,
+        progress: &Arc<dyn ProgressOutput>,
+        cancel: &CancellationToken,
+    ) -> Result<Placed> {
+        if self.upload.session().is_none() {
+            // Asked all at once: on a first run into an empty registry
+            // every answer is "no", and that should cost one round trip.
+            let registry = self.to.registry();
+            let others = self.placements.other_repositories(registry, self.to.name());
+            let mut checks = Vec::new();
+            for name in &others {
+                let other = self.to.client().repository(registry, name)?;
+                let digest = &self.digest;
+                checks.push(async move { other.head_blob(digest).await });
+            }
+            let answers = or_cancelled(cancel, async {
+                Ok::<_, crate::Error>(futures::future::join_all(checks).await)
+            })
+            .await??;
+            for (name, has) in others.iter().zip(answers) {
+                if matches!(has, Ok(Some(_))) && self.mount(name, progress, cancel).await? {
+                    return Ok(Placed::Mounted);
+                }
+                if self.upload.session().is_some() {
+                    break;
+                }
+            }
+        }
+        if self.from.registry() == self.to.registry()
+            && self.upload.session().is_none()
+            && self.mount(self.from.name(), progress, cancel).await?
+        {
+            return Ok(Placed::Mounted);
+        }
+        self.stream(progress, cancel).await?;
+        Ok(Placed::Moved)
+    }
+
+    /// Mounts the blob from `repository` of the target registry. A refused
+    /// mount (no pull right there, say) is not fatal: `false`, and the
+    /// session the registry opened instead is kept for the upload.
+    async fn mount(
+        &self,
+        repository: &str,
+        progress: &Arc<dyn ProgressOutput>,
+        cancel: &CancellationToken,
+    ) -> Result<bool> {
+        match or_cancelled(cancel, self.to.mount_blob(&self.digest, repository)).await? {
+            Ok(MountOutcome::Mounted) => {
+                progress.update(&self.id(), &format!("Mounted from {repository}"));
+                Ok(true)
+            }
+            Ok(MountOutcome::Upload(s)) => {
+                self.upload.offer(s);
+                Ok(false)
+            }
+            Err(e) => {
+                tracing::debug!("mount of {} failed, streaming it: {e}", self.digest);
+                Ok(false)
+            }
+        }
+    }
+
+    async fn stream(
+        &self,
+        progress: &Arc<dyn ProgressOutput>,
+        cancel: &CancellationToken,
+    ) -> Result<()> {
+        let id = self.id();
+        let source = RegistrySource {
+            repo: self.from.clone(),
+            digest: self.digest.clone(),
+            size: self.size,
+        };
+        let source = ProgressSource {
+            inner: &source,
+            output: Arc::clone(progress),
+            id: id.clone(),
+            size: self.size,
+        };
+        upload_blob(
+            &self.to,
+            &self.digest,
+            self.size,
+            &source,
+            &self.upload,
+            self.chunking,
+            cancel,
+        )
+        .await?;
+        progress.update(&id, "Pushed");
+        Ok(())
+    }
+}
+
+impl UploadDescriptor for CopyBlob {
+    fn key(&self) -> String {
+        format!("copy:{} {}", self.target, self.digest)
+    }
+
+    fn id(&self) -> String {
+        short_id(self.digest.as_str()).to_string()
+    }
+
+    async fn upload(
+        &self,
+        cancel: CancellationToken,
+        progress: Arc<dyn ProgressOutput>,
+    ) -> Result<RemoteDescriptor, haul_xfer::Error> {
+        // Every step stops at once on cancellation; an upload session
+        // already open is cancelled on the registry too.
+        self.copy(&progress, &cancel)
+            .await
+            .map_err(into_transfer_error)
+    }
+
+    fn set_remote_descriptor(&self, _descriptor: RemoteDescriptor) {}
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
