@@ -9,6 +9,7 @@ mod command_line;
 mod common;
 mod config_file;
 mod copy;
+mod inflate;
 mod load_concurrency;
 mod local;
 mod login;
