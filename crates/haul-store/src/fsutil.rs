@@ -106,6 +106,13 @@ pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
     fs::File::open(dir).and_then(|d| d.sync_all()).at(dir)
 }
 
+/// Flushes everything written to the filesystem holding `path` (its data
+/// and metadata, by any process) to disk: Linux's syncfs(2).
+pub(crate) fn syncfs(path: &Path) -> Result<()> {
+    let dir = fs::File::open(path).at(path)?;
+    rustix::fs::syncfs(&dir).map_err(io::Error::from).at(path)
+}
+
 /// Replaces `dest` with `bytes` atomically: written to a temporary file in
 /// `tmp_dir` (same filesystem), fsynced, renamed over `dest`, and the
 /// directory of `dest` fsynced. A reader sees the old or the new content.

@@ -168,6 +168,8 @@ impl Store {
                 ),
             });
         }
+        // The layers it names were registered without a sync of their own.
+        self.sync_layers()?;
         let _lock = self.lock_metadata()?;
         write_json(&self.tmp_dir(), &self.image_path(&image.id), image)?;
         let refs = self.load_refs()?;
