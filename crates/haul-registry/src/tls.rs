@@ -162,13 +162,14 @@ fn io_error(path: &Path, source: std::io::Error) -> Error {
     }
 }
 
+static SYSTEM_ROOTS: OnceLock<RootCertStore> = OnceLock::new();
+
 /// The system's trusted roots, read once per process and only when a
 /// first TLS certificate is to be verified (a pull from a plain-HTTP
 /// registry never reads them). Unreadable system certificates are
 /// skipped, as Go and Docker do.
 fn system_roots() -> &'static RootCertStore {
-    static ROOTS: OnceLock<RootCertStore> = OnceLock::new();
-    ROOTS.get_or_init(|| {
+    SYSTEM_ROOTS.get_or_init(|| {
         let mut roots = RootCertStore::empty();
         for cert in rustls_native_certs::load_native_certs().certs {
             let _ = roots.add(cert);
@@ -356,6 +357,17 @@ fn der_time(tag: u8, text: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn building_clients_reads_no_system_certificate() {
+        // No test of this binary makes a TLS handshake.
+        let config = ClientConfig::default();
+        for authority in ["127.0.0.1:5000", "registry.example.com", "[::1]:443"] {
+            http_client(&config, authority, false).unwrap();
+            http_client(&config, authority, true).unwrap();
+        }
+        assert!(SYSTEM_ROOTS.get().is_none(), "the system roots were read");
+    }
 
     #[test]
     fn certificate_times_are_read_in_both_forms() {
