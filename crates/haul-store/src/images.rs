@@ -168,6 +168,10 @@ impl Store {
                 ),
             });
         }
+        // A pull of an image that is present writes nothing.
+        if self.get_image(&image.id).ok().flatten().as_ref() == Some(image) {
+            return Ok(());
+        }
         // The layers it names were registered without a sync of their own.
         self.sync_layers()?;
         let _lock = self.lock_metadata()?;
