@@ -421,21 +421,35 @@ impl Unpacker<'_> {
         let full = self.dest.join(&rel);
         match kind {
             Kind::Dir => {
-                if !self.clear_target(&full, true).map_err(io_err)? {
-                    fs::DirBuilder::new()
-                        .mode(0o700)
-                        .create(&full)
-                        .map_err(io_err)?;
+                let mkdir = || fs::DirBuilder::new().mode(0o700).create(&full);
+                // Created first, looked at only when something is there
+                // (one syscall for the usual new path instead of two).
+                match mkdir() {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        if !self.clear_target(&full, true).map_err(io_err)? {
+                            mkdir().map_err(io_err)?;
+                        }
+                    }
+                    Err(e) => return Err(io_err(e)),
                 }
                 self.verified.insert(rel.clone());
                 self.dirs.insert(rel, (shown, meta));
             }
             Kind::File | Kind::Marker => {
-                self.clear_target(&full, false).map_err(io_err)?;
                 // Created with its final permission bits (the special
-                // ones come with the fchmod after an fchown).
+                // ones come with the fchmod after an fchown). O_EXCL
+                // fails on anything already there (a symlink included),
+                // which is then removed first.
                 let mode = meta.mode & 0o777;
-                let mut file = create_file_with_mode(&full, mode).map_err(io_err)?;
+                let mut file = match create_file_with_mode(&full, mode) {
+                    Ok(file) => file,
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        self.clear_target(&full, false).map_err(io_err)?;
+                        create_file_with_mode(&full, mode).map_err(io_err)?
+                    }
+                    Err(e) => return Err(io_err(e)),
+                };
                 if let Kind::File = kind {
                     copy_content(entry, &mut file, &mut self.buffer).map_err(io_err)?;
                 }
@@ -443,8 +457,14 @@ impl Unpacker<'_> {
                 self.apply_to_file(&file, &meta, created).map_err(io_err)?;
             }
             Kind::Symlink(target) => {
-                self.clear_target(&full, false).map_err(io_err)?;
-                std::os::unix::fs::symlink(&target, &full).map_err(io_err)?;
+                match std::os::unix::fs::symlink(&target, &full) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        self.clear_target(&full, false).map_err(io_err)?;
+                        std::os::unix::fs::symlink(&target, &full).map_err(io_err)?;
+                    }
+                    Err(e) => return Err(io_err(e)),
+                }
                 self.apply_by_path(&full, &meta, true).map_err(io_err)?;
             }
             Kind::Hardlink(target_raw) => {
@@ -621,8 +641,9 @@ impl Unpacker<'_> {
     /// Owner, xattrs, mode and times by path, never following a symlink
     /// (`symlink`: the entry is one, so no mode is set).
     fn apply_by_path(&mut self, full: &Path, meta: &Meta, symlink: bool) -> io::Result<()> {
-        if self.options.as_root {
-            std::os::unix::fs::lchown(full, Some(meta.uid as u32), Some(meta.gid as u32))?;
+        let owner = (meta.uid as u32, meta.gid as u32);
+        if self.options.as_root && self.create.owner != Some(owner) {
+            std::os::unix::fs::lchown(full, Some(owner.0), Some(owner.1))?;
         }
         for (name, value) in &meta.xattrs {
             if rustix::fs::lsetxattr(full, name.as_os_str(), value, XattrFlags::empty()).is_err() {

@@ -649,3 +649,70 @@ fn a_layer_whose_layer_json_was_cut_by_a_crash_is_absent_and_replaced() {
         assert!(leftovers(&store).is_empty(), "{:?}", leftovers(&store));
     }
 }
+
+/// Entries are created first and what is in the way is looked at only
+/// when the creation finds something there: every kind over every kind
+/// still ends as the last entry says (a directory over a directory
+/// merges), and nothing is followed.
+#[test]
+fn every_kind_of_entry_replaces_every_kind_before_it() {
+    let (_dir, store) = new_store();
+    let tar = raw_tar(&[
+        Raw::file("base", b"base"),
+        // file over: file, symlink, directory (with content), hard link
+        Raw::file("f1", b"old"),
+        Raw::file("f1", b"new"),
+        Raw::symlink("f2", "base"),
+        Raw::file("f2", b"new"),
+        Raw::dir("f3/"),
+        Raw::file("f3/inner", b"x"),
+        Raw::file("f3", b"new"),
+        Raw::hardlink("f4", "base"),
+        Raw::file("f4", b"new"),
+        // symlink over: file, symlink, directory
+        Raw::file("s1", b"old"),
+        Raw::symlink("s1", "base"),
+        Raw::symlink("s2", "f1"),
+        Raw::symlink("s2", "base"),
+        Raw::dir("s3/"),
+        Raw::symlink("s3", "base"),
+        // directory over: file, symlink, directory (merged)
+        Raw::file("d1", b"old"),
+        Raw::dir("d1/"),
+        Raw::symlink("d2", "base"),
+        Raw::dir("d2/"),
+        Raw::dir("d3/"),
+        Raw::file("d3/kept", b"kept"),
+        Raw::dir("d3/"),
+        // hard link over a file
+        Raw::file("h1", b"old"),
+        Raw::hardlink("h1", "base"),
+    ]);
+    let info = store.register_layer(&tar[..], None, None).unwrap();
+    let diff = store.layer_diff_dir(&info.chain_id);
+    for name in ["f1", "f2", "f3", "f4"] {
+        let meta = std::fs::symlink_metadata(diff.join(name)).unwrap();
+        assert!(meta.is_file(), "{name}");
+        assert_eq!(std::fs::read(diff.join(name)).unwrap(), b"new", "{name}");
+    }
+    assert_eq!(
+        std::fs::read(diff.join("base")).unwrap(),
+        b"base",
+        "never written through"
+    );
+    for name in ["s1", "s2", "s3"] {
+        assert_eq!(
+            std::fs::read_link(diff.join(name)).unwrap(),
+            Path::new("base"),
+            "{name}"
+        );
+    }
+    for name in ["d1", "d2", "d3"] {
+        let meta = std::fs::symlink_metadata(diff.join(name)).unwrap();
+        assert!(meta.is_dir(), "{name}");
+    }
+    assert_eq!(std::fs::read(diff.join("d3/kept")).unwrap(), b"kept");
+    let base = std::fs::metadata(diff.join("base")).unwrap();
+    let h1 = std::fs::metadata(diff.join("h1")).unwrap();
+    assert_eq!(base.ino(), h1.ino());
+}
