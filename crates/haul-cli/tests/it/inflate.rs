@@ -1,4 +1,5 @@
-//! Layers gzipped by every common compressor pull and unpack to exactly
+//! Layers gzipped by every common compressor (gzip, pigz, igzip, Go's
+//! gzip through skopeo, flate2 with every header field) pull and unpack to exactly
 //! their tar (the pull checks each layer's diffID, the sha256 of the
 //! inflated stream, against the image config: a pull that succeeds
 //! produced byte-identical output), and a corrupt or truncated gzip layer
@@ -31,28 +32,52 @@ fn layer_tar() -> Vec<u8> {
 /// Writes an OCI layout tagged `t` of one image whose only layer blob is
 /// `blob` (a gzip labelled as such) with the diffID of `tar`.
 fn layout_with_blob(dir: &Path, tar: &[u8], blob: &[u8]) -> Digest {
-    let blobs = dir.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs).unwrap();
+    layout_with_blobs(dir, tar, &[blob]).remove(0)
+}
+
+/// Writes an OCI layout tagged `t` of one image whose layer blobs are
+/// `blobs` (gzips labelled as such), each with the diffID of `tar`.
+fn layout_with_blobs(dir: &Path, tar: &[u8], blobs: &[&[u8]]) -> Vec<Digest> {
+    layout_of(
+        dir,
+        tar,
+        blobs,
+        "application/vnd.oci.image.layer.v1.tar+gzip",
+    )
+}
+
+/// [`layout_with_blobs`] with the layers' media type `media_type`.
+fn layout_of(dir: &Path, tar: &[u8], blobs: &[&[u8]], media_type: &str) -> Vec<Digest> {
+    let dir_blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&dir_blobs).unwrap();
     let put = |bytes: &[u8]| -> Digest {
         let digest = Digest::sha256_of(bytes);
-        std::fs::write(blobs.join(digest.hex()), bytes).unwrap();
+        std::fs::write(dir_blobs.join(digest.hex()), bytes).unwrap();
         digest
     };
-    let layer_digest = put(blob);
+    let layer_digests: Vec<Digest> = blobs.iter().map(|b| put(b)).collect();
+    let diff_id = Digest::sha256_of(tar).to_string();
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": "amd64", "os": "linux",
-        "rootfs": {"type": "layers", "diff_ids": [Digest::sha256_of(tar).to_string()]},
+        "rootfs": {"type": "layers", "diff_ids": vec![diff_id; blobs.len()]},
         "config": {},
     }))
     .unwrap();
+    let layers: Vec<serde_json::Value> = blobs
+        .iter()
+        .zip(&layer_digests)
+        .map(|(blob, digest)| {
+            serde_json::json!({"mediaType": media_type,
+                               "digest": digest.to_string(), "size": blob.len()})
+        })
+        .collect();
     let config_digest = put(&config);
     let manifest = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
                    "digest": config_digest.to_string(), "size": config.len()},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                    "digest": layer_digest.to_string(), "size": blob.len()}],
+        "layers": layers,
     }))
     .unwrap();
     let manifest_digest = put(&manifest);
@@ -64,7 +89,7 @@ fn layout_with_blob(dir: &Path, tar: &[u8], blob: &[u8]) -> Digest {
                        "annotations": {"org.opencontainers.image.ref.name": "t"}}],
     });
     std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
-    layer_digest
+    layer_digests
 }
 
 /// `program ARGS` with `input` on stdin; its stdout.
@@ -86,6 +111,16 @@ fn filter(program: &Path, args: &[&str], input: &[u8]) -> Vec<u8> {
         program.display()
     );
     out.stdout
+}
+
+fn with_header_fields(tar: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::GzBuilder::new()
+        .filename("layer.tar")
+        .comment("made by a test")
+        .extra(b"BC\x02\x00\x00\x00".to_vec())
+        .write(Vec::new(), flate2::Compression::new(5));
+    encoder.write_all(tar).unwrap();
+    encoder.finish().unwrap()
 }
 
 fn push_layout(env: &Env, layout: &Path, name: &str) {
@@ -124,10 +159,11 @@ fn layers_from_gzip_pigz_igzip_and_concatenated_members_unpack_byte_identically(
         ("gzip-1", filter(&gzip, &["-1", "-c"], &tar)),
         ("gzip-6", filter(&gzip, &["-6", "-c"], &tar)),
         ("gzip-9", filter(&gzip, &["-9", "-c"], &tar)),
-        // A file name in the header (FNAME), as `gzip FILE` writes.
-        ("gzip-name", filter(&gzip, &["-N", "-c", "-"], &tar)),
+        // A file name, a comment and an extra field in the header (FNAME,
+        // FCOMMENT, FEXTRA), as `gzip FILE` and BGZF writers put there.
+        ("named", with_header_fields(&tar)),
         ("pigz-1", filter(&pigz, &["-1", "-c"], &tar)),
-        ("pigz-11", filter(&pigz, &["-11", "-c"], &tar)),
+        ("pigz-9", filter(&pigz, &["-9", "-c"], &tar)),
         // pigz --independent: blocks restart the dictionary, stored
         // blocks flushed in between.
         (
@@ -138,27 +174,31 @@ fn layers_from_gzip_pigz_igzip_and_concatenated_members_unpack_byte_identically(
         ("stored", filter(&igzip, &["-0", "-c"], &tar)),
         ("members", members),
     ];
-    for (name, blob) in &blobs {
-        let layout = env.dir(name);
-        layout_with_blob(&layout, &tar, blob);
-        push_layout(&env, &layout, &format!("gz/{name}:1"));
-        let out = env.haul(&["pull", &env.reference(&format!("gz/{name}:1"))]);
-        assert_ok(&out);
-    }
+    // One image whose layers are the same tar, each gzipped differently:
+    // one push, one pull, and each layer is unpacked (their chain IDs
+    // differ) and checked against the tar's diffID.
+    let layout = env.dir("layout");
+    let only: Vec<&[u8]> = blobs.iter().map(|(_, b)| &b[..]).collect();
+    let digests = layout_with_blobs(&layout, &tar, &only);
+    let distinct: std::collections::HashSet<&Digest> = digests.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        blobs.len(),
+        "every compressor wrote other bytes"
+    );
+    push_layout(&env, &layout, "gz/all:1");
+    let reference = env.reference("gz/all:1");
+    assert_ok(&env.haul(&["pull", &reference]));
     assert_eq!(
         layer_dirs(env.root.path()).len(),
-        1,
-        "one diffID, one layer"
+        blobs.len(),
+        "every layer unpacked"
     );
     env.assert_store_invariants();
 
     // The unpacked files are the tar's files.
     let export = env.dir("export");
-    assert_ok(&env.haul(&[
-        "export",
-        &env.reference("gz/members:1"),
-        export.to_str().unwrap(),
-    ]));
+    assert_ok(&env.haul(&["export", &reference, export.to_str().unwrap()]));
     let conf = std::fs::read(export.join("etc/big.conf")).unwrap();
     assert_eq!(conf.len(), 2_000_000);
     assert!(conf.starts_with(b"line 0 of a config file\nline 1 "));
@@ -168,6 +208,49 @@ fn layers_from_gzip_pigz_igzip_and_concatenated_members_unpack_byte_identically(
             .len(),
         1_200_000
     );
+}
+
+/// skopeo compresses an uncompressed layer with Go's gzip (klauspost's
+/// pgzip, as crane and Docker's Go code do) when asked to on a copy.
+#[test]
+fn a_layer_gzipped_by_skopeo_unpacks_byte_identically() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let tar = layer_tar();
+    let layout = env.dir("plain");
+    layout_of(
+        &layout,
+        &tar,
+        &[&tar],
+        "application/vnd.oci.image.layer.v1.tar",
+    );
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "copy".into(),
+        "--dest-compress".into(),
+        "--dest-compress-format".into(),
+        "gzip".into(),
+    ];
+    args.extend(haul_testkit::skopeo::registry_flags(&env.registry, "dest-"));
+    args.push(format!("oci:{}:t", layout.display()).into());
+    args.push(format!("docker://{}", env.reference("gz/go:1")).into());
+    haul_testkit::skopeo::run_skopeo(args).unwrap();
+
+    let reference = env.reference("gz/go:1");
+    assert_ok(&env.haul(&["pull", &reference]));
+    let inspect = env.haul(&["inspect", &reference]);
+    assert_ok(&inspect);
+    let text = stdout(&inspect);
+    assert!(
+        text.contains("tar+gzip") || text.contains("tar.gzip"),
+        "gzipped by skopeo: {text}"
+    );
+    assert!(
+        text.contains(&Digest::sha256_of(&tar).to_string()),
+        "diffID: {text}"
+    );
+    assert_eq!(layer_dirs(env.root.path()).len(), 1);
+    env.assert_store_invariants();
 }
 
 #[test]
