@@ -168,9 +168,16 @@ impl Store {
                 ),
             });
         }
-        // A pull of an image that is present writes nothing.
-        if self.get_image(&image.id).ok().flatten().as_ref() == Some(image) {
-            return Ok(());
+        // A pull of an image that is present writes nothing (the record
+        // keeps the time it was first stored).
+        if let Ok(Some(stored)) = self.get_image(&image.id) {
+            let unchanged = ImageRecord {
+                added: image.added,
+                ..stored
+            } == *image;
+            if unchanged {
+                return Ok(());
+            }
         }
         // The layers it names were registered without a sync of their own.
         self.sync_layers()?;

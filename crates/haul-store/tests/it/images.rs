@@ -86,6 +86,32 @@ fn put_image_requires_manifest_and_config_blobs() {
     assert!(matches!(err, Error::BlobNotFound { .. }), "{err}");
 }
 
+/// A second pull stores the record it already has: nothing is written
+/// (the record keeps the time it was first stored), while a record that
+/// changed is replaced.
+#[test]
+fn storing_an_image_record_again_as_it_is_writes_nothing() {
+    let (_dir, store) = new_store();
+    let (record, _) = put_image(&store, &small_image(1), "a:1");
+    let path = store
+        .root()
+        .join("images/sha256")
+        .join(format!("{}.json", record.id.hex()));
+    let written = || std::fs::metadata(&path).unwrap().modified().unwrap();
+    let before = written();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let mut again = record.clone();
+    again.added += 100;
+    store.put_image(&again).unwrap();
+    assert_eq!(written(), before, "not rewritten");
+    assert_eq!(store.get_image(&record.id).unwrap(), Some(record.clone()));
+
+    let mut changed = record.clone();
+    changed.created = Some("2020-01-01T00:00:00Z".into());
+    store.put_image(&changed).unwrap();
+    assert_eq!(store.get_image(&record.id).unwrap(), Some(changed));
+}
+
 #[test]
 fn tag_resolve_untag_and_list() {
     let (_dir, store) = new_store();
