@@ -22,6 +22,17 @@ pub enum Error {
     /// A layer blob could not be decompressed.
     #[error("cannot decompress layer: {0}")]
     Decompress(String),
+    /// A layer blob's stream broke while it was unpacked (a corrupt or
+    /// truncated gzip, a cut tar, an entry that failed or is unsafe): the
+    /// sentence names the blob.
+    #[error("layer {digest}: {source}")]
+    LayerStream {
+        /// The layer blob's digest.
+        digest: Digest,
+        /// The store's error (its source is the stream's).
+        #[source]
+        source: haul_store::Error,
+    },
     /// The manifest is of a kind this flow cannot handle.
     #[error("{reference}: {message}")]
     Unsupported {

@@ -66,13 +66,16 @@ fn start_unpack(
     let expected = expected_diff_id.cloned();
     // The expansion limit (decompression bombs) scales with the blob.
     let options = plan.options.for_compressed_size(blob.size);
+    let digest = blob.digest.clone();
     Unpacking::start(&plan.slots, file, written, blob.size, move |reader| {
         let reader = haul_store::decompressing_reader(
             std::io::BufReader::with_capacity(256 * 1024, reader),
             compression.unwrap_or(Compression::Uncompressed),
         )
         .map_err(|e| Error::Decompress(e.to_string()))?;
-        Ok(store.stage_layer(haul_store::read_ahead(reader), expected.as_ref(), &options)?)
+        store
+            .stage_layer(haul_store::read_ahead(reader), expected.as_ref(), &options)
+            .map_err(|e| naming_blob(&digest, e))
     })
 }
 
@@ -264,9 +267,25 @@ pub(crate) async fn stage_from_store(
             blob.compression.unwrap_or(Compression::Uncompressed),
         )
         .map_err(|e| Error::Decompress(e.to_string()))?;
-        Ok(store.stage_layer(haul_store::read_ahead(reader), expected.as_ref(), &options)?)
+        store
+            .stage_layer(haul_store::read_ahead(reader), expected.as_ref(), &options)
+            .map_err(|e| naming_blob(&blob.digest, e))
     })
     .await
+}
+
+/// A failure to read a layer's stream or one of its entries, with the
+/// blob's digest in its sentence; other store errors as they are.
+fn naming_blob(digest: &Digest, error: haul_store::Error) -> Error {
+    match error {
+        error @ (haul_store::Error::Tar { .. }
+        | haul_store::Error::Entry { .. }
+        | haul_store::Error::UnsafeEntry { .. }) => Error::LayerStream {
+            digest: digest.clone(),
+            source: error,
+        },
+        other => Error::Store(other),
+    }
 }
 
 /// The diffID of a layer blob that is in the store: the digest of its

@@ -288,9 +288,12 @@ impl V1Puller {
                 store.put_blob_bytes(&manifest_bytes, &md)?;
             }
             store.put_image(&to_put)?;
-            for layer in &to_put.layers {
-                store.add_distribution_source(&layer.diff_id, &layer.digest, &source)?;
-            }
+            let layers: Vec<_> = to_put
+                .layers
+                .iter()
+                .map(|l| (l.diff_id.clone(), l.digest.clone()))
+                .collect();
+            store.add_distribution_sources(&layers, &source)?;
             Ok(())
         })
         .await?;

@@ -17,7 +17,7 @@
 //! name, and the handshake's signatures are checked as always.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
@@ -69,20 +69,9 @@ fn tls_config(
 ) -> Result<rustls::ClientConfig> {
     let trust = trust_for(config, authority)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = RootCertStore::empty();
-    // Unreadable system certificates are skipped, as Go and Docker do.
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
-    }
-    for cert in &trust.user_certs {
-        // A certificate webpki cannot use as an anchor may still be pinned.
-        let _ = roots.add(cert.clone());
-    }
-    let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|e| Error::Config(format!("TLS trust for {authority}: {e}")))?;
     let verifier = Arc::new(Verifier {
-        webpki,
+        webpki: OnceLock::new(),
+        authority: authority.to_string(),
         pinned: trust.user_certs,
         provider: provider.clone(),
         insecure,
@@ -173,15 +162,51 @@ fn io_error(path: &Path, source: std::io::Error) -> Error {
     }
 }
 
+static SYSTEM_ROOTS: OnceLock<RootCertStore> = OnceLock::new();
+
+/// The system's trusted roots, read once per process and only when a
+/// first TLS certificate is to be verified (a pull from a plain-HTTP
+/// registry never reads them). Unreadable system certificates are
+/// skipped, as Go and Docker do.
+fn system_roots() -> &'static RootCertStore {
+    SYSTEM_ROOTS.get_or_init(|| {
+        let mut roots = RootCertStore::empty();
+        for cert in rustls_native_certs::load_native_certs().certs {
+            let _ = roots.add(cert);
+        }
+        roots
+    })
+}
+
 /// webpki's verification, plus the certificates the user trusts for this
 /// host accepted as the server's own certificate (see the module docs);
-/// or, for an insecure registry, any certificate.
+/// or, for an insecure registry, any certificate. The webpki verifier is
+/// built on the first handshake (see [`system_roots`]).
 #[derive(Debug)]
 struct Verifier {
-    webpki: Arc<WebPkiServerVerifier>,
+    webpki: OnceLock<std::result::Result<Arc<WebPkiServerVerifier>, String>>,
+    authority: String,
     pinned: Vec<CertificateDer<'static>>,
     provider: Arc<CryptoProvider>,
     insecure: bool,
+}
+
+impl Verifier {
+    fn webpki(&self) -> std::result::Result<&Arc<WebPkiServerVerifier>, rustls::Error> {
+        self.webpki
+            .get_or_init(|| {
+                let mut roots = system_roots().clone();
+                for cert in &self.pinned {
+                    // A certificate webpki cannot use as an anchor may still be pinned.
+                    let _ = roots.add(cert.clone());
+                }
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                    .build()
+                    .map_err(|e| format!("TLS trust for {}: {e}", self.authority))
+            })
+            .as_ref()
+            .map_err(|message| rustls::Error::General(message.clone()))
+    }
 }
 
 impl ServerCertVerifier for Verifier {
@@ -196,7 +221,7 @@ impl ServerCertVerifier for Verifier {
         if self.insecure {
             return Ok(ServerCertVerified::assertion());
         }
-        match self.webpki.verify_server_cert(
+        match self.webpki()?.verify_server_cert(
             end_entity,
             intermediates,
             server_name,
@@ -332,6 +357,17 @@ fn der_time(tag: u8, text: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn building_clients_reads_no_system_certificate() {
+        // No test of this binary makes a TLS handshake.
+        let config = ClientConfig::default();
+        for authority in ["127.0.0.1:5000", "registry.example.com", "[::1]:443"] {
+            http_client(&config, authority, false).unwrap();
+            http_client(&config, authority, true).unwrap();
+        }
+        assert!(SYSTEM_ROOTS.get().is_none(), "the system roots were read");
+    }
 
     #[test]
     fn certificate_times_are_read_in_both_forms() {

@@ -4,6 +4,8 @@ use std::io::{self, Read};
 
 use haul_oci::Compression;
 
+use crate::gzip::GzipReader;
+
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
@@ -30,9 +32,9 @@ pub fn detect_compression(head: &[u8]) -> Option<Compression> {
 /// `declared` is the compression the media type announces; the stream's
 /// magic bytes take precedence when they say otherwise (registries do serve
 /// plain tars labelled gzip, and the reverse), and `declared` decides only
-/// for a stream too short to tell. gzip is read with
-/// [`flate2::read::MultiGzDecoder`] (zlib-rs backend; concatenated members
-/// are one stream, as `pigz` writes them), zstd with the reference decoder.
+/// for a stream too short to tell. gzip is read with [`GzipReader`]
+/// (zlib-rs raw inflate; concatenated members are one stream, as `pigz`
+/// writes them), zstd with the reference decoder.
 /// Streams: nothing is held in memory beyond the decoders' buffers.
 pub fn decompressing_reader<'a, R>(
     mut reader: R,
@@ -52,11 +54,11 @@ where
         }
     }
     let compression = detect_compression(&head[..filled]).unwrap_or(declared);
-    let whole = io::Cursor::new(head).take(filled as u64).chain(reader);
+    let whole = |reader| io::Cursor::new(head).take(filled as u64).chain(reader);
     Ok(match compression {
-        Compression::Uncompressed => Box::new(whole),
-        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(whole)),
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(whole)?),
+        Compression::Uncompressed => Box::new(whole(reader)),
+        Compression::Gzip => Box::new(GzipReader::with_prefix(reader, &head[..filled])),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(whole(reader))?),
     })
 }
 
@@ -68,14 +70,19 @@ const READ_AHEAD_CHUNK: usize = 256 * 1024;
 /// Runs `reader` on a thread of its own, a few chunks ahead of whoever
 /// reads the result. Unpacking a layer is then two pipelined stages, the
 /// decompressor on one core and the diffID hash plus file writes on
-/// another, instead of one core doing both. Errors arrive in order; the
-/// thread stops when the result is dropped.
+/// another, instead of one core doing both. The chunks go back to the
+/// reading thread once consumed, so no buffer is allocated (or zeroed)
+/// after the first few. Errors arrive in order; the thread stops when the
+/// result is dropped.
 pub fn read_ahead<R: Read + Send + 'static>(reader: R) -> ReadAhead {
     let (sender, receiver) = std::sync::mpsc::sync_channel(READ_AHEAD_CHUNKS);
+    let (recycle, recycled) = std::sync::mpsc::channel::<Vec<u8>>();
     std::thread::spawn(move || {
         let mut reader = reader;
         loop {
-            let mut chunk = vec![0u8; READ_AHEAD_CHUNK];
+            let mut chunk = recycled
+                .try_recv()
+                .unwrap_or_else(|_| vec![0u8; READ_AHEAD_CHUNK]);
             let result = loop {
                 match reader.read(&mut chunk) {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -83,10 +90,7 @@ pub fn read_ahead<R: Read + Send + 'static>(reader: R) -> ReadAhead {
                 }
             };
             let done = !matches!(result, Ok(n) if n > 0);
-            let message = result.map(|n| {
-                chunk.truncate(n);
-                chunk
-            });
+            let message = result.map(|n| (chunk, n));
             if sender.send(message).is_err() || done {
                 return;
             }
@@ -94,7 +98,9 @@ pub fn read_ahead<R: Read + Send + 'static>(reader: R) -> ReadAhead {
     });
     ReadAhead {
         receiver,
+        recycle,
         current: Vec::new(),
+        len: 0,
         position: 0,
         finished: false,
     }
@@ -103,22 +109,30 @@ pub fn read_ahead<R: Read + Send + 'static>(reader: R) -> ReadAhead {
 /// The reading end of [`read_ahead`].
 #[derive(Debug)]
 pub struct ReadAhead {
-    receiver: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    receiver: std::sync::mpsc::Receiver<io::Result<(Vec<u8>, usize)>>,
+    recycle: std::sync::mpsc::Sender<Vec<u8>>,
     current: Vec<u8>,
+    /// Bytes of `current` that hold data.
+    len: usize,
     position: usize,
     finished: bool,
 }
 
 impl Read for ReadAhead {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.position == self.current.len() {
+        while self.position == self.len {
             if self.finished {
                 return Ok(0);
             }
             match self.receiver.recv() {
-                Ok(Ok(chunk)) if chunk.is_empty() => self.finished = true,
-                Ok(Ok(chunk)) => {
-                    self.current = chunk;
+                Ok(Ok((_, 0))) => self.finished = true,
+                Ok(Ok((chunk, len))) => {
+                    let used = std::mem::replace(&mut self.current, chunk);
+                    if !used.is_empty() {
+                        // The reading thread may be gone; then it is dropped.
+                        let _ = self.recycle.send(used);
+                    }
+                    self.len = len;
                     self.position = 0;
                 }
                 Ok(Err(e)) => {
@@ -131,7 +145,7 @@ impl Read for ReadAhead {
                 }
             }
         }
-        let n = buf.len().min(self.current.len() - self.position);
+        let n = buf.len().min(self.len - self.position);
         buf[..n].copy_from_slice(&self.current[self.position..self.position + n]);
         self.position += n;
         Ok(n)

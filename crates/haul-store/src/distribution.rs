@@ -14,7 +14,7 @@ use haul_oci::Digest;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::fsutil::{create_dirs, read_json, write_json};
+use crate::fsutil::{create_dirs, json_bytes, read_json, write_atomic_batch};
 use crate::Store;
 
 /// Most sources remembered per diff ID; the oldest are forgotten first.
@@ -63,37 +63,67 @@ impl Store {
         blob_digest: &Digest,
         repository: &str,
     ) -> Result<()> {
-        let source = DistributionSource {
-            digest: blob_digest.clone(),
-            repository: repository.to_owned(),
-        };
-        let path = self.diff_id_path(diff_id);
-        let blob_path = self.blob_meta_path(blob_digest);
+        self.add_distribution_sources(&[(diff_id.clone(), blob_digest.clone())], repository)
+    }
+
+    /// [`Store::add_distribution_source`] for every `(diff_id, blob)` pair
+    /// (an image's layers), under one lock and with one batch of writes
+    /// (two syncs of the filesystem, none when nothing changed).
+    pub fn add_distribution_sources(
+        &self,
+        layers: &[(Digest, Digest)],
+        repository: &str,
+    ) -> Result<()> {
         let _lock = self.lock_metadata()?;
-        let mut file: SourcesFile = read_json(&path)?.unwrap_or_default();
-        if file.sources.last() != Some(&source) {
-            file.sources.retain(|s| s != &source);
-            file.sources.push(source);
-            if file.sources.len() > MAX_SOURCES {
-                let excess = file.sources.len() - MAX_SOURCES;
-                file.sources.drain(..excess);
-            }
-            if let Some(dir) = path.parent() {
-                create_dirs(dir)?;
-            }
-            write_json(&self.tmp_dir(), &path, &file)?;
-        }
-        let known: Option<BlobFile> = read_json(&blob_path)?;
-        if known.as_ref().map(|b| &b.diff_id) != Some(diff_id) {
-            if let Some(dir) = blob_path.parent() {
-                create_dirs(dir)?;
-            }
-            let record = BlobFile {
-                diff_id: diff_id.clone(),
+        let mut writes: Vec<(PathBuf, Vec<u8>)> = Vec::new();
+        for (diff_id, blob_digest) in layers {
+            let source = DistributionSource {
+                digest: blob_digest.clone(),
+                repository: repository.to_owned(),
             };
-            write_json(&self.tmp_dir(), &blob_path, &record)?;
+            let path = self.diff_id_path(diff_id);
+            // An earlier pair of this batch may have changed the file.
+            let pending = writes.iter().position(|(p, _)| p == &path);
+            let mut file: SourcesFile = match pending {
+                Some(i) => serde_json::from_slice(&writes[i].1).unwrap_or_default(),
+                None => read_json(&path)?.unwrap_or_default(),
+            };
+            if file.sources.last() != Some(&source) {
+                file.sources.retain(|s| s != &source);
+                file.sources.push(source);
+                if file.sources.len() > MAX_SOURCES {
+                    let excess = file.sources.len() - MAX_SOURCES;
+                    file.sources.drain(..excess);
+                }
+                if let Some(dir) = path.parent() {
+                    create_dirs(dir)?;
+                }
+                let bytes = json_bytes(&path, &file)?;
+                match pending {
+                    Some(i) => writes[i].1 = bytes,
+                    None => writes.push((path, bytes)),
+                }
+            }
+            let blob_path = self.blob_meta_path(blob_digest);
+            let known: Option<BlobFile> = match writes.iter().find(|(p, _)| p == &blob_path) {
+                Some((_, bytes)) => serde_json::from_slice(bytes).ok(),
+                None => read_json(&blob_path)?,
+            };
+            if known.as_ref().map(|b| &b.diff_id) != Some(diff_id) {
+                if let Some(dir) = blob_path.parent() {
+                    create_dirs(dir)?;
+                }
+                let record = BlobFile {
+                    diff_id: diff_id.clone(),
+                };
+                let bytes = json_bytes(&blob_path, &record)?;
+                match writes.iter().position(|(p, _)| p == &blob_path) {
+                    Some(i) => writes[i].1 = bytes,
+                    None => writes.push((blob_path, bytes)),
+                }
+            }
         }
-        Ok(())
+        write_atomic_batch(&self.tmp_dir(), &writes)
     }
 
     /// Where `diff_id` is known to exist, oldest record first.

@@ -106,6 +106,13 @@ pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
     fs::File::open(dir).and_then(|d| d.sync_all()).at(dir)
 }
 
+/// Flushes everything written to the filesystem holding `path` (its data
+/// and metadata, by any process) to disk: Linux's syncfs(2).
+pub(crate) fn syncfs(path: &Path) -> Result<()> {
+    let dir = fs::File::open(path).at(path)?;
+    rustix::fs::syncfs(&dir).map_err(io::Error::from).at(path)
+}
+
 /// Replaces `dest` with `bytes` atomically: written to a temporary file in
 /// `tmp_dir` (same filesystem), fsynced, renamed over `dest`, and the
 /// directory of `dest` fsynced. A reader sees the old or the new content.
@@ -128,6 +135,52 @@ pub(crate) fn write_atomic(tmp_dir: &Path, dest: &Path, bytes: &[u8]) -> Result<
     }
     crash_point();
     Ok(())
+}
+
+/// [`write_atomic`] for several files at once, with two syncs of the
+/// filesystem in all instead of two fsyncs per file: every file is written
+/// to a temporary file, the filesystem synced, every file renamed over its
+/// destination, the filesystem synced again. Each destination is replaced
+/// atomically (old or new content); a crash between two renames may leave
+/// some replaced and some not.
+pub(crate) fn write_atomic_batch(
+    tmp_dir: &Path,
+    files: &[(std::path::PathBuf, Vec<u8>)],
+) -> Result<()> {
+    if files.is_empty() {
+        return Ok(());
+    }
+    let mut temps = Vec::with_capacity(files.len());
+    for (dest, bytes) in files {
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".tmp-")
+            .tempfile_in(tmp_dir)
+            .at(tmp_dir)?;
+        tmp.write_all(bytes).at(tmp.path())?;
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o644)).at(tmp.path())?;
+        temps.push((tmp, dest));
+    }
+    syncfs(tmp_dir)?;
+    crash_point();
+    for (tmp, dest) in temps {
+        tmp.persist(dest).map_err(|e| Error::Io {
+            path: dest.clone(),
+            source: e.error,
+        })?;
+    }
+    syncfs(tmp_dir)?;
+    crash_point();
+    Ok(())
+}
+
+/// `value` as the pretty JSON [`write_json`] writes.
+pub(crate) fn json_bytes<T: Serialize>(dest: &Path, value: &T) -> Result<Vec<u8>> {
+    let mut bytes = serde_json::to_vec_pretty(value).map_err(|source| Error::Metadata {
+        path: dest.to_path_buf(),
+        source,
+    })?;
+    bytes.push(b'\n');
+    Ok(bytes)
 }
 
 /// Writes `value` as pretty JSON with [`write_atomic`].

@@ -174,6 +174,19 @@ impl Store {
                 ),
             });
         }
+        // A pull of an image that is present writes nothing (the record
+        // keeps the time it was first stored).
+        if let Ok(Some(stored)) = self.get_image(&image.manifest_digest) {
+            let unchanged = ImageRecord {
+                added: image.added,
+                ..stored
+            } == *image;
+            if unchanged {
+                return Ok(());
+            }
+        }
+        // The layers it names were registered without a sync of their own.
+        self.sync_layers()?;
         let _lock = self.lock_metadata()?;
         write_json(
             &self.tmp_dir(),

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{
-    count_entries, crash_point, fsync_dir, now_unix, read_json, remove_tree, remove_via_trash,
+    count_entries, crash_point, now_unix, read_json, remove_tree, remove_via_trash, syncfs,
 };
 use crate::unpack::{unpack, UnpackOptions};
 use crate::Store;
@@ -109,8 +109,13 @@ impl Store {
     /// provided its diff is there with the entry count recorded.
     pub fn get_layer(&self, chain_id: &Digest) -> Result<Option<LayerInfo>> {
         let dir = self.layer_dir(chain_id);
-        let Some(info) = read_json::<LayerInfo>(&dir.join("layer.json"))? else {
-            return Ok(None);
+        // A layer.json that does not parse is a damaged layer (registered
+        // without a sync, then a crash): absent, and replaced on the next
+        // registration of its chain ID.
+        let info = match read_json::<LayerInfo>(&dir.join("layer.json")) {
+            Ok(Some(info)) => info,
+            Ok(None) | Err(Error::Metadata { .. }) => return Ok(None),
+            Err(e) => return Err(e),
         };
         let diff = dir.join("diff");
         let whole = match info.entries {
@@ -251,6 +256,10 @@ impl Store {
                 });
             }
         }
+        // The layer's files reach the disk here, on the unpacking thread
+        // (one syncfs, no per-file fsync), so that registering it later
+        // writes only its layer.json.
+        syncfs(&diff)?;
         staged.diff_id = report.diff_id;
         staged.size = report.size;
         staged.skipped_entries = report.skipped;
@@ -300,10 +309,14 @@ impl Store {
             source,
         })?;
         bytes.push(b'\n');
+        // Not synced here: the diff was synced when staged, and
+        // `put_image` syncs the filesystem (these layer.json files and
+        // renames with it) before an image record can name the layer. A
+        // crash before that leaves a layer whose layer.json may be damaged,
+        // which `get_layer` treats as absent.
         let file = fs::File::create(&path).at(&path)?;
         io::Write::write_all(&mut &file, &bytes).at(&path)?;
-        file.sync_all().at(&path)?;
-        fsync_dir(&tmp)?;
+        drop(file);
         let dest = self.layer_dir(&info.chain_id);
         let mut replaced_damaged = false;
         loop {
@@ -311,7 +324,6 @@ impl Store {
             match fs::rename(&tmp, &dest) {
                 Ok(()) => {
                     staged.dir = None;
-                    fsync_dir(&self.layers_dir().join("sha256"))?;
                     crash_point();
                     return Ok(info);
                 }
@@ -327,6 +339,13 @@ impl Store {
                 },
             }
         }
+    }
+
+    /// Makes every registered layer durable: one syncfs of the layers'
+    /// filesystem (their layer.json files and renames, see
+    /// [`Store::commit_staged`]). Called before an image record is written.
+    pub(crate) fn sync_layers(&self) -> Result<()> {
+        syncfs(&self.layers_dir())
     }
 
     /// Removes a layer directory (used by gc) through the trash; returns

@@ -183,6 +183,7 @@ fn unpack_hashed<R: Read>(
         entries: 0,
         skipped: 0,
         xattrs_failed: 0,
+        create: CreateRules::for_dest(dest),
     };
     for entry in archive.entries().map_err(tar_error)? {
         let mut entry = entry.map_err(tar_error)?;
@@ -275,6 +276,63 @@ struct Unpacker<'a> {
     entries: u64,
     skipped: u64,
     xattrs_failed: u64,
+    /// What a file created here gets (see [`CreateRules::for_dest`]).
+    create: CreateRules,
+}
+
+/// What a file created in the destination gets without further calls,
+/// so that the usual file needs no fchmod and, as root, no fchown.
+#[derive(Debug, Clone, Copy)]
+struct CreateRules {
+    /// The process's umask, when the mode passed to open(2) is exactly
+    /// the mode minus it (no default ACL in the destination).
+    umask: Option<u32>,
+    /// The owner a new file gets (the effective uid and gid, when the
+    /// destination is not setgid).
+    owner: Option<(u32, u32)>,
+}
+
+impl CreateRules {
+    fn for_dest(dest: &Path) -> CreateRules {
+        let none = CreateRules {
+            umask: None,
+            owner: None,
+        };
+        let Ok(meta) = fs::metadata(dest) else {
+            return none;
+        };
+        if meta.permissions().mode() & 0o2000 != 0 {
+            return none;
+        }
+        let default_acl = rustix::fs::getxattr(dest, "system.posix_acl_default", &mut [0u8; 0][..]);
+        let umask = match default_acl {
+            Ok(n) if n > 0 => None,
+            _ => process_umask(),
+        };
+        CreateRules {
+            umask,
+            owner: Some((
+                rustix::process::geteuid().as_raw(),
+                rustix::process::getegid().as_raw(),
+            )),
+        }
+    }
+
+    /// The mode a file created with `mode` has, when known.
+    fn created_mode(&self, mode: u32) -> Option<u32> {
+        self.umask.map(|umask| mode & !umask)
+    }
+}
+
+/// The process's umask, read from `/proc/self/status` (reading it with
+/// umask(2) would change it for every thread for a moment).
+fn process_umask() -> Option<u32> {
+    static UMASK: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    *UMASK.get_or_init(|| {
+        let status = fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+        u32::from_str_radix(line.trim(), 8).ok()
+    })
 }
 
 enum Kind {
@@ -363,26 +421,50 @@ impl Unpacker<'_> {
         let full = self.dest.join(&rel);
         match kind {
             Kind::Dir => {
-                if !self.clear_target(&full, true).map_err(io_err)? {
-                    fs::DirBuilder::new()
-                        .mode(0o700)
-                        .create(&full)
-                        .map_err(io_err)?;
+                let mkdir = || fs::DirBuilder::new().mode(0o700).create(&full);
+                // Created first, looked at only when something is there
+                // (one syscall for the usual new path instead of two).
+                match mkdir() {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        if !self.clear_target(&full, true).map_err(io_err)? {
+                            mkdir().map_err(io_err)?;
+                        }
+                    }
+                    Err(e) => return Err(io_err(e)),
                 }
                 self.verified.insert(rel.clone());
                 self.dirs.insert(rel, (shown, meta));
             }
             Kind::File | Kind::Marker => {
-                self.clear_target(&full, false).map_err(io_err)?;
-                let mut file = create_file(&full).map_err(io_err)?;
+                // Created with its final permission bits (the special
+                // ones come with the fchmod after an fchown). O_EXCL
+                // fails on anything already there (a symlink included),
+                // which is then removed first.
+                let mode = meta.mode & 0o777;
+                let mut file = match create_file_with_mode(&full, mode) {
+                    Ok(file) => file,
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        self.clear_target(&full, false).map_err(io_err)?;
+                        create_file_with_mode(&full, mode).map_err(io_err)?
+                    }
+                    Err(e) => return Err(io_err(e)),
+                };
                 if let Kind::File = kind {
                     copy_content(entry, &mut file, &mut self.buffer).map_err(io_err)?;
                 }
-                self.apply_to_file(&file, &meta).map_err(io_err)?;
+                let created = self.create.created_mode(mode);
+                self.apply_to_file(&file, &meta, created).map_err(io_err)?;
             }
             Kind::Symlink(target) => {
-                self.clear_target(&full, false).map_err(io_err)?;
-                std::os::unix::fs::symlink(&target, &full).map_err(io_err)?;
+                match std::os::unix::fs::symlink(&target, &full) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        self.clear_target(&full, false).map_err(io_err)?;
+                        std::os::unix::fs::symlink(&target, &full).map_err(io_err)?;
+                    }
+                    Err(e) => return Err(io_err(e)),
+                }
                 self.apply_by_path(&full, &meta, true).map_err(io_err)?;
             }
             Kind::Hardlink(target_raw) => {
@@ -535,17 +617,23 @@ impl Unpacker<'_> {
     }
 
     /// Owner, xattrs, mode and times of a freshly written file, through its
-    /// open descriptor.
-    fn apply_to_file(&mut self, file: &File, meta: &Meta) -> io::Result<()> {
-        if self.options.as_root {
-            std::os::unix::fs::fchown(file, Some(meta.uid as u32), Some(meta.gid as u32))?;
+    /// open descriptor. `created`: the mode it was created with, when
+    /// known; the mode is then set only when it differs. The owner is set
+    /// only when it is not the one a new file gets anyway (which also
+    /// keeps setuid bits and capabilities, which chown would clear).
+    fn apply_to_file(&mut self, file: &File, meta: &Meta, created: Option<u32>) -> io::Result<()> {
+        let owner = (meta.uid as u32, meta.gid as u32);
+        if self.options.as_root && self.create.owner != Some(owner) {
+            std::os::unix::fs::fchown(file, Some(owner.0), Some(owner.1))?;
         }
         for (name, value) in &meta.xattrs {
             if rustix::fs::fsetxattr(file, name.as_os_str(), value, XattrFlags::empty()).is_err() {
                 self.xattrs_failed += 1;
             }
         }
-        file.set_permissions(fs::Permissions::from_mode(meta.mode))?;
+        if created != Some(meta.mode) {
+            file.set_permissions(fs::Permissions::from_mode(meta.mode))?;
+        }
         let time = UNIX_EPOCH + meta.mtime;
         file.set_times(fs::FileTimes::new().set_accessed(time).set_modified(time))
     }
@@ -553,8 +641,9 @@ impl Unpacker<'_> {
     /// Owner, xattrs, mode and times by path, never following a symlink
     /// (`symlink`: the entry is one, so no mode is set).
     fn apply_by_path(&mut self, full: &Path, meta: &Meta, symlink: bool) -> io::Result<()> {
-        if self.options.as_root {
-            std::os::unix::fs::lchown(full, Some(meta.uid as u32), Some(meta.gid as u32))?;
+        let owner = (meta.uid as u32, meta.gid as u32);
+        if self.options.as_root && self.create.owner != Some(owner) {
+            std::os::unix::fs::lchown(full, Some(owner.0), Some(owner.1))?;
         }
         for (name, value) in &meta.xattrs {
             if rustix::fs::lsetxattr(full, name.as_os_str(), value, XattrFlags::empty()).is_err() {
@@ -587,7 +676,7 @@ impl Unpacker<'_> {
                 source,
             };
             let dir = open_dir_nofollow(&full).map_err(io_err)?;
-            self.apply_to_file(&dir, &meta).map_err(io_err)?;
+            self.apply_to_file(&dir, &meta, None).map_err(io_err)?;
         }
         Ok(())
     }
@@ -620,10 +709,15 @@ pub(crate) fn open_dir_nofollow(path: &Path) -> io::Result<File> {
 
 /// Creates a new file, never following or reusing what is there.
 pub(crate) fn create_file(path: &Path) -> io::Result<File> {
+    create_file_with_mode(path, 0o600)
+}
+
+/// [`create_file`] with `mode` (before the umask) instead of `0600`.
+fn create_file_with_mode(path: &Path, mode: u32) -> io::Result<File> {
     OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o600)
+        .mode(mode)
         .custom_flags(OFlags::NOFOLLOW.bits() as i32)
         .open(path)
 }

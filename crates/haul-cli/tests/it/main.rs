@@ -10,6 +10,7 @@ mod common;
 mod config_file;
 mod copy;
 mod exact_manifests;
+mod inflate;
 mod load_concurrency;
 mod local;
 mod login;

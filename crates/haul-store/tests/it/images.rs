@@ -89,6 +89,38 @@ fn put_image_requires_manifest_and_config_blobs() {
     assert!(matches!(err, Error::BlobNotFound { .. }), "{err}");
 }
 
+/// A second pull stores the record it already has: nothing is written
+/// (the record keeps the time it was first stored), while a record that
+/// changed is replaced.
+#[test]
+fn storing_an_image_record_again_as_it_is_writes_nothing() {
+    let (_dir, store) = new_store();
+    let (record, _) = put_image(&store, &small_image(1), "a:1");
+    let path = store
+        .root()
+        .join("images/sha256")
+        .join(format!("{}.json", record.manifest_digest.hex()));
+    let written = || std::fs::metadata(&path).unwrap().modified().unwrap();
+    let before = written();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let mut again = record.clone();
+    again.added += 100;
+    store.put_image(&again).unwrap();
+    assert_eq!(written(), before, "not rewritten");
+    assert_eq!(
+        store.get_image(&record.manifest_digest).unwrap(),
+        Some(record.clone())
+    );
+
+    let mut changed = record.clone();
+    changed.created = Some("2020-01-01T00:00:00Z".into());
+    store.put_image(&changed).unwrap();
+    assert_eq!(
+        store.get_image(&record.manifest_digest).unwrap(),
+        Some(changed)
+    );
+}
+
 #[test]
 fn tag_resolve_untag_and_list() {
     let (_dir, store) = new_store();
@@ -328,6 +360,72 @@ fn distribution_sources_are_recorded_per_diff_id() {
     );
     assert_eq!(store.diff_id_for_blob(&gz).unwrap(), Some(diff.clone()));
     assert_eq!(store.diff_id_for_blob(&zst).unwrap(), Some(diff));
+}
+
+/// One batch for an image's layers records the same as one call per
+/// layer, a diff ID twice in the batch included (an image with the same
+/// layer twice, under two blobs), and a batch of what is known changes no
+/// file.
+#[test]
+fn distribution_sources_of_an_image_are_recorded_in_one_batch() {
+    let (_dir, store) = new_store();
+    let diffs: Vec<Digest> = (0..40u8).map(|i| Digest::sha256_of(&[i])).collect();
+    let blobs: Vec<Digest> = (0..40u8).map(|i| Digest::sha256_of(&[i, i])).collect();
+    let other_blob = Digest::sha256_of(b"the first layer again, as zstd");
+    let mut layers: Vec<(Digest, Digest)> =
+        diffs.iter().cloned().zip(blobs.iter().cloned()).collect();
+    layers.push((diffs[0].clone(), other_blob.clone()));
+    store
+        .add_distribution_sources(&layers, "r.example/app")
+        .unwrap();
+    for (diff, blob) in diffs.iter().zip(&blobs).skip(1) {
+        let sources = store.distribution_sources(diff).unwrap();
+        assert_eq!(sources.len(), 1);
+        assert_eq!(&sources[0].digest, blob);
+        assert_eq!(store.diff_id_for_blob(blob).unwrap().as_ref(), Some(diff));
+    }
+    let first: Vec<Digest> = store
+        .distribution_sources(&diffs[0])
+        .unwrap()
+        .into_iter()
+        .map(|s| s.digest)
+        .collect();
+    assert_eq!(
+        first,
+        vec![blobs[0].clone(), other_blob.clone()],
+        "both, in order"
+    );
+    assert_eq!(
+        store.diff_id_for_blob(&other_blob).unwrap(),
+        Some(diffs[0].clone())
+    );
+
+    // Again, the last pair first: only the first layer's file changes.
+    let dir = store.root().join("distribution");
+    let stamp = |p: &std::path::Path| std::fs::metadata(p).unwrap().modified().unwrap();
+    let files: Vec<std::path::PathBuf> = walk(&dir);
+    let before: Vec<_> = files.iter().map(|f| stamp(f)).collect();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    store
+        .add_distribution_sources(&layers[1..40], "r.example/app")
+        .unwrap();
+    let after: Vec<_> = files.iter().map(|f| stamp(f)).collect();
+    assert_eq!(before, after, "nothing rewritten");
+    assert_eq!(walk(&dir).len(), files.len());
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
 }
 
 #[test]

@@ -567,3 +567,152 @@ fn pax_mtime_keeps_sub_second_precision() {
     let meta = std::fs::metadata(store.layer_diff_dir(&layer.chain_id).join("precise")).unwrap();
     assert_eq!((meta.mtime(), meta.mtime_nsec()), (1000, 750_000_000));
 }
+
+/// Files are created with their mode and, as root, left with the owner a
+/// new file gets when that is the one asked for: whatever the umask took
+/// away, special bits, or a setgid store (whose new files get its group)
+/// still end up as the tar says.
+#[test]
+fn modes_and_owners_are_exact_whatever_the_umask_or_a_setgid_store() {
+    let (_dir, store) = new_store();
+    let as_root = UnpackOptions::default().as_root;
+    let layers = store.root().join("layers");
+    if as_root {
+        // New entries under a setgid directory get its group, not ours.
+        std::os::unix::fs::chown(&layers, None, Some(4242)).unwrap();
+        let mode = std::fs::metadata(&layers).unwrap().mode();
+        std::fs::set_permissions(
+            &layers,
+            std::os::unix::fs::PermissionsExt::from_mode(mode | 0o2000),
+        )
+        .unwrap();
+    }
+    let tar = tar_of(vec![
+        Entry::file("open", 0o666, "o"),
+        Entry::file("all", 0o777, "a"),
+        Entry::file("none", 0o000, "n"),
+        Entry::file("suid-root", 0o4711, "s").owned_by(0, 0),
+        Entry::file("sgid-other", 0o2755, "g").owned_by(7, 8),
+        Entry::file("plain-root", 0o640, "p").owned_by(0, 0),
+    ]);
+    let diff_id = Digest::sha256_of(&tar);
+    store
+        .register_layer(&tar[..], None, Some(&diff_id))
+        .unwrap();
+    let diff = store.layer_diff_dir(&diff_id);
+    assert_eq!(mode(&diff.join("open")), 0o666);
+    assert_eq!(mode(&diff.join("all")), 0o777);
+    assert_eq!(mode(&diff.join("none")), 0o000);
+    assert_eq!(mode(&diff.join("suid-root")), 0o4711);
+    assert_eq!(mode(&diff.join("sgid-other")), 0o2755);
+    assert_eq!(mode(&diff.join("plain-root")), 0o640);
+    assert_eq!(std::fs::read(diff.join("none")).unwrap(), b"n");
+    if as_root {
+        let owner = |name: &str| {
+            let m = std::fs::metadata(diff.join(name)).unwrap();
+            (m.uid(), m.gid())
+        };
+        assert_eq!(owner("plain-root"), (0, 0), "not the setgid store's group");
+        assert_eq!(owner("suid-root"), (0, 0));
+        assert_eq!(owner("sgid-other"), (7, 8));
+    }
+}
+
+/// A layer is registered without a sync of its own (the filesystem is
+/// synced before an image record names it); after a crash its layer.json
+/// may be empty or cut. Such a layer is absent, and registering it again
+/// replaces it.
+#[test]
+fn a_layer_whose_layer_json_was_cut_by_a_crash_is_absent_and_replaced() {
+    let (_dir, store) = new_store();
+    let tar = tar_of(vec![Entry::file("f", 0o644, "content")]);
+    let diff_id = Digest::sha256_of(&tar);
+    let info = store
+        .register_layer(&tar[..], None, Some(&diff_id))
+        .unwrap();
+    let json = store
+        .root()
+        .join("layers/sha256")
+        .join(diff_id.hex())
+        .join("layer.json");
+    for damaged in [&b""[..], &b"{\"chain_id\": \"sha2"[..]] {
+        std::fs::write(&json, damaged).unwrap();
+        assert_eq!(store.get_layer(&diff_id).unwrap(), None);
+        let again = store
+            .register_layer(&tar[..], None, Some(&diff_id))
+            .unwrap();
+        assert_eq!(again.chain_id, info.chain_id);
+        assert_eq!(
+            store.get_layer(&diff_id).unwrap().map(|l| l.diff_id),
+            Some(diff_id.clone())
+        );
+        assert!(leftovers(&store).is_empty(), "{:?}", leftovers(&store));
+    }
+}
+
+/// Entries are created first and what is in the way is looked at only
+/// when the creation finds something there: every kind over every kind
+/// still ends as the last entry says (a directory over a directory
+/// merges), and nothing is followed.
+#[test]
+fn every_kind_of_entry_replaces_every_kind_before_it() {
+    let (_dir, store) = new_store();
+    let tar = raw_tar(&[
+        Raw::file("base", b"base"),
+        // file over: file, symlink, directory (with content), hard link
+        Raw::file("f1", b"old"),
+        Raw::file("f1", b"new"),
+        Raw::symlink("f2", "base"),
+        Raw::file("f2", b"new"),
+        Raw::dir("f3/"),
+        Raw::file("f3/inner", b"x"),
+        Raw::file("f3", b"new"),
+        Raw::hardlink("f4", "base"),
+        Raw::file("f4", b"new"),
+        // symlink over: file, symlink, directory
+        Raw::file("s1", b"old"),
+        Raw::symlink("s1", "base"),
+        Raw::symlink("s2", "f1"),
+        Raw::symlink("s2", "base"),
+        Raw::dir("s3/"),
+        Raw::symlink("s3", "base"),
+        // directory over: file, symlink, directory (merged)
+        Raw::file("d1", b"old"),
+        Raw::dir("d1/"),
+        Raw::symlink("d2", "base"),
+        Raw::dir("d2/"),
+        Raw::dir("d3/"),
+        Raw::file("d3/kept", b"kept"),
+        Raw::dir("d3/"),
+        // hard link over a file
+        Raw::file("h1", b"old"),
+        Raw::hardlink("h1", "base"),
+    ]);
+    let info = store.register_layer(&tar[..], None, None).unwrap();
+    let diff = store.layer_diff_dir(&info.chain_id);
+    for name in ["f1", "f2", "f3", "f4"] {
+        let meta = std::fs::symlink_metadata(diff.join(name)).unwrap();
+        assert!(meta.is_file(), "{name}");
+        assert_eq!(std::fs::read(diff.join(name)).unwrap(), b"new", "{name}");
+    }
+    assert_eq!(
+        std::fs::read(diff.join("base")).unwrap(),
+        b"base",
+        "never written through"
+    );
+    for name in ["s1", "s2", "s3"] {
+        assert_eq!(
+            std::fs::read_link(diff.join(name)).unwrap(),
+            Path::new("base"),
+            "{name}"
+        );
+    }
+    for name in ["d1", "d2", "d3"] {
+        let meta = std::fs::symlink_metadata(diff.join(name)).unwrap();
+        assert!(meta.is_dir(), "{name}");
+    }
+    assert_eq!(std::fs::read(diff.join("d3/kept")).unwrap(), b"kept");
+    let base = std::fs::metadata(diff.join("base")).unwrap();
+    let h1 = std::fs::metadata(diff.join("h1")).unwrap();
+    assert_eq!(base.ino(), h1.ino());
+}
