@@ -6,7 +6,7 @@
 //!   with `Docker-Content-Digest`, `Content-Type` (the stored media type)
 //!   and `Content-Length`. A tag serves the index it was pulled through
 //!   when the store holds that index whole, else its platform manifest
-//!   (see [`store_view`](crate::store_view)).
+//!   (see the `store_view` module).
 //! - `GET`/`HEAD /v2/NAME/blobs/DIGEST`: streamed from disk, with one
 //!   `Range` honoured (`206`, `Content-Range`; `416` past the end).
 //! - `GET /v2/NAME/tags/list`, `GET /v2/_catalog`: sorted, paginated by
@@ -19,13 +19,17 @@
 //! Repository names are the store's references without their registry
 //! (`/v2/team/app/...` for `127.0.0.1:5000/team/app`), or with
 //! containerd's `?ns=REGISTRY` the repository of that registry; see
-//! [`names`](crate::names). Errors are OCI error bodies
+//! the `names` module. Errors are OCI error bodies
 //! (`{"errors":[{"code":"MANIFEST_UNKNOWN",...}]}`).
 //!
 //! With [`ServeOptions::upstream`] the server is a pull-through mirror:
 //! what the store lacks is fetched from the upstream registry, each blob
 //! once however many clients ask at the same time, and streamed to all of
 //! them while it arrives (see the `upstream` module).
+//!
+//! Optionally over TLS ([`ServeOptions::tls`]) and only for clients with
+//! credentials ([`ServeOptions::auth`]: basic against an htpasswd file, or
+//! a fixed bearer token).
 //!
 //! The server never prints: one log line per request goes to `tracing`
 //! at `info`.

@@ -40,7 +40,7 @@ pub struct ServeOptions {
     /// Serve HTTPS with this identity instead of plain HTTP.
     pub tls: Option<TlsIdentity>,
     /// Registries whose repositories win when a requested name is stored
-    /// under several registries (see [`crate::names`]).
+    /// under several registries (see the `names` module).
     pub preferred_registries: Vec<String>,
     /// Pull-through: fetch what the store lacks from these registries.
     pub upstream: Option<crate::upstream::UpstreamOptions>,

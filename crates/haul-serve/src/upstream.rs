@@ -337,8 +337,9 @@ async fn fetch_into_temp(
     let mut digester = haul_oci::Digester::new(digest.algorithm());
     let mut stream = repository.blob_stream_unverified(&digest, Some(size), 0);
     let mut written = 0;
-    loop {
+    while written < size {
         let next = tokio::select! {
+            biased;
             chunk = stream.next() => chunk,
             () = ctx.cancelled() => return Err(haul_xfer::Error::Cancelled),
         };
@@ -416,9 +417,12 @@ async fn fetch_into_store(
         };
         progress.write(Progress::counts(&id, "Downloading", writer.offset(), size));
         let mut stream = repository.blob_stream_unverified(&digest, Some(size), writer.offset());
-        loop {
+        // Once every byte is on disk the blob is committed, even if the
+        // last client has already read it all and gone.
+        while writer.offset() < size {
             let next = handle.block_on(async {
                 tokio::select! {
+                    biased;
                     chunk = stream.next() => Some(chunk),
                     () = cancel.cancelled() => None,
                 }
