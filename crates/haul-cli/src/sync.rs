@@ -35,13 +35,13 @@ const IMAGES_AT_ONCE: usize = 4;
 /// The arguments of `haul sync`.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct SyncCommand {
-    /// Images ([docker://]HOST/REPO[:TAG|@DIGEST]) or, with --all-tags,
-    /// repositories to mirror; or OCI layouts (oci:DIR) to put into a
-    /// registry.
+    /// Images (HOST/REPO:TAG or HOST/REPO@DIGEST, docker:// optional) or,
+    /// with --all-tags, repositories to mirror; or OCI layouts (oci:DIR) to
+    /// put into a registry.
     #[arg(value_name = "SOURCE", required_unless_present = "file")]
     pub sources: Vec<String>,
-    /// Target registry and optional prefix: HOST[:PORT][/PREFIX]; or an
-    /// OCI layout directory (oci:DIR).
+    /// Target registry, with a port and a path prefix if wanted
+    /// (HOST:PORT/PREFIX); or an OCI layout directory (oci:DIR).
     #[arg(
         long,
         value_name = "REGISTRY[/PREFIX]",
