@@ -23,15 +23,10 @@ fn convert(registry: &Registry, from: &str, to: &str, extra: &[&str]) {
     run_skopeo(args).unwrap();
 }
 
-fn sha256(bytes: &[u8]) -> String {
-    haul_dist::oci::Digest::sha256_of(bytes).to_string()
-}
-
-#[test]
-fn three_manifests_of_one_config_stay_three_images_for_every_command() {
-    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
-        return;
-    };
+/// A registry holding `small:latest` (the sample image, OCI) and
+/// `docker2:latest` (the same image as Docker schema 2, by skopeo).
+fn small_and_docker2() -> Option<Env> {
+    let env = Env::start(RegistryConfig::no_auth())?;
     env.put_image(&sample_image(), "small:latest");
     convert(
         &env.registry,
@@ -39,6 +34,18 @@ fn three_manifests_of_one_config_stay_three_images_for_every_command() {
         "docker2:latest",
         &["--format", "v2s2"],
     );
+    Some(env)
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    haul_dist::oci::Digest::sha256_of(bytes).to_string()
+}
+
+#[test]
+fn three_manifests_of_one_config_stay_three_images_for_every_command() {
+    let Some(env) = small_and_docker2() else {
+        return;
+    };
     // The same layers zstd-compressed: the same diffIDs, so the same
     // config, under other layer blobs (skopeo 1.9 does not recompress).
     let mut zstd = sample_image();
@@ -166,16 +173,9 @@ fn three_manifests_of_one_config_stay_three_images_for_every_command() {
 
 #[test]
 fn a_docker_manifest_copied_to_an_oci_layout_is_readable_by_skopeo_as_skopeo_writes_it() {
-    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+    let Some(env) = small_and_docker2() else {
         return;
     };
-    env.put_image(&sample_image(), "small:latest");
-    convert(
-        &env.registry,
-        "small:latest",
-        "docker2:latest",
-        &["--format", "v2s2"],
-    );
     let layout = env.dir("copied");
     assert_ok(&env.haul(&[
         "copy",
@@ -224,16 +224,9 @@ fn a_platform_of_an_index_a_tag_keeps_is_not_deleted_by_its_id() {
 
 #[test]
 fn deleted_is_said_only_when_no_manifest_of_that_image_id_is_left() {
-    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+    let Some(env) = small_and_docker2() else {
         return;
     };
-    env.put_image(&sample_image(), "small:latest");
-    convert(
-        &env.registry,
-        "small:latest",
-        "docker2:latest",
-        &["--format", "v2s2"],
-    );
     let small = env.reference("small:latest");
     let docker2 = env.reference("docker2:latest");
     assert_ok(&env.haul(&["pull", &small]));
