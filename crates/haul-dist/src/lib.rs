@@ -35,6 +35,7 @@ mod copy;
 mod copy_blob;
 mod error;
 mod layer_fetch;
+mod oci_types;
 mod own_blobs;
 mod pull;
 mod pull_layer;

@@ -76,7 +76,7 @@ pub(crate) fn compressed_image(
         // Docker schema 2 has no zstd layer type others read (skopeo and
         // go-containerregistry refuse it): the manifest becomes OCI, as
         // skopeo makes it for zstd.
-        to_oci_media_types(&mut manifest);
+        crate::oci_types::to_oci_media_types(&mut manifest);
         manifest_type = media_type::OCI_MANIFEST.to_string();
         docker = false;
     }
@@ -107,36 +107,6 @@ pub(crate) fn compressed_image(
     let record = ImageRecord::from_parts(&parsed, &config)?;
     store.put_image(&record)?;
     Ok(record)
-}
-
-/// Gives a Docker schema 2 manifest OCI media types (manifest, config,
-/// layers), its blobs unchanged.
-fn to_oci_media_types(manifest: &mut Value) {
-    let pairs = [
-        (media_type::DOCKER_MANIFEST, media_type::OCI_MANIFEST),
-        (media_type::DOCKER_CONFIG, media_type::OCI_CONFIG),
-        (media_type::DOCKER_LAYER, media_type::OCI_LAYER),
-        (media_type::DOCKER_LAYER_GZIP, media_type::OCI_LAYER_GZIP),
-        (media_type::DOCKER_LAYER_ZSTD, media_type::OCI_LAYER_ZSTD),
-        (
-            media_type::DOCKER_FOREIGN_LAYER_GZIP,
-            media_type::OCI_LAYER_NONDISTRIBUTABLE_GZIP,
-        ),
-    ];
-    let convert = |v: &mut Value| {
-        if let Some(Value::String(mt)) = v.get_mut("mediaType") {
-            if let Some((_, oci)) = pairs.iter().find(|(d, _)| media_type::same(d, mt)) {
-                *mt = (*oci).to_string();
-            }
-        }
-    };
-    convert(manifest);
-    if let Some(config) = manifest.get_mut("config") {
-        convert(config);
-    }
-    if let Some(Value::Array(layers)) = manifest.get_mut("layers") {
-        layers.iter_mut().for_each(convert);
-    }
 }
 
 /// A stored blob of `layer`'s diff compressed as asked: one known for its

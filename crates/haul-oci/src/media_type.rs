@@ -89,6 +89,23 @@ pub fn essence(media_type: &str) -> &str {
     media_type.split(';').next().unwrap_or(media_type).trim()
 }
 
+/// The OCI media type of a Docker one (manifest, config or layer); any
+/// other media type is returned as it is.
+pub fn oci_equivalent(media_type: &str) -> &str {
+    let pairs = [
+        (DOCKER_MANIFEST, OCI_MANIFEST),
+        (DOCKER_CONFIG, OCI_CONFIG),
+        (DOCKER_LAYER, OCI_LAYER),
+        (DOCKER_LAYER_GZIP, OCI_LAYER_GZIP),
+        (DOCKER_LAYER_ZSTD, OCI_LAYER_ZSTD),
+        (DOCKER_FOREIGN_LAYER_GZIP, OCI_LAYER_NONDISTRIBUTABLE_GZIP),
+    ];
+    pairs
+        .iter()
+        .find(|(docker, _)| same(docker, media_type))
+        .map_or(media_type, |(_, oci)| oci)
+}
+
 /// Whether two media types are the same, ignoring parameters and case.
 pub fn same(a: &str, b: &str) -> bool {
     essence(a).eq_ignore_ascii_case(essence(b))
@@ -193,6 +210,14 @@ pub fn is_generic(content_type: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn docker_media_types_map_to_oci() {
+        use super::*;
+        assert_eq!(oci_equivalent(DOCKER_LAYER_GZIP), OCI_LAYER_GZIP);
+        assert_eq!(oci_equivalent(DOCKER_CONFIG), OCI_CONFIG);
+        assert_eq!(oci_equivalent(OCI_LAYER), OCI_LAYER);
+    }
+
     use super::*;
 
     #[test]

@@ -22,26 +22,6 @@ use super::{
 
 const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 
-/// The OCI media type of a Docker one (config, layer or manifest); other
-/// media types are kept.
-fn oci_media_type(docker: &str) -> &str {
-    let pairs = [
-        (media_type::DOCKER_MANIFEST, media_type::OCI_MANIFEST),
-        (media_type::DOCKER_CONFIG, media_type::OCI_CONFIG),
-        (media_type::DOCKER_LAYER, media_type::OCI_LAYER),
-        (media_type::DOCKER_LAYER_GZIP, media_type::OCI_LAYER_GZIP),
-        (media_type::DOCKER_LAYER_ZSTD, media_type::OCI_LAYER_ZSTD),
-        (
-            media_type::DOCKER_FOREIGN_LAYER_GZIP,
-            media_type::OCI_LAYER_NONDISTRIBUTABLE_GZIP,
-        ),
-    ];
-    pairs
-        .iter()
-        .find(|(d, _)| media_type::same(d, docker))
-        .map_or(docker, |(_, oci)| oci)
-}
-
 /// The manifest an image is saved with: its stored bytes, except for a
 /// Docker schema 2 manifest haul wrote itself (a docker-archive or schema 1
 /// image: no registry serves it, so no digest is kept) or one saved with
@@ -68,18 +48,7 @@ fn layout_manifest(
         what: format!("stored manifest {}", image.manifest_digest),
         reason: e.to_string(),
     })?;
-    let convert = |v: &mut Value| {
-        if let Some(Value::String(mt)) = v.get_mut("mediaType") {
-            *mt = oci_media_type(mt).to_owned();
-        }
-    };
-    convert(&mut value);
-    if let Some(config) = value.get_mut("config") {
-        convert(config);
-    }
-    if let Some(Value::Array(layers)) = value.get_mut("layers") {
-        layers.iter_mut().for_each(convert);
-    }
+    crate::oci_types::to_oci_media_types(&mut value);
     let converted = serde_json::to_vec(&value).expect("JSON values serialise");
     let digest = Digest::sha256_of(&converted);
     Ok((converted, digest, media_type::OCI_MANIFEST.to_string()))
@@ -793,23 +762,5 @@ mod tests {
             0
         )
         .is_err());
-    }
-}
-
-#[cfg(test)]
-mod media_type_tests {
-    use super::*;
-
-    #[test]
-    fn docker_media_types_map_to_oci() {
-        assert_eq!(
-            oci_media_type(media_type::DOCKER_LAYER_GZIP),
-            media_type::OCI_LAYER_GZIP
-        );
-        assert_eq!(
-            oci_media_type(media_type::DOCKER_CONFIG),
-            media_type::OCI_CONFIG
-        );
-        assert_eq!(oci_media_type(media_type::OCI_LAYER), media_type::OCI_LAYER);
     }
 }
