@@ -10,7 +10,7 @@ use haul_dist::archive::{self, LoadOptions};
 use haul_dist::oci::{Platform, Reference};
 use haul_dist::registry::RegistryClient;
 use haul_dist::store::Store;
-use haul_dist::xfer::{ChannelOutput, Progress, ProgressOutput};
+use haul_dist::xfer::{ChannelOutput, Event, Message, Progress, ProgressOutput};
 use haul_dist::{Copier, CopyOptions, PullOptions, Puller, Pusher};
 
 use crate::cli::Cli;
@@ -197,11 +197,7 @@ struct WithoutPullStatus(Arc<dyn ProgressOutput>);
 
 impl ProgressOutput for WithoutPullStatus {
     fn write(&self, progress: Progress) {
-        if progress
-            .message
-            .as_deref()
-            .is_some_and(|m| m.starts_with("Status: "))
-        {
+        if let Event::Message(Message::PullFinished { .. }) = progress.event {
             return;
         }
         self.0.write(progress);

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use haul_dist::registry::v1::Protocol as Wire;
 use haul_dist::registry::RegistryClient;
-use haul_dist::xfer::ProgressOutput;
+use haul_dist::xfer::{Message, ProgressOutput};
 
 use crate::cli::Protocol;
 
@@ -25,7 +25,7 @@ pub(crate) async fn use_v1(
     if v1 {
         output.message(
             "",
-            &format!("Using the v1 registry protocol for {registry}"),
+            Message::Text(format!("Using the v1 registry protocol for {registry}")),
         );
     }
     Ok(v1)

@@ -20,7 +20,7 @@ use futures::StreamExt;
 use haul_dist::oci::Reference;
 use haul_dist::registry::ratelimit::{RateLimitPause, RateLimitPolicy};
 use haul_dist::registry::RegistryClient;
-use haul_dist::xfer::{ChannelOutput, ProgressOutput};
+use haul_dist::xfer::{ChannelOutput, Message, ProgressOutput, Status};
 use haul_dist::{Copier, CopyOptions, CopyStats};
 
 use crate::cli::Cli;
@@ -155,7 +155,7 @@ pub(crate) fn run(cli: &Cli, command: &SyncCommand) -> anyhow::Result<()> {
                                     referrers: report.referrers.len() + report.digest_tags.len(),
                                     stats: report.stats,
                                 };
-                                output.message("", &synced.summary(&job));
+                                output.message("", Message::Text(synced.summary(&job)));
                                 synced
                             })
                             .map_err(anyhow::Error::from);
@@ -285,14 +285,15 @@ fn quota_policy(floor: u64, tick: Duration, output: &Arc<dyn ProgressOutput>) ->
         };
         let id = format!("quota {}", pause.registry);
         if pause.seconds_left == 0 {
-            output.update(&id, "Rate limit: going on");
+            output.status(&id, Status::RateLimitOver);
         } else {
-            output.update(
+            output.status(
                 &id,
-                &format!(
-                    "Rate limit: {} of {} pulls left, waiting {} s",
-                    pause.remaining, pause.limit, pause.seconds_left
-                ),
+                Status::RateLimited {
+                    remaining: pause.remaining,
+                    limit: pause.limit,
+                    seconds: pause.seconds_left,
+                },
             );
         }
     };

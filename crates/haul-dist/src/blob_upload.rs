@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use haul_oci::Digest;
 use haul_registry::{BlobSource, Repository, ResumableUpload};
-use haul_xfer::{ProgressOutput, ProgressReader};
+use haul_xfer::{ProgressOutput, ProgressReader, Status};
 use tokio::io::AsyncRead;
 
 use tokio_util::sync::CancellationToken;
@@ -42,7 +42,7 @@ impl BlobSource for ProgressSource<'_> {
             reader,
             Arc::clone(&self.output),
             self.id.clone(),
-            "Pushing",
+            Status::Pushing,
             self.size,
         )))
     }

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use haul_oci::{Digest, Manifest, ParsedManifest, Platform, Reference};
 use haul_registry::{RegistryClient, Repository};
 use haul_store::Store;
-use haul_xfer::{ProgressOutput, RetryPolicy, UploadManager};
+use haul_xfer::{Message, ProgressOutput, RetryPolicy, UploadManager};
 use tokio_util::sync::CancellationToken;
 
 use crate::blob_upload::Chunking;
@@ -183,7 +183,10 @@ impl Copier {
             .expect_repository(target.registry(), target.repository());
         output.message(
             "",
-            &format!("Copying {} to {}", source.familiar(), target.familiar()),
+            Message::Copying {
+                source: source.familiar(),
+                target: target.familiar(),
+            },
         );
         let placed = Mutex::new(Vec::new());
         let tree = self.tree(&from, source, options).await?;
@@ -211,7 +214,11 @@ impl Copier {
             .await?;
         output.message(
             "",
-            &format!("{name}: digest: {digest} size: {}", tree.top.size()),
+            Message::ManifestPushed {
+                tag: Some(name.clone()),
+                digest: digest.to_string(),
+                size: tree.top.size() as u64,
+            },
         );
         let mut subjects: Vec<Digest> = vec![tree.top.digest().clone()];
         subjects.extend(tree.children.iter().map(|c| c.digest().clone()));
@@ -433,7 +440,10 @@ impl Copier {
             self.copy_by_digest(job, &digest, None).await?;
             job.output.message(
                 "",
-                &format!("Copied referrer {digest} of {}", short(subject)),
+                Message::CopiedReferrer {
+                    digest: digest.to_string(),
+                    subject: subject.to_string(),
+                },
             );
             copied.push(digest.clone());
             Box::pin(self.copy_referrers(job, &digest, options, depth + 1, copied)).await?;
@@ -560,7 +570,8 @@ impl Copier {
             let info = job.from.head_manifest(&tag).await?;
             let Some(info) = info else { continue };
             self.copy_by_digest(job, &info.digest, Some(&tag)).await?;
-            job.output.message("", &format!("Copied {tag}"));
+            job.output
+                .message("", Message::CopiedTag { tag: tag.clone() });
             copied.push(tag);
         }
         Ok(())
@@ -681,10 +692,6 @@ fn artifact_types(manifest: &ParsedManifest) -> Vec<String> {
         }
     }
     types
-}
-
-fn short(digest: &Digest) -> &str {
-    haul_xfer::short_id(digest.as_str())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

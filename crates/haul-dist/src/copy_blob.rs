@@ -13,7 +13,7 @@ use futures::TryStreamExt;
 use haul_oci::Digest;
 use haul_registry::{BlobSource, MountOutcome, Repository, ResumableUpload};
 use haul_store::Store;
-use haul_xfer::{short_id, ProgressOutput, RemoteDescriptor, UploadDescriptor};
+use haul_xfer::{short_id, ProgressOutput, RemoteDescriptor, Status, UploadDescriptor};
 use tokio::io::AsyncRead;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
@@ -213,7 +213,7 @@ impl CopyBlob {
             .is_some()
         {
             let _ = cell.set(self.to.name().to_string());
-            progress.update(&id, "Layer already exists");
+            progress.status(&id, Status::LayerAlreadyExists);
             self.count(Placed::Skipped);
             return Ok(self.remote());
         }
@@ -247,7 +247,7 @@ impl CopyBlob {
             return Ok(self.remote());
         }
         if holder == self.to.name() {
-            progress.update(&id, "Layer already exists");
+            progress.status(&id, Status::LayerAlreadyExists);
             self.count(Placed::Skipped);
             return Ok(self.remote());
         }
@@ -314,7 +314,12 @@ impl CopyBlob {
     ) -> Result<bool> {
         match or_cancelled(cancel, self.to.mount_blob(&self.digest, repository)).await? {
             Ok(MountOutcome::Mounted) => {
-                progress.update(&self.id(), &format!("Mounted from {repository}"));
+                progress.status(
+                    &self.id(),
+                    Status::MountedFrom {
+                        repository: repository.to_string(),
+                    },
+                );
                 Ok(true)
             }
             Ok(MountOutcome::Upload(s)) => {
@@ -355,7 +360,7 @@ impl CopyBlob {
             cancel,
         )
         .await?;
-        progress.update(&id, "Pushed");
+        progress.status(&id, Status::Pushed);
         Ok(())
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use haul_registry::Repository;
 use haul_store::{ImageRecord, Store};
-use haul_xfer::{short_id, Progress, ProgressOutput};
+use haul_xfer::{short_id, Counts, ProgressOutput, Status};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Result;
@@ -55,7 +55,7 @@ pub(crate) async fn fetch_missing_layer_blobs(
         let transferred = &transferred;
         async move {
             let report = |present: u64| {
-                output.write(Progress::counts(&id, "Downloading", present, blob.size));
+                output.status(&id, Status::Downloading(Counts::of(present, blob.size)));
             };
             let mut attempt = 1;
             loop {
@@ -72,7 +72,7 @@ pub(crate) async fn fetch_missing_layer_blobs(
                 {
                     Ok(fetched) => {
                         transferred.fetch_add(fetched.transferred, Ordering::Relaxed);
-                        output.update(&id, "Download complete");
+                        output.status(&id, Status::DownloadComplete);
                         return Ok(());
                     }
                     Err(err) if attempt < attempts.max(1) && is_retryable(&err) => attempt += 1,

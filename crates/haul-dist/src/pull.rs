@@ -14,7 +14,7 @@ use std::time::Duration;
 use haul_oci::{media_type, parse_image_config, Digest, ImageConfig, Platform, Reference};
 use haul_registry::{RegistryClient, Repository};
 use haul_store::{ImageRecord, RefTarget, Store, UnpackOptions};
-use haul_xfer::{DownloadManager, ProgressOutput, RetryPolicy};
+use haul_xfer::{DownloadManager, Message, ProgressOutput, RetryPolicy};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
@@ -129,7 +129,12 @@ impl Puller {
     ) -> Result<PullReport> {
         let repo = self.client.repository_for(reference)?;
         let shown = manifest_reference(reference);
-        output.message(&shown, &format!("Pulling from {}", reference.repository()));
+        output.message(
+            &shown,
+            Message::PullingFrom {
+                repository: reference.repository().to_string(),
+            },
+        );
 
         let resolved = tokio::select! {
             resolved = resolve(&repo, reference, options.platform.as_ref(), options.all_platforms) => resolved?,
@@ -253,16 +258,19 @@ impl Puller {
             })
             .await?;
         }
-        output.message("", &format!("Digest: {}", resolved.top.digest()));
-        let status = if up_to_date {
-            format!("Status: Image is up to date for {}", reference.familiar())
-        } else {
-            format!(
-                "Status: Downloaded newer image for {}",
-                reference.familiar()
-            )
-        };
-        output.message("", &status);
+        output.message(
+            "",
+            Message::Digest {
+                digest: resolved.top.digest().to_string(),
+            },
+        );
+        output.message(
+            "",
+            Message::PullFinished {
+                reference: reference.familiar(),
+                up_to_date,
+            },
+        );
         Ok(PullReport {
             reference: reference.clone(),
             digest: resolved.top.digest().clone(),

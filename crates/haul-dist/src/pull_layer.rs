@@ -6,7 +6,7 @@ use std::sync::Arc;
 use haul_oci::Digest;
 use haul_registry::Repository;
 use haul_store::Store;
-use haul_xfer::{short_id, DiffId, DownloadDescriptor, Progress, ProgressOutput};
+use haul_xfer::{short_id, Counts, DiffId, DownloadDescriptor, ProgressOutput, Status};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
@@ -74,7 +74,7 @@ impl DownloadDescriptor for PullLayer {
             let step = PROGRESS_STEP.min((total / 100).max(1));
             if present == total || present >= before + step || (before == 0 && present > 0) {
                 last.store(present, Ordering::Relaxed);
-                progress.write(Progress::counts(&id, "Downloading", present, total));
+                progress.status(&id, Status::Downloading(Counts::of(present, total)));
             }
         };
         let unpack = self
@@ -118,8 +118,8 @@ impl DownloadDescriptor for PullLayer {
         })?;
         self.transferred
             .fetch_add(fetched.transferred, Ordering::Relaxed);
-        progress.update(&id, "Verifying Checksum");
-        progress.update(&id, "Download complete");
+        progress.status(&id, Status::VerifyingChecksum);
+        progress.status(&id, Status::DownloadComplete);
         let blob = self.blob.digest.clone();
         match (fetched.unpacking, &self.diff_id) {
             (Some(unpacking), _) => Ok(PulledLayer::Unpacking { unpacking, blob }),

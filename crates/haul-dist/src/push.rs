@@ -19,7 +19,8 @@ use haul_registry::{
 };
 use haul_store::{ImageLayer, ImageRecord, Store, UploadRecord};
 use haul_xfer::{
-    short_id, ProgressOutput, RemoteDescriptor, RetryPolicy, UploadDescriptor, UploadManager,
+    short_id, Message, ProgressOutput, RemoteDescriptor, RetryPolicy, Status, UploadDescriptor,
+    UploadManager,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -122,7 +123,9 @@ impl Pusher {
         };
         output.message(
             "",
-            &format!("The push refers to repository [{}]", reference.name()),
+            Message::PushRefersTo {
+                repository: reference.name().to_string(),
+            },
         );
 
         let to_push: Vec<&ImageRecord> = match &images {
@@ -183,11 +186,14 @@ impl Pusher {
                 (digest, image.manifest_size)
             }
         };
-        let line = match &tag {
-            Some(tag) => format!("{tag}: digest: {digest} size: {size}"),
-            None => format!("digest: {digest} size: {size}"),
-        };
-        output.message("", &line);
+        output.message(
+            "",
+            Message::ManifestPushed {
+                tag: tag.clone(),
+                digest: digest.to_string(),
+                size,
+            },
+        );
         Ok(PushReport { digest, size })
     }
 
@@ -385,7 +391,7 @@ impl PushLayer {
             .await??
             .is_some()
         {
-            progress.update(&id, "Layer already exists");
+            progress.status(&id, Status::LayerAlreadyExists);
             self.record_source().await;
             return Ok(self.remote());
         }
@@ -407,7 +413,12 @@ impl PushLayer {
             };
             match or_cancelled(cancel, self.repo.mount_blob(digest, from)).await? {
                 Ok(MountOutcome::Mounted) => {
-                    progress.update(&id, &format!("Mounted from {from}"));
+                    progress.status(
+                        &id,
+                        Status::MountedFrom {
+                            repository: from.to_string(),
+                        },
+                    );
                     self.record_source().await;
                     return Ok(self.remote());
                 }
@@ -443,7 +454,7 @@ impl PushLayer {
             cancel,
         )
         .await?;
-        progress.update(&id, "Pushed");
+        progress.status(&id, Status::Pushed);
         self.record_source().await;
         Ok(self.remote())
     }

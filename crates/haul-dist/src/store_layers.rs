@@ -3,7 +3,7 @@
 
 use haul_oci::{Compression, Digest};
 use haul_store::{StagedLayer, Store, UnpackOptions};
-use haul_xfer::{ChainId, DiffId, Registration};
+use haul_xfer::{ChainId, Counts, DiffId, ProgressOutput, Registration, Status};
 
 use crate::layer_fetch::blocking;
 use crate::unpack_follow::{unpack_slots, UnpackSlots, Unpacking};
@@ -242,12 +242,10 @@ async fn extracting(
 ) -> Result<StagedLayer, haul_xfer::Error> {
     let report = |unpacking: &Unpacking| {
         let (current, total) = unpacking.progress();
-        registration.progress().write(haul_xfer::Progress::counts(
+        registration.progress().status(
             registration.id(),
-            "Extracting",
-            current,
-            total,
-        ));
+            Status::Extracting(Counts::of(current, total)),
+        );
     };
     let mut ticks = tokio::time::interval(std::time::Duration::from_millis(100));
     loop {

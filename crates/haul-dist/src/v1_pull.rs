@@ -25,7 +25,9 @@ use haul_oci::{media_type, parse_image_config, Compression, Digest, Digester, Re
 use haul_registry::v1::{remote_name, Url, V1Session};
 use haul_registry::RegistryClient;
 use haul_store::{ImageRecord, IngestOutcome, Store, UnpackOptions, V1Layer};
-use haul_xfer::{short_id, DiffId, DownloadDescriptor, DownloadManager, Progress, ProgressOutput};
+use haul_xfer::{
+    short_id, Counts, DiffId, DownloadDescriptor, DownloadManager, Message, ProgressOutput, Status,
+};
 use serde_json::{json, Map, Value};
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
@@ -79,7 +81,12 @@ impl V1Puller {
         let tag = reference.tag().unwrap_or("latest").to_string();
         let registry = self.client.v1(reference.registry())?;
         let remote = remote_name(reference.repository());
-        output.message("", &format!("Pulling repository {}", reference.name()));
+        output.message(
+            "",
+            Message::PullingRepository {
+                repository: reference.name().to_string(),
+            },
+        );
         let session = registry.pull_index(&remote).await?;
 
         let store = self.store.clone();
@@ -158,15 +165,13 @@ impl V1Puller {
             let reference = reference.clone();
             blocking(move || Ok(store.tag(&reference, &target).map(|_| ())?)).await?;
         }
-        let status = if up_to_date {
-            format!("Status: Image is up to date for {}", reference.familiar())
-        } else {
-            format!(
-                "Status: Downloaded newer image for {}",
-                reference.familiar()
-            )
-        };
-        output.message("", &status);
+        output.message(
+            "",
+            Message::PullFinished {
+                reference: reference.familiar(),
+                up_to_date,
+            },
+        );
         Ok(PullReport {
             reference: reference.clone(),
             digest: manifest_digest,
@@ -188,15 +193,18 @@ impl V1Puller {
     ) -> Result<Vec<(String, haul_registry::v1::ImageJson)>> {
         let id = session.tag(endpoint, tag).await?;
         let short = short_id(&id).to_string();
-        output.update(
+        output.status(
             &short,
-            &format!("Pulling image ({tag}) from {}", reference.name()),
+            Status::PullingImage {
+                tag: tag.to_string(),
+                repository: reference.name().to_string(),
+            },
         );
         let ancestry = session.ancestry(endpoint, &id).await?;
-        output.update(&short, "Pulling dependent layers");
+        output.status(&short, Status::PullingDependentLayers);
         let mut chain = Vec::with_capacity(ancestry.len());
         for layer_id in ancestry.iter().rev() {
-            output.update(short_id(layer_id), "Pulling metadata");
+            output.status(short_id(layer_id), Status::PullingMetadata);
             let json = session.image_json(endpoint, layer_id).await?;
             chain.push((layer_id.clone(), json));
         }
@@ -424,7 +432,7 @@ impl V1PullLayer {
                         present += chunk.len() as u64;
                         self.transferred
                             .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                        progress.write(Progress::counts(&id, "Downloading", present, total));
+                        progress.status(&id, Status::Downloading(Counts::of(present, total)));
                         failures = 0;
                     }
                     Some(Err(e)) => {
@@ -460,7 +468,7 @@ impl V1PullLayer {
         }
         file.sync_all().await.map_err(io)?;
         drop(file);
-        progress.update(&id, "Verifying Checksum");
+        progress.status(&id, Status::VerifyingChecksum);
 
         // Hash the whole file (payload checksum too), then put it into the
         // content store by digest.
@@ -553,7 +561,7 @@ impl DownloadDescriptor for V1PullLayer {
             .await
             .map_err(into_transfer_error)?;
         let size = self.blob().map(|b| b.1).unwrap_or(0);
-        progress.update(&self.short(), "Download complete");
+        progress.status(&self.short(), Status::DownloadComplete);
         let info = LayerBlobInfo {
             digest: digest.clone(),
             size,

@@ -33,7 +33,7 @@ use haul_registry::v1::checksum::{tarsum_v0, PayloadChecksum};
 use haul_registry::v1::{remote_name, IndexEntry, PutOutcome, Url, V1Session};
 use haul_registry::RegistryClient;
 use haul_store::{ImageLayer, Store, V1Layer};
-use haul_xfer::{short_id, Progress, ProgressOutput, RetryPolicy};
+use haul_xfer::{short_id, Counts, Message, ProgressOutput, RetryPolicy, Status};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
@@ -151,9 +151,11 @@ impl V1Pusher {
         let remote = remote_name(reference.repository());
         output.message(
             "",
-            &format!("The push refers to a repository [{}]", reference.name()),
+            Message::V1PushRefersTo {
+                repository: reference.name().to_string(),
+            },
         );
-        output.message("", "Sending image list");
+        output.message("", Message::SendingImageList);
         let entries: Vec<IndexEntry> = images
             .iter()
             .map(|i| IndexEntry {
@@ -163,7 +165,12 @@ impl V1Pusher {
             })
             .collect();
         let session = registry.push_index(&remote, &entries).await?;
-        output.message("", &format!("Pushing repository {}", reference.name()));
+        output.message(
+            "",
+            Message::PushingRepository {
+                repository: reference.name().to_string(),
+            },
+        );
 
         let mut report = V1PushReport {
             top_id,
@@ -192,10 +199,10 @@ impl V1Pusher {
                 if img.top {
                     output.message(
                         "",
-                        &format!(
-                            "Pushing tag for rev [{}] on {{{endpoint}repositories/{remote}/tags/{tag}}}",
-                            img.short()
-                        ),
+                        Message::PushingTag {
+                            image: img.short().to_string(),
+                            url: format!("{endpoint}repositories/{remote}/tags/{tag}"),
+                        },
                     );
                     session.put_tag(endpoint, &tag, &img.id).await?;
                 }
@@ -220,7 +227,9 @@ impl V1Pusher {
                 if exists {
                     output.message(
                         "",
-                        &format!("Image {} already pushed, skipping", img.short()),
+                        Message::V1ImageAlreadyPushed {
+                            image: img.short().to_string(),
+                        },
                     );
                 }
                 Ok::<_, Error>(exists.then(|| img.id.clone()))
@@ -264,8 +273,12 @@ impl V1Pusher {
             tracing::debug!("v1 image {}: {err}; retrying", img.id);
             let ticks = self.retry.delay_ticks(attempt);
             for left in (1..=ticks).rev() {
-                let unit = if left == 1 { "second" } else { "seconds" };
-                output.update(&id, &format!("Retrying in {left} {unit}"));
+                output.status(
+                    &id,
+                    Status::Retrying {
+                        seconds: left.into(),
+                    },
+                );
                 tokio::select! {
                     _ = cancel.cancelled() => return Err(Error::Cancelled),
                     _ = tokio::time::sleep(self.retry.tick) => {}
@@ -283,13 +296,13 @@ impl V1Pusher {
         output: &Arc<dyn ProgressOutput>,
     ) -> Result<bool> {
         let id = img.short();
-        output.update(&id, "Pushing");
+        output.status(&id, Status::PushingImage);
         if session
             .put_image_json(endpoint, &img.id, img.json.clone())
             .await?
             == PutOutcome::AlreadyExists
         {
-            output.update(&id, "Image already pushed, skipping");
+            output.status(&id, Status::ImageAlreadyPushed);
             self.remember(session.registry().name(), img).await;
             return Ok(false);
         }
@@ -336,7 +349,7 @@ impl V1Pusher {
                 sent += chunk.len() as u64;
                 if sent == total || sent >= last + 512 * 1024 || last == 0 {
                     last = sent;
-                    output.write(Progress::counts(&id, "Pushing", sent, total));
+                    output.status(&id, Status::Pushing(Counts::of(sent, total)));
                 }
                 Ok::<Bytes, std::io::Error>(chunk)
             })
@@ -350,7 +363,7 @@ impl V1Pusher {
             .put_checksum(endpoint, &img.id, &payload, tarsum.as_deref())
             .await?;
         self.remember(session.registry().name(), img).await;
-        output.update(&id, "Image successfully pushed");
+        output.status(&id, Status::ImageSuccessfullyPushed);
         Ok(true)
     }
 

@@ -35,7 +35,9 @@ use futures::StreamExt;
 use haul_oci::{Digest, Reference};
 use haul_registry::{RegistryClient, Repository};
 use haul_store::{IngestOutcome, Store};
-use haul_xfer::{Progress, ProgressOutput, TransferContext, TransferManager, Watcher};
+use haul_xfer::{
+    Counts, Progress, ProgressOutput, Status, TransferContext, TransferManager, Watcher,
+};
 use tokio::sync::watch;
 
 use crate::error::{ApiError, ErrorCode};
@@ -93,8 +95,8 @@ struct SeenOutput(watch::Sender<Seen>);
 
 impl ProgressOutput for SeenOutput {
     fn write(&self, progress: Progress) {
-        if let Some(current) = progress.current {
-            self.0.send_replace((current, progress.total));
+        if let Some(counts) = progress.counts() {
+            self.0.send_replace((counts.current, counts.total));
         }
     }
 }
@@ -333,7 +335,7 @@ async fn fetch_into_temp(
     let _remove = RemoveOnDrop(path);
     let id = digest.to_string();
     let progress = ctx.progress();
-    progress.write(Progress::counts(&id, "Downloading", 0, size));
+    progress.status(&id, Status::Downloading(Counts::of(0, size)));
     let mut digester = haul_oci::Digester::new(digest.algorithm());
     let mut stream = repository.blob_stream_unverified(&digest, Some(size), 0);
     let mut written = 0;
@@ -351,7 +353,7 @@ async fn fetch_into_temp(
                 std::io::Write::write_all(&mut file, &bytes).map_err(io_error)?;
                 written += bytes.len() as u64;
                 metrics.upstream(bytes.len() as u64);
-                progress.write(Progress::counts(&id, "Downloading", written, size));
+                progress.status(&id, Status::Downloading(Counts::of(written, size)));
             }
         }
     }
@@ -361,7 +363,8 @@ async fn fetch_into_temp(
             "blob {digest} from upstream: {written} bytes hashing to {actual}"
         )));
     }
-    progress.write(Progress::counts(&id, "Download complete", size, size));
+    progress.status(&id, Status::Downloading(Counts::of(size, size)));
+    progress.status(&id, Status::DownloadComplete);
     // The file stays while a client reads it.
     ctx.cancelled().await;
     drop(lease);
@@ -410,12 +413,13 @@ async fn fetch_into_store(
         let store_error = |e: haul_store::Error| haul_xfer::Error::do_not_retry(e);
         let mut writer = match store.ingest(&digest).map_err(store_error)? {
             IngestOutcome::Present { size } => {
-                progress.write(Progress::counts(&id, "Already exists", size, size));
+                progress.status(&id, Status::Downloading(Counts::of(size, size)));
+                progress.status(&id, Status::AlreadyExists);
                 return Ok(size);
             }
             IngestOutcome::Writer(writer) => writer,
         };
-        progress.write(Progress::counts(&id, "Downloading", writer.offset(), size));
+        progress.status(&id, Status::Downloading(Counts::of(writer.offset(), size)));
         let mut stream = repository.blob_stream_unverified(&digest, Some(size), writer.offset());
         // Once every byte is on disk the blob is committed, even if the
         // last client has already read it all and gone.
@@ -435,12 +439,13 @@ async fn fetch_into_store(
                     writer.write_all(&bytes).map_err(store_error)?;
                     writer.flush().map_err(store_error)?;
                     metrics.upstream(bytes.len() as u64);
-                    progress.write(Progress::counts(&id, "Downloading", writer.offset(), size));
+                    progress.status(&id, Status::Downloading(Counts::of(writer.offset(), size)));
                 }
             }
         }
         writer.commit(size, &digest).map_err(store_error)?;
-        progress.write(Progress::counts(&id, "Download complete", size, size));
+        progress.status(&id, Status::Downloading(Counts::of(size, size)));
+        progress.status(&id, Status::DownloadComplete);
         Ok(size)
     })
     .await

@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use haul_xfer::{DiscardOutput, Progress, ProgressOutput, TransferContext, TransferManager};
+use haul_xfer::{
+    Counts, DiscardOutput, Progress, ProgressOutput, Status, TransferContext, TransferManager,
+};
 use tokio::runtime::Runtime;
 
 fn runtime() -> Runtime {
@@ -139,11 +141,9 @@ fn progress_fan_out(c: &mut Criterion) {
                     let work = move |ctx: TransferContext| async move {
                         job_go.cancelled().await;
                         for i in 0..RECORDS {
-                            ctx.progress().write(Progress::counts(
+                            ctx.progress().write(Progress::status(
                                 "layer",
-                                "Downloading",
-                                i,
-                                RECORDS,
+                                Status::Downloading(Counts::of(i, RECORDS)),
                             ));
                             job_published.fetch_add(1, Ordering::Relaxed);
                             // Records come from I/O in real life: let others run.

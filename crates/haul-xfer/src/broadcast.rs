@@ -9,7 +9,7 @@
 //! it) but never holds the transfer up, and never sees a record twice or out
 //! of order.
 //!
-//! Status changes are not skipped: a record whose id, action or message
+//! Status changes are not skipped: a record whose id, stage or message
 //! differs from the one before it is also kept in a short log (the last
 //! [`CHANGES_KEPT`]), and a watcher writes every logged change it has not
 //! written before the latest record. So every watcher sees each stage
@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::progress::{Progress, ProgressOutput};
+use crate::progress::{Event, Progress, ProgressOutput};
 use crate::signal::Signal;
 use crate::sync::lock;
 
@@ -67,7 +67,13 @@ impl Latest {
 
 /// Whether `next` is a new status rather than new counts of the same one.
 fn is_change(previous: Option<&Progress>, next: &Progress) -> bool {
-    previous.is_none_or(|p| p.id != next.id || p.action != next.action || p.message != next.message)
+    previous.is_none_or(|p| {
+        p.id != next.id
+            || match (&p.event, &next.event) {
+                (Event::Status(before), Event::Status(after)) => !before.same_stage(after),
+                (before, after) => before != after,
+            }
+    })
 }
 
 /// One transfer's progress cell; also the transfer's [`ProgressOutput`].

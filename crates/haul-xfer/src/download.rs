@@ -59,7 +59,7 @@ use crate::cancel_reader::CancelAwareReader;
 use crate::error::{Error, Operation};
 use crate::ids::{ChainId, DiffId};
 use crate::manager::{TransferContext, TransferManager};
-use crate::progress::ProgressOutput;
+use crate::progress::{ProgressOutput, Status};
 use crate::progress_reader::ProgressReader;
 use crate::retry::RetryPolicy;
 use crate::transfer::{Transfer, Watcher};
@@ -86,7 +86,7 @@ impl LayerBlob {
             CancelAwareReader::new(self.stream, registration.cancellation_token()),
             Arc::clone(registration.progress()),
             registration.id(),
-            "Extracting",
+            Status::Extracting,
             self.size,
         ))
     }
@@ -378,7 +378,7 @@ impl<S: LayerStore> DownloadManager<S> {
             if probing {
                 probing = false;
                 if let Some(layer) = self.find_present(descriptor.as_ref(), &present_top).await {
-                    output.update(&descriptor.id(), "Already exists");
+                    output.status(&descriptor.id(), Status::AlreadyExists);
                     let diff_id = layer.diff_id();
                     present_top.replace(Arc::clone(&self.store), layer).await;
                     descriptor.registered(&diff_id);
@@ -403,7 +403,7 @@ impl<S: LayerStore> DownloadManager<S> {
                         .await
                 }
                 (_, parent) => {
-                    output.update(&descriptor.id(), "Pulling fs layer");
+                    output.status(&descriptor.id(), Status::PullingFsLayer);
                     let parent = match parent {
                         Some(transfer) => Parent::Download(transfer),
                         None => Parent::Present {
@@ -513,7 +513,7 @@ async fn download_layer<S: LayerStore, D: DownloadDescriptor<Blob = S::Blob>>(
     let id = descriptor.id();
     let progress = ctx.progress();
     if !ctx.has_slot() {
-        progress.update(&id, "Waiting");
+        progress.status(&id, Status::Waiting);
         ctx.acquire_slot().await?;
     }
     if let Parent::Download(parent) = &parent {
@@ -546,7 +546,7 @@ async fn download_layer<S: LayerStore, D: DownloadDescriptor<Blob = S::Blob>>(
         .register(blob, parent_chain_id.as_ref(), &registration)
         .await;
     let layer = registration_outcome(&ctx, registered)?;
-    progress.update(&id, "Pull complete");
+    progress.status(&id, Status::PullComplete);
     descriptor.registered(&layer.diff_id());
     release_layer_when_released(&ctx, store, layer.clone());
     Ok(RegisteredLayer {

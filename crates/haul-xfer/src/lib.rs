@@ -26,20 +26,20 @@
 //!   in its own cancellation scope, so one caller's Ctrl-C never stops a
 //!   layer another pull is waiting for;
 //! - failed attempts are **retried** per [`RetryPolicy`]: 5 attempts with
-//!   5, 10, 15, 20 s pauses shown as a "Retrying in N seconds" countdown,
+//!   5, 10, 15, 20 s pauses shown as a [`Status::Retrying`] countdown,
 //!   except for errors marked [`Error::DoNotRetry`].
 //!
 //! [`DownloadManager`] pulls an image's layers in parallel and registers
-//! them in order ("Already exists", "Pulling fs layer", "Waiting",
-//! "Downloading", "Extracting", "Pull complete"). [`UploadManager`] pushes
-//! layers in parallel ("Preparing", "Waiting", then the descriptor's own
-//! "Pushing", "Pushed", "Layer already exists", "Mounted from REPO").
+//! them in order (see [`Status`] for the stages: already exists or pulling
+//! fs layer, waiting, downloading, extracting, pull complete).
+//! [`UploadManager`] pushes layers in parallel (preparing, waiting, then the
+//! descriptor's own pushing, pushed, layer already exists, mounted from).
 //!
 //! # Example
 //!
 //! ```
 //! use std::sync::Arc;
-//! use haul_xfer::{ChannelOutput, Progress, ProgressOutput, TransferManager};
+//! use haul_xfer::{Counts, ChannelOutput, Progress, ProgressOutput, Status, TransferManager};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
@@ -49,7 +49,7 @@
 //!
 //! let work = |ctx: haul_xfer::TransferContext| async move {
 //!     ctx.acquire_slot().await?;
-//!     ctx.progress().write(Progress::counts("blob", "Downloading", 10, 10));
+//!     ctx.progress().write(Progress::status("blob", Status::Downloading(Counts::of(10, 10))));
 //!     Ok(10)
 //! };
 //! let watcher = manager.transfer("blob", work, Arc::clone(&output)).await;
@@ -61,7 +61,7 @@
 //! assert_eq!(watcher.transfer().wait().await.unwrap(), 10);
 //! joined.release().await;
 //! watcher.release().await;
-//! assert_eq!(records.recv().await.unwrap().action, "Downloading");
+//! assert_eq!(records.recv().await.unwrap().counts(), Some(Counts::of(10, 10)));
 //! # }
 //! ```
 
@@ -87,7 +87,10 @@ pub use download::{
 pub use error::{Error, Operation, SharedError};
 pub use ids::{ChainId, DiffId};
 pub use manager::{TransferContext, TransferManager};
-pub use progress::{short_id, ChannelOutput, DiscardOutput, Progress, ProgressOutput};
+pub use progress::{
+    short_id, ChannelOutput, Counts, DiscardOutput, Event, Message, Progress, ProgressOutput,
+    Status,
+};
 pub use progress_reader::ProgressReader;
 pub use retry::RetryPolicy;
 pub use transfer::{Transfer, Watcher};

@@ -1,8 +1,8 @@
 //! A byte stream that reports how far it has been read.
 //!
-//! [`ProgressReader`] wraps an [`AsyncRead`] and writes
-//! `{id, action, current, total}` records ("Downloading", "Extracting",
-//! "Pushing") to a [`ProgressOutput`]:
+//! [`ProgressReader`] wraps an [`AsyncRead`] and writes counted statuses
+//! ([`Status::Downloading`], [`Status::Extracting`], [`Status::Pushing`])
+//! of one id to a [`ProgressOutput`]:
 //!
 //! - after more than `min(512 KiB, 1% of size)` bytes have been read since
 //!   the last record (512 KiB when the size is unknown),
@@ -21,7 +21,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::time::Instant;
 
-use crate::progress::{Progress, ProgressOutput};
+use crate::progress::{Counts, Progress, ProgressOutput, Status};
 
 /// Largest number of bytes between two records.
 const MAX_BYTES_BETWEEN_UPDATES: u64 = 512 * 1024;
@@ -33,7 +33,7 @@ pub struct ProgressReader<R> {
     inner: R,
     output: Arc<dyn ProgressOutput>,
     id: String,
-    action: String,
+    stage: fn(Counts) -> Status,
     size: u64,
     current: u64,
     reported: u64,
@@ -44,19 +44,19 @@ pub struct ProgressReader<R> {
 
 impl<R> ProgressReader<R> {
     /// Wraps `inner`, whose length is `size` bytes (0 if unknown), reporting
-    /// records `{id, action, current, size}` to `output`.
+    /// `stage(counts)` of `id` to `output` (e.g. `Status::Downloading`).
     pub fn new(
         inner: R,
         output: Arc<dyn ProgressOutput>,
         id: impl Into<String>,
-        action: impl Into<String>,
+        stage: fn(Counts) -> Status,
         size: u64,
     ) -> Self {
         ProgressReader {
             inner,
             output,
             id: id.into(),
-            action: action.into(),
+            stage,
             size,
             current: 0,
             reported: 0,
@@ -66,7 +66,7 @@ impl<R> ProgressReader<R> {
         }
     }
 
-    /// Bytes read so far.
+    /// Counts read so far.
     pub fn bytes_read(&self) -> u64 {
         self.current
     }
@@ -88,11 +88,9 @@ impl<R> ProgressReader<R> {
             .last_record_at
             .is_none_or(|at| now.duration_since(at) >= MIN_TIME_BETWEEN_UPDATES);
         if last || self.current == self.size || rate_allows {
-            self.output.write(Progress::counts(
+            self.output.write(Progress::status(
                 self.id.clone(),
-                self.action.clone(),
-                self.current,
-                self.size,
+                (self.stage)(Counts::of(self.current, self.size)),
             ));
             self.last_record_at = Some(now);
             self.last_written = Some(self.current);
@@ -154,14 +152,18 @@ mod tests {
     async fn reports_every_percent_but_at_most_every_100ms_and_always_the_end() {
         let (out, mut rx) = ChannelOutput::new();
         let data = vec![7u8; 10_000];
-        let mut reader = ProgressReader::new(&data[..], Arc::new(out), "l1", "Downloading", 10_000);
+        let mut reader =
+            ProgressReader::new(&data[..], Arc::new(out), "l1", Status::Downloading, 10_000);
         let mut chunk = [0u8; 150];
         // Read everything without time passing: one record for the first
         // step over 1% (100 bytes), then the rate limit holds the rest back
         // until the end-of-stream record.
         while reader.read(&mut chunk).await.unwrap() > 0 {}
         let records = drain(&mut rx);
-        let currents: Vec<_> = records.iter().map(|p| p.current.unwrap()).collect();
+        let currents: Vec<_> = records
+            .iter()
+            .map(|p| p.counts().unwrap().current)
+            .collect();
         assert_eq!(
             currents.first(),
             Some(&150),
@@ -173,16 +175,16 @@ mod tests {
             "last record at the end: {currents:?}"
         );
         assert!(currents.len() <= 3, "rate limit ignored: {currents:?}");
-        assert!(records
-            .iter()
-            .all(|p| p.action == "Downloading" && p.total == Some(10_000)));
+        assert!(records.iter().all(
+            |p| matches!(p.as_status(), Some(Status::Downloading(b)) if b.total == Some(10_000))
+        ));
     }
 
     #[tokio::test(start_paused = true)]
     async fn with_time_passing_reports_each_step_over_the_threshold() {
         let (out, mut rx) = ChannelOutput::new();
         let data = vec![1u8; 1000];
-        let mut reader = ProgressReader::new(&data[..], Arc::new(out), "l1", "Pushing", 1000);
+        let mut reader = ProgressReader::new(&data[..], Arc::new(out), "l1", Status::Pushing, 1000);
         let mut chunk = [0u8; 11];
         loop {
             tokio::time::advance(Duration::from_millis(150)).await;
@@ -190,7 +192,10 @@ mod tests {
                 break;
             }
         }
-        let currents: Vec<_> = drain(&mut rx).iter().map(|p| p.current.unwrap()).collect();
+        let currents: Vec<_> = drain(&mut rx)
+            .iter()
+            .map(|p| p.counts().unwrap().current)
+            .collect();
         // 1% of 1000 is 10 bytes: every 11-byte read is over the threshold.
         assert_eq!(currents.len(), 1000 / 11 + 1, "{currents:?}");
         assert!(currents.windows(2).all(|w| w[0] <= w[1]));
@@ -201,23 +206,31 @@ mod tests {
     async fn unknown_size_reports_every_512_kib() {
         let (out, mut rx) = ChannelOutput::new();
         let data = vec![0u8; 2 * 1024 * 1024];
-        let mut reader = ProgressReader::new(&data[..], Arc::new(out), "l1", "Downloading", 0);
+        let mut reader =
+            ProgressReader::new(&data[..], Arc::new(out), "l1", Status::Downloading, 0);
         let mut sink = Vec::new();
         reader.read_to_end(&mut sink).await.unwrap();
         let records = drain(&mut rx);
-        assert!(records.iter().all(|p| p.total.is_none()));
-        assert_eq!(records.last().unwrap().current, Some(2 * 1024 * 1024));
+        assert!(records.iter().all(|p| p.counts().unwrap().total.is_none()));
+        assert_eq!(
+            records.last().unwrap().counts().unwrap().current,
+            2 * 1024 * 1024
+        );
     }
 
     #[tokio::test]
     async fn dropping_a_reader_that_stopped_short_completes_the_bar() {
         let (out, mut rx) = ChannelOutput::new();
         let data = [0u8; 100];
-        let mut reader = ProgressReader::new(&data[..], Arc::new(out), "l1", "Extracting", 100);
+        let mut reader =
+            ProgressReader::new(&data[..], Arc::new(out), "l1", Status::Extracting, 100);
         let mut chunk = [0u8; 10];
         reader.read_exact(&mut chunk).await.unwrap();
         drop(reader);
         let last = drain(&mut rx).pop().unwrap();
-        assert_eq!((last.current, last.total), (Some(100), Some(100)));
+        assert_eq!(
+            last.as_status(),
+            Some(&Status::Extracting(Counts::of(100, 100)))
+        );
     }
 }

@@ -9,8 +9,8 @@
 //!   a registration failure), or if the transfer was cancelled;
 //! - otherwise it waits `5 * n` ticks (a tick is one second in production:
 //!   5, 10, 15, 20 s with the default 5 attempts), writing one
-//!   "Retrying in N seconds" record per tick, counting down to
-//!   "Retrying in 1 second" (no record for 0);
+//!   [`Status::Retrying`] record per tick, counting down to 1 second
+//!   (no record for 0);
 //! - if the transfer is cancelled during the wait, the loop ends with
 //!   [`Error::CancelledDuringRetryDelay`].
 //!
@@ -22,7 +22,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Operation};
-use crate::progress::ProgressOutput;
+use crate::progress::{ProgressOutput, Status};
 
 /// How often to try, and how long to wait in between.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,8 +107,12 @@ impl RetryPolicy {
         ticks: u32,
     ) -> Result<(), Error> {
         for remaining in (1..=ticks).rev() {
-            let plural = if remaining == 1 { "" } else { "s" };
-            output.update(id, &format!("Retrying in {remaining} second{plural}"));
+            output.status(
+                id,
+                Status::Retrying {
+                    seconds: remaining.into(),
+                },
+            );
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return Err(Error::CancelledDuringRetryDelay(operation)),
@@ -150,18 +154,13 @@ mod tests {
         assert_eq!(result.unwrap(), 42);
         let mut messages = Vec::new();
         while let Ok(p) = rx.try_recv() {
-            messages.push(p.action);
+            messages.push(p.as_status().cloned());
         }
-        assert_eq!(
-            messages,
-            [
-                "Retrying in 5 seconds",
-                "Retrying in 4 seconds",
-                "Retrying in 3 seconds",
-                "Retrying in 2 seconds",
-                "Retrying in 1 second"
-            ]
-        );
+        let countdown: Vec<_> = (1..=5)
+            .rev()
+            .map(|seconds| Some(Status::Retrying { seconds }))
+            .collect();
+        assert_eq!(messages, countdown);
     }
 
     #[tokio::test(start_paused = true)]

@@ -32,7 +32,7 @@ use tracing::Instrument;
 
 use crate::error::{Error, Operation};
 use crate::manager::{TransferContext, TransferManager};
-use crate::progress::ProgressOutput;
+use crate::progress::{ProgressOutput, Status};
 use crate::retry::RetryPolicy;
 use crate::transfer::Watcher;
 
@@ -140,7 +140,7 @@ impl UploadManager {
         output: Arc<dyn ProgressOutput>,
     ) -> Result<Vec<RemoteDescriptor>, Error> {
         for descriptor in layers {
-            output.update(&descriptor.id(), "Preparing");
+            output.status(&descriptor.id(), Status::Preparing);
         }
 
         let keys: Vec<String> = layers.iter().map(|descriptor| descriptor.key()).collect();
@@ -211,7 +211,7 @@ async fn upload_layer<D: UploadDescriptor>(
     let id = descriptor.id();
     let progress = ctx.progress();
     if !ctx.has_slot() {
-        progress.update(&id, "Waiting");
+        progress.status(&id, Status::Waiting);
         ctx.acquire_slot().await?;
     }
     let cancel = ctx.cancellation_token().clone();

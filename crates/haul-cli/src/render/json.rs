@@ -11,9 +11,10 @@
 
 use serde::Serialize;
 
-use haul_dist::xfer::Progress;
+use haul_dist::xfer::{Event, Progress};
 
 use super::units::progress_text;
+use super::wording;
 
 /// `jsonmessage.JSONMessage`, the fields haul uses, in Docker's order.
 #[derive(Debug, Serialize)]
@@ -43,22 +44,27 @@ fn is_zero(n: &u64) -> bool {
 
 /// The JSON line (with its newline) for one record.
 pub(crate) fn render(progress: &Progress) -> String {
-    let message = match &progress.message {
-        Some(message) => JsonMessage {
-            status: message,
+    let text = wording::text(progress);
+    let message = match &progress.event {
+        Event::Message(_) => JsonMessage {
+            status: &text,
             progress_detail: None,
             progress: String::new(),
             id: &progress.id,
         },
-        None => JsonMessage {
-            status: &progress.action,
-            progress_detail: Some(JsonProgress {
-                current: progress.current.unwrap_or(0),
-                total: progress.total.unwrap_or(0),
-            }),
-            progress: progress_text(progress.current, progress.total, None),
-            id: &progress.id,
-        },
+        Event::Status(status) => {
+            let counts = status.counts();
+            let (current, total) = (counts.map(|c| c.current), counts.and_then(|c| c.total));
+            JsonMessage {
+                status: &text,
+                progress_detail: Some(JsonProgress {
+                    current: current.unwrap_or(0),
+                    total: total.unwrap_or(0),
+                }),
+                progress: progress_text(current, total, None),
+                id: &progress.id,
+            }
+        }
     };
     let mut line =
         serde_json::to_string(&message).expect("a struct of strings and numbers serializes");
@@ -82,18 +88,22 @@ pub(crate) fn result_line(aux: serde_json::Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use haul_dist::xfer::{Counts, Message, Status};
     use serde_json::{json, Value};
 
     #[test]
     fn statuses_use_docker_field_names_and_order() {
         assert_eq!(
-            render(&Progress::counts("68e2c75dc5c7", "Downloading", 1, 2)),
+            render(&Progress::status(
+                "68e2c75dc5c7",
+                Status::Downloading(Counts::of(1, 2))
+            )),
             "{\"status\":\"Downloading\",\"progressDetail\":{\"current\":1,\"total\":2},\
              \"progress\":\"[=========================>                         ]       1B/2B\",\
              \"id\":\"68e2c75dc5c7\"}\n"
         );
         assert_eq!(
-            render(&Progress::action("68e2c75dc5c7", "Pulling fs layer")),
+            render(&Progress::status("68e2c75dc5c7", Status::PullingFsLayer)),
             "{\"status\":\"Pulling fs layer\",\"progressDetail\":{},\"id\":\"68e2c75dc5c7\"}\n"
         );
     }
@@ -113,7 +123,10 @@ mod tests {
 
     #[test]
     fn zero_counts_are_omitted_like_go_omitempty() {
-        let line = render(&Progress::counts("a", "Downloading", 0, 40_500_000));
+        let line = render(&Progress::status(
+            "a",
+            Status::Downloading(Counts::of(0, 40_500_000)),
+        ));
         let value: Value = serde_json::from_str(&line).unwrap();
         assert_eq!(value["progressDetail"], json!({"total": 40_500_000}));
         assert_eq!(
@@ -125,11 +138,21 @@ mod tests {
     #[test]
     fn messages_are_a_status_with_an_optional_id() {
         assert_eq!(
-            render(&Progress::message("1.0", "Pulling from library/app")),
+            render(&Progress::message(
+                "1.0",
+                Message::PullingFrom {
+                    repository: "library/app".into()
+                }
+            )),
             "{\"status\":\"Pulling from library/app\",\"id\":\"1.0\"}\n"
         );
         assert_eq!(
-            render(&Progress::message("", "Digest: sha256:0123")),
+            render(&Progress::message(
+                "",
+                Message::Digest {
+                    digest: "sha256:0123".into()
+                }
+            )),
             "{\"status\":\"Digest: sha256:0123\"}\n"
         );
     }

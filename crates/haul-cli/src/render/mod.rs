@@ -49,6 +49,7 @@ pub(crate) mod plain;
 pub(crate) mod rate;
 pub(crate) mod tty;
 pub(crate) mod units;
+pub(crate) mod wording;
 
 use std::io::{self, Write};
 use std::time::{Duration, Instant};
@@ -242,7 +243,7 @@ pub(crate) fn render_blocking(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use haul_dist::xfer::{ChannelOutput, ProgressOutput};
+    use haul_dist::xfer::{ChannelOutput, Counts, Message, ProgressOutput, Status};
     use serde_json::Value;
 
     const LAYER: &str = "68e2c75dc5c7";
@@ -250,31 +251,62 @@ mod tests {
     /// A short pull of one new and one present layer, with times in ms.
     fn short_pull() -> Vec<(u64, Progress)> {
         vec![
-            (0, Progress::message("1.0", "Pulling from library/app")),
-            (0, Progress::action("0123456789ab", "Already exists")),
-            (0, Progress::action(LAYER, "Pulling fs layer")),
-            (100, Progress::counts(LAYER, "Downloading", 0, 40_500_000)),
+            (
+                0,
+                Progress::message(
+                    "1.0",
+                    Message::PullingFrom {
+                        repository: "library/app".into(),
+                    },
+                ),
+            ),
+            (0, Progress::status("0123456789ab", Status::AlreadyExists)),
+            (0, Progress::status(LAYER, Status::PullingFsLayer)),
+            (
+                100,
+                Progress::status(LAYER, Status::Downloading(Counts::of(0, 40_500_000))),
+            ),
             (
                 6_000,
-                Progress::counts(LAYER, "Downloading", 12_300_000, 40_500_000),
+                Progress::status(
+                    LAYER,
+                    Status::Downloading(Counts::of(12_300_000, 40_500_000)),
+                ),
             ),
             (
                 12_000,
-                Progress::counts(LAYER, "Downloading", 40_500_000, 40_500_000),
+                Progress::status(
+                    LAYER,
+                    Status::Downloading(Counts::of(40_500_000, 40_500_000)),
+                ),
             ),
-            (12_010, Progress::action(LAYER, "Verifying Checksum")),
-            (12_020, Progress::action(LAYER, "Download complete")),
+            (12_010, Progress::status(LAYER, Status::VerifyingChecksum)),
+            (12_020, Progress::status(LAYER, Status::DownloadComplete)),
             (
                 12_100,
-                Progress::counts(LAYER, "Extracting", 40_500_000, 40_500_000),
+                Progress::status(
+                    LAYER,
+                    Status::Extracting(Counts::of(40_500_000, 40_500_000)),
+                ),
             ),
-            (12_200, Progress::action(LAYER, "Pull complete")),
-            (12_300, Progress::message("", "Digest: sha256:0123")),
+            (12_200, Progress::status(LAYER, Status::PullComplete)),
             (
                 12_300,
                 Progress::message(
                     "",
-                    "Status: Downloaded newer image for 127.0.0.1:5000/library/app:1.0",
+                    Message::Digest {
+                        digest: "sha256:0123".into(),
+                    },
+                ),
+            ),
+            (
+                12_300,
+                Progress::message(
+                    "",
+                    Message::PullFinished {
+                        reference: "127.0.0.1:5000/library/app:1.0".into(),
+                        up_to_date: false,
+                    },
                 ),
             ),
         ]
@@ -385,14 +417,19 @@ mod tests {
     #[tokio::test]
     async fn run_renders_until_every_sender_is_gone() {
         let (output, records) = ChannelOutput::new();
-        output.message("1.0", "Pulling from library/app");
-        output.update(LAYER, "Pulling fs layer");
-        output.update(LAYER, "Pulling fs layer");
+        output.message(
+            "1.0",
+            Message::PullingFrom {
+                repository: "library/app".into(),
+            },
+        );
+        output.status(LAYER, Status::PullingFsLayer);
+        output.status(LAYER, Status::PullingFsLayer);
         let late = output.clone();
         drop(output);
         let running = tokio::spawn(Renderer::new(RenderKind::Plain, Vec::new()).run(records));
         tokio::task::yield_now().await;
-        late.update(LAYER, "Pull complete");
+        late.status(LAYER, Status::PullComplete);
         drop(late);
         let written = running.await.unwrap().unwrap();
         assert_eq!(
@@ -406,7 +443,12 @@ mod tests {
     #[tokio::test]
     async fn render_blocking_works_on_a_blocking_thread() {
         let (output, records) = ChannelOutput::new();
-        output.message("", "Digest: sha256:0123");
+        output.message(
+            "",
+            Message::Digest {
+                digest: "sha256:0123".into(),
+            },
+        );
         drop(output);
         let written = tokio::task::spawn_blocking(move || {
             Renderer::new(RenderKind::Json, Vec::new()).run_blocking(records)
@@ -429,11 +471,11 @@ mod tests {
             }
         }
         let (output, records) = ChannelOutput::new();
-        output.update(LAYER, "Waiting");
+        output.status(LAYER, Status::Waiting);
         let err = render(RenderKind::Plain, records, Broken)
             .await
             .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
-        output.update(LAYER, "Pull complete"); // dropped, not blocked
+        output.status(LAYER, Status::PullComplete); // dropped, not blocked
     }
 }

@@ -2,9 +2,9 @@
 //!
 //! Rules, chosen to read well in a CI log:
 //! - a message prints as `ID: message` (or `message` when the id is empty);
-//! - a status prints as `ID: Action` when the id's action changes, with its
+//! - a status prints as `ID: Action` when the id's stage changes, with its
 //!   counts when it has some (`ID: Downloading 0B/40.5MB`);
-//! - a status repeating the id's action (a counts-only update) prints
+//! - a status repeating the id's stage (a counts-only update) prints
 //!   nothing, except a periodic line when at least the interval has passed
 //!   since the id's last line and its count moved since then:
 //!   `ID: Downloading 12.3MB/40.5MB (2.46MB/s)`, the speed being the average
@@ -17,15 +17,16 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use haul_dist::xfer::Progress;
+use haul_dist::xfer::{Event, Progress, Status};
 
 use super::tty::with_id;
 use super::units::{counts_text, human_rate};
+use super::wording::{message_text, status_text};
 
 /// What the log last said about one id.
 #[derive(Debug)]
 struct Shown {
-    action: String,
+    status: Status,
     /// When the id's last line was printed and its count then.
     at: Instant,
     current: u64,
@@ -53,42 +54,41 @@ impl Log {
 
     /// The line (with its newline) that shows `progress` at `now`, if any.
     pub(crate) fn render(&mut self, progress: &Progress, now: Instant) -> Option<String> {
-        if let Some(message) = &progress.message {
-            return Some(line(&progress.id, message));
-        }
-        let current = progress.current.unwrap_or(0);
-        let counts = counts_text(progress.current, progress.total);
+        let status = match &progress.event {
+            Event::Message(message) => return Some(line(&progress.id, &message_text(message))),
+            Event::Status(status) => status,
+        };
+        let action = status_text(status);
+        let counted = status.counts();
+        let current = counted.map_or(0, |c| c.current);
+        let counts = counted.and_then(|c| counts_text(Some(c.current), c.total));
         let Some(shown) = self.ids.get_mut(&progress.id) else {
             self.ids.insert(
                 progress.id.clone(),
                 Shown {
-                    action: progress.action.clone(),
+                    status: status.clone(),
                     at: now,
                     current,
                 },
             );
-            return Some(status_line(
-                &progress.id,
-                &progress.action,
-                counts.as_deref(),
-            ));
+            return Some(status_line(&progress.id, &action, counts.as_deref()));
         };
-        if shown.action != progress.action {
+        if !shown.status.same_stage(status) {
             let countdown_goes_on = matches!(
-                (retry_seconds(&shown.action), retry_seconds(&progress.action)),
-                (Some(before), Some(now)) if now < before
+                (&shown.status, status),
+                (Status::Retrying { seconds: before }, Status::Retrying { seconds: now }) if now < before
             );
             *shown = Shown {
-                action: progress.action.clone(),
+                status: status.clone(),
                 at: now,
                 current,
             };
             return (!countdown_goes_on)
-                .then(|| status_line(&progress.id, &progress.action, counts.as_deref()));
+                .then(|| status_line(&progress.id, &action, counts.as_deref()));
         }
-        // The same action again: only the periodic line, if due and moving.
+        // The same stage again: only the periodic line, if due and moving.
         let elapsed = now.saturating_duration_since(shown.at);
-        if progress.current.is_none() || current == shown.current || elapsed < self.every {
+        if counted.is_none() || current == shown.current || elapsed < self.every {
             return None;
         }
         let mut text = counts.unwrap_or_default();
@@ -98,14 +98,8 @@ impl Log {
         }
         shown.at = now;
         shown.current = current;
-        Some(status_line(&progress.id, &progress.action, Some(&text)))
+        Some(status_line(&progress.id, &action, Some(&text)))
     }
-}
-
-/// The seconds left, if an action is a step of the retry countdown.
-fn retry_seconds(action: &str) -> Option<u64> {
-    let rest = action.strip_prefix("Retrying in ")?;
-    rest.split(' ').next()?.parse().ok()
 }
 
 fn status_line(id: &str, action: &str, counts: Option<&str>) -> String {
@@ -124,6 +118,7 @@ fn line(id: &str, text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use haul_dist::xfer::{Counts, Message};
 
     fn run(every: Duration, records: &[(u64, Progress)]) -> String {
         let t0 = Instant::now();
@@ -141,32 +136,60 @@ mod tests {
         let output = run(
             Duration::from_secs(5),
             &[
-                (0, Progress::message("1.0", "Pulling from library/app")),
-                (0, Progress::action(ID, "Pulling fs layer")),
-                (0, Progress::action(ID, "Pulling fs layer")),
-                (0, Progress::action("0123456789ab", "Already exists")),
-                (10, Progress::action(ID, "Waiting")),
-                (20, Progress::counts(ID, "Downloading", 0, 40_500_000)),
+                (
+                    0,
+                    Progress::message(
+                        "1.0",
+                        Message::PullingFrom {
+                            repository: "library/app".into(),
+                        },
+                    ),
+                ),
+                (0, Progress::status(ID, Status::PullingFsLayer)),
+                (0, Progress::status(ID, Status::PullingFsLayer)),
+                (0, Progress::status("0123456789ab", Status::AlreadyExists)),
+                (10, Progress::status(ID, Status::Waiting)),
+                (
+                    20,
+                    Progress::status(ID, Status::Downloading(Counts::of(0, 40_500_000))),
+                ),
                 (
                     120,
-                    Progress::counts(ID, "Downloading", 1_000_000, 40_500_000),
+                    Progress::status(ID, Status::Downloading(Counts::of(1_000_000, 40_500_000))),
                 ),
                 (
                     220,
-                    Progress::counts(ID, "Downloading", 40_500_000, 40_500_000),
+                    Progress::status(ID, Status::Downloading(Counts::of(40_500_000, 40_500_000))),
                 ),
-                (230, Progress::action(ID, "Verifying Checksum")),
-                (240, Progress::action(ID, "Download complete")),
-                (250, Progress::counts(ID, "Extracting", 32_768, 40_500_000)),
+                (230, Progress::status(ID, Status::VerifyingChecksum)),
+                (240, Progress::status(ID, Status::DownloadComplete)),
+                (
+                    250,
+                    Progress::status(ID, Status::Extracting(Counts::of(32_768, 40_500_000))),
+                ),
                 (
                     350,
-                    Progress::counts(ID, "Extracting", 40_500_000, 40_500_000),
+                    Progress::status(ID, Status::Extracting(Counts::of(40_500_000, 40_500_000))),
                 ),
-                (360, Progress::action(ID, "Pull complete")),
-                (400, Progress::message("", "Digest: sha256:0123")),
+                (360, Progress::status(ID, Status::PullComplete)),
                 (
                     400,
-                    Progress::message("", "Status: Downloaded newer image for r/app:1.0"),
+                    Progress::message(
+                        "",
+                        Message::Digest {
+                            digest: "sha256:0123".into(),
+                        },
+                    ),
+                ),
+                (
+                    400,
+                    Progress::message(
+                        "",
+                        Message::PullFinished {
+                            reference: "r/app:1.0".into(),
+                            up_to_date: false,
+                        },
+                    ),
                 ),
             ],
         );
@@ -189,12 +212,18 @@ mod tests {
 
     #[test]
     fn a_long_download_prints_a_bytes_line_with_speed_once_per_interval() {
-        let mut records = vec![(0, Progress::counts(ID, "Downloading", 0, 40_500_000))];
+        let mut records = vec![(
+            0,
+            Progress::status(ID, Status::Downloading(Counts::of(0, 40_500_000))),
+        )];
         // 1 MB every 250 ms for 8 seconds.
         for step in 1..=32u64 {
             records.push((
                 step * 250,
-                Progress::counts(ID, "Downloading", step * 1_000_000, 40_500_000),
+                Progress::status(
+                    ID,
+                    Status::Downloading(Counts::of(step * 1_000_000, 40_500_000)),
+                ),
             ));
         }
         let output = run(Duration::from_secs(3), &records);
@@ -211,10 +240,19 @@ mod tests {
         let output = run(
             Duration::from_secs(1),
             &[
-                (0, Progress::counts(ID, "Pushing", 500, 1_000)),
-                (5_000, Progress::counts(ID, "Pushing", 500, 1_000)),
-                (6_000, Progress::counts(ID, "Pushing", 1_000, 1_000)),
-                (6_000, Progress::action(ID, "Pushed")),
+                (
+                    0,
+                    Progress::status(ID, Status::Pushing(Counts::of(500, 1_000))),
+                ),
+                (
+                    5_000,
+                    Progress::status(ID, Status::Pushing(Counts::of(500, 1_000))),
+                ),
+                (
+                    6_000,
+                    Progress::status(ID, Status::Pushing(Counts::of(1_000, 1_000))),
+                ),
+                (6_000, Progress::status(ID, Status::Pushed)),
             ],
         );
         assert_eq!(
@@ -227,16 +265,21 @@ mod tests {
 
     #[test]
     fn a_retry_countdown_prints_its_first_step_only() {
-        let mut records = vec![(0, Progress::counts(ID, "Downloading", 10, 100))];
-        for (i, n) in (1..=5).rev().enumerate() {
-            let unit = if n == 1 { "second" } else { "seconds" };
+        let mut records = vec![(
+            0,
+            Progress::status(ID, Status::Downloading(Counts::of(10, 100))),
+        )];
+        for (i, seconds) in (1..=5).rev().enumerate() {
             records.push((
                 1_000 * i as u64,
-                Progress::action(ID, format!("Retrying in {n} {unit}")),
+                Progress::status(ID, Status::Retrying { seconds }),
             ));
         }
-        records.push((5_000, Progress::counts(ID, "Downloading", 10, 100)));
-        records.push((5_100, Progress::action(ID, "Retrying in 5 seconds")));
+        records.push((
+            5_000,
+            Progress::status(ID, Status::Downloading(Counts::of(10, 100))),
+        ));
+        records.push((5_100, Progress::status(ID, Status::Retrying { seconds: 5 })));
         let output = run(Duration::from_secs(5), &records);
         assert_eq!(
             output,
@@ -254,18 +297,35 @@ mod tests {
             &[
                 (
                     0,
-                    Progress::message("", "The push refers to repository [127.0.0.1:5000/app]"),
+                    Progress::message(
+                        "",
+                        Message::PushRefersTo {
+                            repository: "127.0.0.1:5000/app".into(),
+                        },
+                    ),
                 ),
-                (0, Progress::action(ID, "Preparing")),
-                (0, Progress::action("0123456789ab", "Preparing")),
+                (0, Progress::status(ID, Status::Preparing)),
+                (0, Progress::status("0123456789ab", Status::Preparing)),
                 (
                     0,
-                    Progress::action("0123456789ab", "Mounted from library/base"),
+                    Progress::status(
+                        "0123456789ab",
+                        Status::MountedFrom {
+                            repository: "library/base".into(),
+                        },
+                    ),
                 ),
-                (0, Progress::action(ID, "Layer already exists")),
+                (0, Progress::status(ID, Status::LayerAlreadyExists)),
                 (
                     0,
-                    Progress::message("1.0", "digest: sha256:0123 size: 1234"),
+                    Progress::message(
+                        "1.0",
+                        Message::ManifestPushed {
+                            tag: None,
+                            digest: "sha256:0123".into(),
+                            size: 1234,
+                        },
+                    ),
                 ),
             ],
         );

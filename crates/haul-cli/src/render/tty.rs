@@ -21,10 +21,11 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use haul_dist::xfer::Progress;
+use haul_dist::xfer::{Event, Progress, Status};
 
 use super::rate::Rate;
 use super::units::{human_rate, progress_text};
+use super::wording::{message_text, status_text};
 use super::TerminalSize;
 
 /// How far back the shown speed looks.
@@ -74,8 +75,8 @@ pub(crate) struct Screen {
     lines: VecDeque<Line>,
     /// Sum of `rows` over `lines`: how far the cursor is below the first.
     rows: usize,
-    /// Per id: the action its speed was measured for, and the speed.
-    speeds: HashMap<String, (String, Rate)>,
+    /// Per id: the stage its speed was measured for, and the speed.
+    speeds: HashMap<String, (Status, Rate)>,
 }
 
 impl Screen {
@@ -96,12 +97,15 @@ impl Screen {
     pub(crate) fn render(&mut self, progress: &Progress, now: Instant) -> String {
         let size = self.size.get();
         let columns = size.map(|s| s.columns);
-        if let Some(message) = &progress.message {
-            let text = with_id(&progress.id, message);
-            let rows = rows_of(&text, columns);
-            return self.append(None, text, rows, size);
-        }
-        let text = self.status_text(progress, columns, now);
+        let status = match &progress.event {
+            Event::Message(message) => {
+                let text = with_id(&progress.id, &message_text(message));
+                let rows = rows_of(&text, columns);
+                return self.append(None, text, rows, size);
+            }
+            Event::Status(status) => status,
+        };
+        let text = self.status_line(&progress.id, status, columns, now);
         if progress.id.is_empty() {
             return self.append(None, text, 1, size);
         }
@@ -151,14 +155,25 @@ impl Screen {
     }
 
     /// `ID: Action [bar] counts (speed)`, cut to the terminal's width.
-    fn status_text(&mut self, progress: &Progress, columns: Option<usize>, now: Instant) -> String {
-        let mut text = with_id(&progress.id, &progress.action);
-        let counts = progress_text(progress.current, progress.total, columns);
+    fn status_line(
+        &mut self,
+        id: &str,
+        status: &Status,
+        columns: Option<usize>,
+        now: Instant,
+    ) -> String {
+        let mut text = with_id(id, &status_text(status));
+        let counts = status.counts();
+        let counts = progress_text(
+            counts.map(|c| c.current),
+            counts.and_then(|c| c.total),
+            columns,
+        );
         if !counts.is_empty() {
             text.push(' ');
             text.push_str(&counts);
         }
-        if let Some(speed) = self.speed(progress, now) {
+        if let Some(speed) = self.speed(id, status, now) {
             text.push_str(&format!(" ({})", human_rate(speed)));
         }
         match columns {
@@ -168,23 +183,21 @@ impl Screen {
     }
 
     /// The speed to show for a transfer still under way, if known yet.
-    fn speed(&mut self, progress: &Progress, now: Instant) -> Option<f64> {
-        let Some(current) = progress.current else {
-            self.speeds.remove(&progress.id);
+    fn speed(&mut self, id: &str, status: &Status, now: Instant) -> Option<f64> {
+        let Some(counts) = status.counts() else {
+            self.speeds.remove(id);
             return None;
         };
-        let (action, rate) = self.speeds.entry(progress.id.clone()).or_insert_with(|| {
-            (
-                progress.action.clone(),
-                Rate::new(SPEED_WINDOW, SPEED_MIN_SPAN),
-            )
-        });
-        if *action != progress.action {
-            *action = progress.action.clone();
+        let (stage, rate) = self
+            .speeds
+            .entry(id.to_owned())
+            .or_insert_with(|| (status.clone(), Rate::new(SPEED_WINDOW, SPEED_MIN_SPAN)));
+        if !stage.same_stage(status) {
+            *stage = status.clone();
             *rate = Rate::new(SPEED_WINDOW, SPEED_MIN_SPAN);
         }
-        rate.record(now, current);
-        let under_way = progress.total.is_some_and(|total| current < total);
+        rate.record(now, counts.current);
+        let under_way = counts.total.is_some_and(|total| counts.current < total);
         if under_way {
             rate.per_second()
         } else {
@@ -223,6 +236,7 @@ fn cut(mut text: String, max: usize) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use haul_dist::xfer::{Counts, Message};
 
     /// Replays terminal output: printable text, `\n`, `\r`, and the
     /// `ESC [ n A` / `ESC [ n B` / `ESC [ 2 K` sequences the renderer uses.
@@ -307,27 +321,55 @@ pub(crate) mod tests {
         let output = run(
             WIDE,
             &[
-                (0, Progress::message("1.0", "Pulling from library/app")),
-                (0, Progress::action("aaaaaaaaaaaa", "Pulling fs layer")),
-                (0, Progress::action("bbbbbbbbbbbb", "Pulling fs layer")),
-                (0, Progress::action("cccccccccccc", "Pulling fs layer")),
-                (10, Progress::action("bbbbbbbbbbbb", "Waiting")),
+                (
+                    0,
+                    Progress::message(
+                        "1.0",
+                        Message::PullingFrom {
+                            repository: "library/app".into(),
+                        },
+                    ),
+                ),
+                (0, Progress::status("aaaaaaaaaaaa", Status::PullingFsLayer)),
+                (0, Progress::status("bbbbbbbbbbbb", Status::PullingFsLayer)),
+                (0, Progress::status("cccccccccccc", Status::PullingFsLayer)),
+                (10, Progress::status("bbbbbbbbbbbb", Status::Waiting)),
                 (
                     20,
-                    Progress::counts("aaaaaaaaaaaa", "Downloading", 1_000, 2_000),
+                    Progress::status(
+                        "aaaaaaaaaaaa",
+                        Status::Downloading(Counts::of(1_000, 2_000)),
+                    ),
                 ),
-                (30, Progress::action("cccccccccccc", "Already exists")),
-                (40, Progress::action("aaaaaaaaaaaa", "Download complete")),
+                (30, Progress::status("cccccccccccc", Status::AlreadyExists)),
+                (
+                    40,
+                    Progress::status("aaaaaaaaaaaa", Status::DownloadComplete),
+                ),
                 (
                     50,
-                    Progress::counts("bbbbbbbbbbbb", "Downloading", 500, 1_000),
+                    Progress::status("bbbbbbbbbbbb", Status::Downloading(Counts::of(500, 1_000))),
                 ),
-                (60, Progress::action("aaaaaaaaaaaa", "Pull complete")),
-                (70, Progress::action("bbbbbbbbbbbb", "Pull complete")),
-                (80, Progress::message("", "Digest: sha256:0123")),
+                (60, Progress::status("aaaaaaaaaaaa", Status::PullComplete)),
+                (70, Progress::status("bbbbbbbbbbbb", Status::PullComplete)),
                 (
                     80,
-                    Progress::message("", "Status: Downloaded newer image for r/app:1.0"),
+                    Progress::message(
+                        "",
+                        Message::Digest {
+                            digest: "sha256:0123".into(),
+                        },
+                    ),
+                ),
+                (
+                    80,
+                    Progress::message(
+                        "",
+                        Message::PullFinished {
+                            reference: "r/app:1.0".into(),
+                            up_to_date: false,
+                        },
+                    ),
                 ),
             ],
         );
@@ -356,15 +398,24 @@ pub(crate) mod tests {
             &[
                 (
                     0,
-                    Progress::counts("aaaaaaaaaaaa", "Downloading", 0, 40_500_000),
+                    Progress::status(
+                        "aaaaaaaaaaaa",
+                        Status::Downloading(Counts::of(0, 40_500_000)),
+                    ),
                 ),
                 (
                     1_000,
-                    Progress::counts("aaaaaaaaaaaa", "Downloading", 8_100_000, 40_500_000),
+                    Progress::status(
+                        "aaaaaaaaaaaa",
+                        Status::Downloading(Counts::of(8_100_000, 40_500_000)),
+                    ),
                 ),
                 (
                     2_000,
-                    Progress::counts("aaaaaaaaaaaa", "Downloading", 20_260_000, 40_500_000),
+                    Progress::status(
+                        "aaaaaaaaaaaa",
+                        Status::Downloading(Counts::of(20_260_000, 40_500_000)),
+                    ),
                 ),
             ],
         );
@@ -388,15 +439,24 @@ pub(crate) mod tests {
             &[
                 (
                     0,
-                    Progress::counts("aaaaaaaaaaaa", "Downloading", 12_300_000, 40_500_000),
+                    Progress::status(
+                        "aaaaaaaaaaaa",
+                        Status::Downloading(Counts::of(12_300_000, 40_500_000)),
+                    ),
                 ),
                 (
                     0,
-                    Progress::message("", "a message longer than forty columns, so it wraps"),
+                    Progress::message(
+                        "",
+                        Message::Text("a message longer than forty columns, so it wraps".into()),
+                    ),
                 ),
                 (
                     10,
-                    Progress::counts("aaaaaaaaaaaa", "Extracting", 1_000, 40_500_000),
+                    Progress::status(
+                        "aaaaaaaaaaaa",
+                        Status::Extracting(Counts::of(1_000, 40_500_000)),
+                    ),
                 ),
             ],
         );
@@ -425,12 +485,15 @@ pub(crate) mod tests {
             columns: 200,
             rows: 4,
         });
-        let mut records = vec![(0, Progress::action("aaaaaaaaaaaa", "Waiting"))];
+        let mut records = vec![(0, Progress::status("aaaaaaaaaaaa", Status::Waiting))];
         for id in ["b", "c", "d", "e"] {
-            records.push((0, Progress::action(id, "Waiting")));
+            records.push((0, Progress::status(id, Status::Waiting)));
         }
-        records.push((10, Progress::action("aaaaaaaaaaaa", "Downloading")));
-        records.push((20, Progress::action("e", "Pull complete")));
+        records.push((
+            10,
+            Progress::status("aaaaaaaaaaaa", Status::Downloading(Counts::default())),
+        ));
+        records.push((20, Progress::status("e", Status::PullComplete)));
         let output = run(size, &records);
         let ups: Vec<&str> = output.matches("\x1b[").collect();
         assert_eq!(ups.len(), 3, "only e's update moves the cursor: {output:?}");
@@ -454,10 +517,10 @@ pub(crate) mod tests {
         let output = run(
             WIDE,
             &[
-                (0, Progress::action("", "Preparing")),
-                (0, Progress::action("", "Done")),
+                (0, Progress::status("", Status::Preparing)),
+                (0, Progress::status("", Status::PullComplete)),
             ],
         );
-        assert_eq!(replay(&output), ["Preparing", "Done", ""]);
+        assert_eq!(replay(&output), ["Preparing", "Pull complete", ""]);
     }
 }

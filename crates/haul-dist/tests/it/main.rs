@@ -6,5 +6,6 @@
 
 mod archive;
 mod archive_properties;
+mod progress_events;
 mod pull_races;
 mod upload_cancel;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use haul_dist::oci::Reference;
 use haul_dist::registry::{ClientConfig, RegistryClient};
 use haul_dist::store::Store;
-use haul_dist::xfer::{Progress, ProgressOutput};
+use haul_dist::xfer::{Progress, ProgressOutput, Status};
 use haul_dist::{PullOptions, PullSettings, Puller};
 use haul_testkit::image::BuiltImage;
 use haul_testkit::{
@@ -26,12 +26,12 @@ impl ProgressOutput for Recorded {
 }
 
 impl Recorded {
-    fn saw(&self, id: &str, action: &str) -> bool {
+    fn saw(&self, id: &str, status: &Status) -> bool {
         self.0
             .lock()
             .unwrap()
             .iter()
-            .any(|p| p.id == id && p.action == action)
+            .any(|p| p.id == id && p.as_status() == Some(status))
     }
 }
 
@@ -135,7 +135,7 @@ async fn a_layer_used_twice_in_one_image_never_takes_another_pulls_layer() {
         })
     };
     wait_until("B has X downloaded while Z is held", || {
-        recorded_b.saw(short(&x_digest), "Download complete")
+        recorded_b.saw(short(&x_digest), &Status::DownloadComplete)
             && proxy.count_matching("GET", z_digest.as_str()) >= 1
     })
     .await;

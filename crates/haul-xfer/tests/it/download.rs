@@ -8,7 +8,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::common::{fast_retries, within, Gauge, MockDownload, MockLayerStore, RecordingOutput};
+use crate::common::{
+    fast_retries, stage, within, Gauge, MockDownload, MockLayerStore, RecordingOutput,
+};
 use haul_xfer::{DiffId, DownloadManager, Error, ProgressOutput};
 use tokio_util::sync::CancellationToken;
 
@@ -82,15 +84,15 @@ async fn successful_download_registers_every_layer_in_order_with_the_expected_di
     }
 
     let last = recording.last_by_id();
-    assert_eq!(last["id1"].action, "Already exists");
+    assert_eq!(stage(&last["id1"]), "Already exists");
     for id in ["id2", "id3", "id4", "id5"] {
-        assert_eq!(last[id].action, "Pull complete", "last record of {id}");
+        assert_eq!(stage(&last[id]), "Pull complete", "last record of {id}");
     }
     assert!(
         recording
             .records_for("id2")
             .iter()
-            .filter(|p| p.action == "Pulling fs layer")
+            .filter(|p| stage(p) == "Pulling fs layer")
             .count()
             == 1,
         "the duplicate id2 writes nothing of its own"
@@ -150,7 +152,7 @@ async fn watchers_see_waiting_and_the_whole_retry_countdown() {
         let mut actions: Vec<String> = recording
             .records_for(id)
             .into_iter()
-            .map(|p| p.action)
+            .map(|p| stage(&p))
             .collect();
         actions.dedup();
         actions
@@ -378,7 +380,8 @@ async fn an_image_already_present_reports_already_exists_and_holds_one_reference
     let actions: Vec<_> = recording
         .records()
         .into_iter()
-        .map(|p| (p.id, p.action))
+        .map(|p| (stage(&p), p.id))
+        .map(|(stage, id)| (id, stage))
         .collect();
     assert_eq!(
         actions,
@@ -516,7 +519,7 @@ async fn two_pulls_of_the_same_layers_download_each_layer_once() {
         let last = out.last_by_id();
         assert!(["id1", "id2", "id3"]
             .iter()
-            .all(|id| last[*id].action == "Pull complete"));
+            .all(|id| stage(&last[*id]) == "Pull complete"));
     }
 }
 
@@ -599,7 +602,7 @@ async fn a_pull_joining_another_pulls_top_layer_reads_the_diff_ids_of_that_chain
         while !first_output
             .records_for("la")
             .iter()
-            .any(|p| p.action == "Pull complete")
+            .any(|p| stage(p) == "Pull complete")
             || manager.transfers().in_flight() != 1
         {
             tokio::time::sleep(Duration::from_millis(2)).await;

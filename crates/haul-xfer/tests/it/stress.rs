@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::common::{within, Gauge, RecordingOutput};
-use haul_xfer::{Error, Progress, ProgressOutput, TransferContext, TransferManager, Watcher};
+use crate::common::{downloading, stage, within, Gauge, RecordingOutput};
+use haul_xfer::{Error, ProgressOutput, Status, TransferContext, TransferManager, Watcher};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -76,13 +76,14 @@ struct Observations {
 }
 
 /// The work of a transfer: wait for a slot, write `plan.steps` records,
-/// then a final "Finished" or "Failed" record.
+/// then a final "Pull complete" (finished) or "Retrying in 1 second"
+/// (failed) record.
 async fn work(ctx: TransferContext, plan: Plan, seen: Arc<Observations>) -> Result<u64, Error> {
     let key = plan.key;
     let id = format!("k{key}");
     let result = async {
         if !ctx.has_slot() {
-            ctx.progress().update(&id, "Waiting");
+            ctx.progress().status(&id, Status::Waiting);
         }
         ctx.acquire_slot().await?;
         let (_slot, _) = seen.slot_holders.enter();
@@ -90,15 +91,15 @@ async fn work(ctx: TransferContext, plan: Plan, seen: Arc<Observations>) -> Resu
             tokio::select! {
                 _ = ctx.cancelled() => return Err(Error::Cancelled),
                 _ = tokio::time::sleep(plan.step) => {
-                    ctx.progress().write(Progress::counts(&id, "Downloading", u64::from(i), u64::from(plan.steps)));
+                    ctx.progress().write(downloading(&id, u64::from(i), u64::from(plan.steps)));
                 }
             }
         }
         if plan.fails {
-            ctx.progress().update(&id, "Failed");
+            ctx.progress().status(&id, Status::Retrying { seconds: 1 });
             Err(Error::failed("random failure"))
         } else {
-            ctx.progress().update(&id, "Finished");
+            ctx.progress().status(&id, Status::PullComplete);
             Ok(key as u64)
         }
     }
@@ -174,7 +175,7 @@ async fn request(manager: TransferManager<u64>, plan: Plan, seen: Arc<Observatio
                     .pop()
                     .expect("a watcher kept to the end gets the final record");
                 assert!(
-                    last.action == "Finished" || last.action == "Failed",
+                    stage(&last) == "Pull complete" || stage(&last) == "Retrying in 1 second",
                     "last record {last:?} is not the final one"
                 );
             }

@@ -5,9 +5,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::common::{within, Gauge, RecordingOutput};
+use crate::common::{downloading, stage, within, Gauge, RecordingOutput};
 use haul_xfer::{
-    ChannelOutput, Error, Progress, ProgressOutput, TransferContext, TransferManager, Watcher,
+    ChannelOutput, Error, Progress, ProgressOutput, Status, TransferContext, TransferManager,
+    Watcher,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -18,7 +19,7 @@ fn output(recording: &Arc<RecordingOutput>) -> Arc<dyn ProgressOutput> {
 /// Docker's "ticker" job: 0..=10 under action "testing", 10 ms apart.
 async fn tick_to_ten(ctx: &TransferContext, id: &str) {
     for i in 0..=10 {
-        ctx.progress().write(Progress::counts(id, "testing", i, 10));
+        ctx.progress().write(downloading(id, i, 10));
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -29,7 +30,11 @@ fn assert_strictly_increasing_to_ten(recording: &RecordingOutput, ids: &[String]
         let currents: Vec<u64> = recording
             .records_for(id)
             .iter()
-            .map(|p| p.current.expect("ticker records carry counts"))
+            .map(|p| {
+                p.counts()
+                    .map(|b| b.current)
+                    .expect("ticker records carry counts")
+            })
             .collect();
         assert!(
             currents.windows(2).all(|w| w[0] < w[1]),
@@ -137,7 +142,7 @@ async fn a_transfer_that_goes_inactive_gives_its_slot_to_the_next_one() {
         while recording
             .last_by_id()
             .values()
-            .filter(|p| p.current == Some(10))
+            .filter(|p| p.counts().map(|b| b.current) == Some(10))
             .count()
             < 8
         {
@@ -175,7 +180,7 @@ async fn count_until_cancelled(
         tokio::select! {
             _ = ctx.cancelled() => return Err(Error::Cancelled),
             _ = tokio::time::sleep(Duration::from_millis(10)) => {
-                ctx.progress().write(Progress::counts("id1", "testing", i, 0));
+                ctx.progress().write(downloading("id1", i, 0));
                 i += 1;
             }
         }
@@ -323,18 +328,22 @@ async fn a_new_watcher_first_sees_the_latest_record() {
             "k",
             move |ctx: TransferContext| async move {
                 for i in 0..3 {
-                    ctx.progress()
-                        .write(Progress::counts("k", "Downloading", i, 3));
+                    ctx.progress().write(downloading("k", i, 3));
                 }
                 job_step.notified().await;
-                ctx.progress().update("k", "Download complete");
+                ctx.progress().status("k", Status::DownloadComplete);
                 Ok(())
             },
             output(&first),
         )
         .await;
     within(5, "first watcher sees the last of three records", async {
-        while first.records().last().and_then(|p| p.current) != Some(2) {
+        while first
+            .records()
+            .last()
+            .and_then(|p| p.counts().map(|b| b.current))
+            != Some(2)
+        {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     })
@@ -343,13 +352,10 @@ async fn a_new_watcher_first_sees_the_latest_record() {
     let late = RecordingOutput::new();
     let second = watcher.transfer().watch(output(&late));
     within(5, "replay", late.wait_for_records(1)).await;
-    assert_eq!(
-        late.records()[0],
-        Progress::counts("k", "Downloading", 2, 3)
-    );
+    assert_eq!(late.records()[0], downloading("k", 2, 3));
     step.notify_one();
     within(5, "done", second.delivered()).await;
-    assert_eq!(late.records().last().unwrap().action, "Download complete");
+    assert_eq!(stage(late.records().last().unwrap()), "Download complete");
     second.release().await;
     watcher.release().await;
 }
@@ -366,7 +372,7 @@ async fn queued_transfers_get_their_slots_in_request_order() {
         let (gate, order) = (gate.clone(), Arc::clone(&order));
         let work = move |ctx: TransferContext| async move {
             if !ctx.has_slot() {
-                ctx.progress().update(&format!("k{i}"), "Waiting");
+                ctx.progress().status(&format!("k{i}"), Status::Waiting);
             }
             ctx.acquire_slot().await?;
             order.lock().unwrap().push(i);
@@ -387,7 +393,7 @@ async fn queued_transfers_get_their_slots_in_request_order() {
             recording.wait_for_records(1),
         )
         .await;
-        assert_eq!(recording.records()[0].action, "Waiting");
+        assert_eq!(stage(&recording.records()[0]), "Waiting");
     }
     gate.cancel();
     for watcher in watchers {
@@ -664,15 +670,14 @@ const RECORDS: u64 = 200;
 async fn download_quickly(ctx: TransferContext, start: CancellationToken) -> Result<(), Error> {
     start.cancelled().await;
     for i in 0..RECORDS {
-        ctx.progress()
-            .write(Progress::counts("k", "Downloading", i, RECORDS));
+        ctx.progress().write(downloading("k", i, RECORDS));
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     Ok(())
 }
 
 fn final_record() -> Progress {
-    Progress::counts("k", "Downloading", RECORDS - 1, RECORDS)
+    downloading("k", RECORDS - 1, RECORDS)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -714,7 +719,7 @@ async fn a_slow_watcher_skips_to_the_latest_record_and_does_not_slow_the_transfe
         .lock()
         .unwrap()
         .iter()
-        .map(|p| p.current.unwrap())
+        .map(|p| p.counts().map(|b| b.current).unwrap())
         .collect();
     assert_eq!(
         slow_saw.last(),
@@ -797,11 +802,9 @@ async fn release_waits_until_the_watcher_has_written_its_last_record() {
         .transfer(
             "k",
             move |ctx: TransferContext| async move {
-                ctx.progress()
-                    .write(Progress::counts("k", "Downloading", 1, 2));
+                ctx.progress().write(downloading("k", 1, 2));
                 step.cancelled().await;
-                ctx.progress()
-                    .write(Progress::counts("k", "Downloading", 2, 2));
+                ctx.progress().write(downloading("k", 2, 2));
                 written.cancel();
                 ctx.cancelled().await;
                 Err(Error::Cancelled)
@@ -817,7 +820,11 @@ async fn release_waits_until_the_watcher_has_written_its_last_record() {
     watcher.release().await;
     recording.close();
 
-    let currents: Vec<_> = recording.records().iter().map(|p| p.current).collect();
+    let currents: Vec<_> = recording
+        .records()
+        .iter()
+        .map(|p| p.counts().map(|b| b.current))
+        .collect();
     assert_eq!(
         currents,
         [Some(1), Some(2)],

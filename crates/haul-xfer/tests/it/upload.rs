@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::common::{fast_retries, within, Gauge, MockUpload, RecordingOutput};
+use crate::common::{fast_retries, stage, within, Gauge, MockUpload, RecordingOutput};
 use haul_xfer::{Error, ProgressOutput, UploadManager};
 use tokio_util::sync::CancellationToken;
 
@@ -96,7 +96,7 @@ async fn successful_upload_tells_every_descriptor_its_remote_descriptor() {
         recording
             .records_for(id)
             .iter()
-            .filter(|p| p.action == "Preparing")
+            .filter(|p| stage(p) == "Preparing")
             .count()
     };
     assert_eq!(
@@ -109,7 +109,11 @@ async fn successful_upload_tells_every_descriptor_its_remote_descriptor() {
         .all(|id| preparing(id) == 1));
     let last = recording.last_by_id();
     for id in [CBBF, L1515, L6929, L8159, L4637] {
-        assert_eq!(last[id].current, Some(10), "last progress of {id}");
+        assert_eq!(
+            last[id].counts().map(|b| b.current),
+            Some(10),
+            "last progress of {id}"
+        );
     }
     assert!(
         gauge.max_seen() <= 3,
@@ -195,7 +199,7 @@ async fn an_upload_failing_every_attempt_gives_up_after_five_with_a_countdown_be
     let countdown: Vec<u32> = recording
         .records_for("flaky")
         .iter()
-        .filter_map(|p| p.action.strip_prefix("Retrying in "))
+        .filter_map(|p| stage(p).strip_prefix("Retrying in ").map(str::to_owned))
         .map(|rest| rest.split(' ').next().unwrap().parse().unwrap())
         .collect();
     // Each countdown starts where the count goes up, and runs down to 1.
@@ -233,7 +237,7 @@ async fn uploads_past_the_limit_report_waiting() {
             recording
                 .records_for(id)
                 .iter()
-                .any(|p| p.action == "Waiting")
+                .any(|p| stage(p) == "Waiting")
         })
         .collect();
     assert_eq!(

@@ -9,8 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use haul_xfer::{
-    ChainId, DiffId, DownloadDescriptor, Error, Layer, LayerBlob, LayerStore, LayerStream,
-    Progress, ProgressOutput, Registration, RemoteDescriptor, RetryPolicy, UploadDescriptor,
+    ChainId, Counts, DiffId, DownloadDescriptor, Error, Event, Layer, LayerBlob, LayerStore,
+    LayerStream, Progress, ProgressOutput, Registration, RemoteDescriptor, RetryPolicy, Status,
+    UploadDescriptor,
 };
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
@@ -36,6 +37,36 @@ pub(crate) async fn within<F: std::future::Future>(
         Ok(output) => output,
         Err(_) => panic!("timed out after {seconds} s: {what}"),
     }
+}
+
+/// A short label of a record's stage, for assertions that read like the
+/// stages they check ("Downloading", "Retrying in 5 seconds"); a message is
+/// labelled by its debug form.
+pub(crate) fn stage(progress: &Progress) -> String {
+    match &progress.event {
+        Event::Status(status) => match status {
+            Status::PullingFsLayer => "Pulling fs layer".into(),
+            Status::AlreadyExists => "Already exists".into(),
+            Status::Waiting => "Waiting".into(),
+            Status::Downloading(_) => "Downloading".into(),
+            Status::VerifyingChecksum => "Verifying Checksum".into(),
+            Status::DownloadComplete => "Download complete".into(),
+            Status::Extracting(_) => "Extracting".into(),
+            Status::PullComplete => "Pull complete".into(),
+            Status::Retrying { seconds: 1 } => "Retrying in 1 second".into(),
+            Status::Retrying { seconds } => format!("Retrying in {seconds} seconds"),
+            Status::Preparing => "Preparing".into(),
+            Status::Pushing(_) => "Pushing".into(),
+            Status::Pushed => "Pushed".into(),
+            other => format!("{other:?}"),
+        },
+        Event::Message(message) => format!("{message:?}"),
+    }
+}
+
+/// A counted "Downloading" record, as the mocks write them.
+pub(crate) fn downloading(id: &str, current: u64, total: u64) -> Progress {
+    Progress::status(id, Status::Downloading(Counts::of(current, total)))
 }
 
 /// An output that records everything, and counts records written after
@@ -386,7 +417,7 @@ impl DownloadDescriptor for MockDownload {
             tokio::select! {
                 _ = cancel.cancelled() => return Err(Error::Cancelled),
                 _ = tokio::time::sleep(Duration::from_millis(10)) => {
-                    progress.write(Progress::counts(&self.id, "Downloading", i, 10));
+                    progress.write(downloading(&self.id, i, 10));
                 }
             }
         }
@@ -510,7 +541,7 @@ impl UploadDescriptor for MockUpload {
             tokio::select! {
                 _ = cancel.cancelled() => return Err(Error::Cancelled),
                 _ = tokio::time::sleep(Duration::from_millis(10)) => {
-                    progress.write(Progress::counts(&self.diff_id, "", i, 10));
+                    progress.write(Progress::status(&self.diff_id, Status::Extracting(Counts::of(i, 10))));
                 }
             }
         }
