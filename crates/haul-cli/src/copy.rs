@@ -301,7 +301,7 @@ async fn via_temporary_store(
             store.tag(to, &resolved.target())?;
             let pusher = Pusher::new(client, store.clone(), &settings::push_settings(cli));
             let report = pusher.push(to, output, cancel).await?;
-            Ok(Some(to.with_digest(report.digest)))
+            Ok(report.manifest().map(|r| to.with_digest(r.digest.clone())))
         }
         Endpoint::Oci { dir, name } => {
             let named = rename(&store, &image, name.as_deref())?;

@@ -10,7 +10,6 @@ mod copy;
 mod local;
 mod login;
 mod out;
-mod protocol;
 mod pull;
 mod push;
 mod referrers;
@@ -106,13 +105,9 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             references,
             all_platforms,
             no_unpack,
-            protocol,
-        } => pull::run(cli, references, *all_platforms, *no_unpack, *protocol),
-        Command::Push {
-            reference,
-            protocol,
             ..
-        } => push::run(cli, reference, *protocol),
+        } => pull::run(cli, references, *all_platforms, *no_unpack),
+        Command::Push { reference, .. } => push::run(cli, reference),
         Command::Copy {
             source,
             destination,

@@ -8,9 +8,9 @@ use anyhow::Context;
 use haul_dist::oci::Reference;
 use haul_dist::registry::RegistryClient;
 use haul_dist::xfer::{ChannelOutput, ProgressOutput};
-use haul_dist::{PullOptions, Puller, V1Puller};
+use haul_dist::{PullOptions, Puller};
 
-use crate::cli::{Cli, Protocol};
+use crate::cli::Cli;
 use crate::render;
 use crate::settings;
 
@@ -20,7 +20,6 @@ pub(crate) fn run(
     references: &[String],
     all_platforms: bool,
     no_unpack: bool,
-    protocol: Protocol,
 ) -> anyhow::Result<()> {
     let references = references
         .iter()
@@ -42,7 +41,6 @@ pub(crate) fn run(
 
     runtime.block_on(async {
         let pull_settings = settings::pull_settings(cli, !no_unpack);
-        let v1_puller = V1Puller::new(client.clone(), store.clone(), &pull_settings);
         let puller = Puller::new(client.clone(), store, &pull_settings);
         let (output, receiver) = ChannelOutput::new();
         let renderer = tokio::task::spawn_blocking(move || {
@@ -52,24 +50,12 @@ pub(crate) fn run(
         let output: Arc<dyn ProgressOutput> = Arc::new(output);
         let pulls = references.iter().map(|reference| {
             let output = Arc::clone(&output);
-            let (puller, v1_puller, client) = (&puller, &v1_puller, &client);
-            let options = &options;
-            let cancel = cancel.clone();
+            let (puller, options, cancel) = (&puller, &options, cancel.clone());
             async move {
-                let v1 = crate::protocol::use_v1(client, reference.registry(), protocol, &output)
+                puller
+                    .pull(reference, options, output, cancel)
                     .await
-                    .map_err(|e| anyhow::Error::from(haul_dist::Error::Registry(e)));
-                match v1 {
-                    Ok(true) => v1_puller
-                        .pull(reference, output, cancel)
-                        .await
-                        .map_err(anyhow::Error::from),
-                    Ok(false) => puller
-                        .pull(reference, options, output, cancel)
-                        .await
-                        .map_err(anyhow::Error::from),
-                    Err(e) => Err(e),
-                }
+                    .map_err(anyhow::Error::from)
             }
         });
         let results = futures::future::join_all(pulls).await;

@@ -7,14 +7,14 @@ use anyhow::Context;
 use haul_dist::oci::Reference;
 use haul_dist::registry::RegistryClient;
 use haul_dist::xfer::{ChannelOutput, ProgressOutput};
-use haul_dist::{Pusher, V1Pusher};
+use haul_dist::Pusher;
 
-use crate::cli::{Cli, Protocol};
+use crate::cli::Cli;
 use crate::render;
 use crate::settings;
 
 /// Runs `haul push`.
-pub(crate) fn run(cli: &Cli, reference: &str, protocol: Protocol) -> anyhow::Result<()> {
+pub(crate) fn run(cli: &Cli, reference: &str) -> anyhow::Result<()> {
     let reference =
         Reference::parse(reference).with_context(|| format!("invalid reference {reference:?}"))?;
     if settings::platform(cli)?.is_some() {
@@ -45,29 +45,12 @@ pub(crate) fn run(cli: &Cli, reference: &str, protocol: Protocol) -> anyhow::Res
         });
         let cancel = settings::cancel_on_interrupt();
         let output: Arc<dyn ProgressOutput> = Arc::new(output);
-        let v1 = crate::protocol::use_v1(&client, reference.registry(), protocol, &output).await;
-        let result = match v1 {
-            Ok(true) => {
-                let pusher = V1Pusher::new(client, store, &settings::push_settings(cli));
-                pusher
-                    .push(&reference, output, cancel.clone())
-                    .await
-                    .map(|_| None)
-                    .map_err(anyhow::Error::from)
-            }
-            Ok(false) => {
-                let pusher = Pusher::new(client, store, &settings::push_settings(cli));
-                pusher
-                    .push(&reference, output, cancel.clone())
-                    .await
-                    .map(|r| Some((r.digest, r.size)))
-                    .map_err(anyhow::Error::from)
-            }
-            Err(e) => {
-                drop(output);
-                Err(anyhow::Error::from(e))
-            }
-        };
+        let pusher = Pusher::new(client, store, &settings::push_settings(cli));
+        let result = pusher
+            .push(&reference, output, cancel.clone())
+            .await
+            .map(|pushed| pushed.manifest().map(|r| (r.digest.clone(), r.size)))
+            .map_err(anyhow::Error::from);
         let _ = renderer.await;
         let pushed = result.with_context(|| format!("failed to push {}", reference.familiar()))?;
         if settings::json_output(cli) {

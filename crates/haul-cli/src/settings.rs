@@ -10,7 +10,7 @@ use haul_dist::registry::ClientConfig;
 use haul_dist::store::Store;
 use haul_dist::{PullSettings, PushCompression, PushSettings};
 
-use crate::cli::{Cli, Command, LayerCompression};
+use crate::cli::{Cli, Command, LayerCompression, Protocol};
 use crate::config_file::ConfigFile;
 
 /// Whether results (and failures) are written as JSON lines:
@@ -134,7 +134,20 @@ pub(crate) fn pull_settings(cli: &Cli, unpack: bool) -> PullSettings {
             ratio: cli.global.max_layer_expansion,
             ..defaults.expansion
         },
+        protocol: protocol(cli),
         ..defaults
+    }
+}
+
+/// The `--protocol` of `pull` and `push`; v2 for every other command.
+fn protocol(cli: &Cli) -> haul_dist::Protocol {
+    match &cli.command {
+        Command::Pull { protocol, .. } | Command::Push { protocol, .. } => match protocol {
+            Protocol::V2 => haul_dist::Protocol::V2,
+            Protocol::V1 => haul_dist::Protocol::V1,
+            Protocol::Auto => haul_dist::Protocol::Auto,
+        },
+        _ => haul_dist::Protocol::V2,
     }
 }
 
@@ -187,6 +200,7 @@ pub(crate) fn push_settings(cli: &Cli) -> PushSettings {
                 }),
             _ => None,
         },
+        protocol: protocol(cli),
     }
 }
 

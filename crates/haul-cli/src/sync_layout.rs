@@ -137,7 +137,10 @@ pub(crate) async fn layout_to_registry(
         images.push((
             format!("oci:{}:{}", dir.display(), source.familiar()),
             target.familiar(),
-            report.digest.to_string(),
+            report
+                .manifest()
+                .map(|r| r.digest.to_string())
+                .unwrap_or_default(),
         ));
     }
     Ok(LayoutSync {

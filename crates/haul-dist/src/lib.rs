@@ -30,38 +30,29 @@
 //! [`xfer::ProgressOutput`]).
 
 pub mod archive;
-mod blob_upload;
 mod copy;
-mod copy_blob;
 mod error;
-mod layer_fetch;
 mod oci_types;
-mod own_blobs;
+mod protocol;
 mod pull;
-mod pull_layer;
 mod push;
-mod push_compress;
-mod resolve;
-mod schema1;
-mod store_layers;
-mod unpack_follow;
-mod v1_pull;
-mod v1_push;
+mod task;
 
-pub use blob_upload::Chunking;
 pub use copy::{
     filter_referrers, is_referrer_tag, Copier, CopyOptions, CopyReport, CopyStats, CopySurvey,
     SurveyedBlob,
 };
 pub use error::{Error, Result};
+pub use protocol::Protocol;
+pub use pull::resolve::{fetch_manifest, manifest_reference, resolve, Resolved};
+pub use pull::store_layers::{PulledLayer, StoreLayer, StoreLayers};
+pub use pull::unpack_follow::Unpacking;
+pub use pull::v1::V1Puller;
 pub use pull::{PullOptions, PullReport, PullSettings, Puller};
-pub use push::{PushReport, PushSettings, Pusher};
-pub use push_compress::PushCompression;
-pub use resolve::{fetch_manifest, manifest_reference, resolve, Resolved};
-pub use store_layers::{PulledLayer, StoreLayer, StoreLayers};
-pub use unpack_follow::Unpacking;
-pub use v1_pull::V1Puller;
-pub use v1_push::{V1PushReport, V1Pusher};
+pub use push::compress::PushCompression;
+pub use push::upload::Chunking;
+pub use push::v1::{V1PushReport, V1Pusher};
+pub use push::{PushReport, PushSettings, Pushed, Pusher};
 
 pub use tokio_util::sync::CancellationToken;
 

@@ -192,6 +192,11 @@ pub enum Message {
         /// The tag.
         tag: String,
     },
+    /// The legacy v1 protocol is spoken to a registry.
+    UsingV1Protocol {
+        /// The registry.
+        registry: String,
+    },
     /// v1 pull: a repository's images are being listed.
     PullingRepository {
         /// The repository, with its registry.

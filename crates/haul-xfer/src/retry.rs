@@ -62,8 +62,10 @@ impl RetryPolicy {
     }
 
     /// Runs `attempt_fn` until it succeeds or the rules above say stop.
-    /// Countdown records go to `output` under `id`.
-    pub(crate) async fn run<T, F, Fut>(
+    /// Countdown records go to `output` under `id`. The download and upload
+    /// managers run each transfer so; work outside them (a v1 image push,
+    /// say) uses it to retry with the same budget and countdown.
+    pub async fn run<T, F, Fut>(
         &self,
         operation: Operation,
         id: &str,

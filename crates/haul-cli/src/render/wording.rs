@@ -81,6 +81,9 @@ pub(crate) fn message_text(message: &Message) -> String {
             format!("Copied referrer {digest} of {}", short_id(subject))
         }
         Message::CopiedTag { tag } => format!("Copied {tag}"),
+        Message::UsingV1Protocol { registry } => {
+            format!("Using the v1 registry protocol for {registry}")
+        }
         Message::PullingRepository { repository } => format!("Pulling repository {repository}"),
         Message::V1PushRefersTo { repository } => {
             format!("The push refers to a repository [{repository}]")

@@ -7,6 +7,15 @@
 //! content store and, unpacking, into its layer directory; then the image
 //! is recorded and tagged. Progress reads as Docker's.
 
+pub(crate) mod layer;
+pub(crate) mod layer_fetch;
+pub(crate) mod own_blobs;
+pub(crate) mod resolve;
+pub(crate) mod schema1;
+pub(crate) mod store_layers;
+pub(crate) mod unpack_follow;
+pub(crate) mod v1;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,11 +27,14 @@ use haul_xfer::{DownloadManager, Message, ProgressOutput, RetryPolicy};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
-use crate::layer_fetch::{blocking, LayerBlobInfo};
-use crate::own_blobs::fetch_missing_layer_blobs;
-use crate::pull_layer::PullLayer;
-use crate::resolve::{manifest_reference, resolve};
-use crate::store_layers::{SharedLayers, StoreLayers};
+use crate::protocol::{speaks_v1, Protocol};
+use crate::pull::layer::PullLayer;
+use crate::pull::layer_fetch::LayerBlobInfo;
+use crate::pull::own_blobs::fetch_missing_layer_blobs;
+use crate::pull::resolve::{manifest_reference, resolve};
+use crate::pull::store_layers::{SharedLayers, StoreLayers};
+use crate::pull::v1::V1Puller;
+use crate::task::blocking;
 
 /// Largest config read into memory.
 pub(crate) const CONFIG_LIMIT: u64 = 8 * 1024 * 1024;
@@ -43,6 +55,9 @@ pub struct PullSettings {
     pub max_concurrent_unpacks: usize,
     /// How far one layer may expand when unpacked (decompression bombs).
     pub expansion: haul_store::ExpansionLimit,
+    /// The registry protocol: v2 (the default), v1, or v1 only for a
+    /// registry without the v2 API.
+    pub protocol: Protocol,
 }
 
 impl Default for PullSettings {
@@ -54,6 +69,7 @@ impl Default for PullSettings {
             unpack: true,
             max_concurrent_unpacks: std::thread::available_parallelism().map_or(1, |n| n.get()),
             expansion: haul_store::ExpansionLimit::default(),
+            protocol: Protocol::default(),
         }
     }
 }
@@ -93,6 +109,9 @@ pub struct Puller {
     layers: SharedLayers,
     downloads: DownloadManager<StoreLayers>,
     max_download_attempts: u32,
+    protocol: Protocol,
+    /// Pulls from registries spoken to in v1.
+    v1: V1Puller,
 }
 
 impl Puller {
@@ -104,11 +123,13 @@ impl Puller {
         });
         let (layers, downloads) = layer_downloads(&store, unpack, settings);
         Self {
+            v1: V1Puller::new(client.clone(), store.clone(), settings),
             client,
             store,
             layers,
             downloads,
             max_download_attempts: settings.max_download_attempts,
+            protocol: settings.protocol,
         }
     }
 
@@ -118,9 +139,31 @@ impl Puller {
     }
 
     /// Pulls `reference`, writing progress to `output`. `cancel` stops this
-    /// pull (layers another pull shares go on).
+    /// pull (layers another pull shares go on). A registry spoken to in v1
+    /// (see [`PullSettings::protocol`]) is pulled from by tag, with every
+    /// option but the protocol ignored: v1 knows no platforms.
     #[tracing::instrument(name = "pull", skip_all, fields(image = %reference))]
     pub async fn pull(
+        &self,
+        reference: &Reference,
+        options: &PullOptions,
+        output: Arc<dyn ProgressOutput>,
+        cancel: CancellationToken,
+    ) -> Result<PullReport> {
+        if speaks_v1(
+            &self.client,
+            reference.registry(),
+            self.protocol,
+            output.as_ref(),
+        )
+        .await?
+        {
+            return self.v1.pull(reference, output, cancel).await;
+        }
+        self.pull_v2(reference, options, output, cancel).await
+    }
+
+    async fn pull_v2(
         &self,
         reference: &Reference,
         options: &PullOptions,
@@ -412,7 +455,7 @@ impl Puller {
         cancel: &CancellationToken,
         transferred: &Arc<AtomicU64>,
     ) -> Result<ImageRecord> {
-        let plan = crate::schema1::plan(manifest, &reference.to_string())?;
+        let plan = crate::pull::schema1::plan(manifest, &reference.to_string())?;
         let mut layers = Vec::with_capacity(plan.layers.len());
         for digest in &plan.layers {
             let size = repo.head_blob(digest).await?.ok_or_else(|| {
@@ -444,7 +487,7 @@ impl Puller {
         let config_bytes = plan.config(&diff_ids)?;
         let config_digest = Digest::sha256_of(&config_bytes);
         let manifest_bytes =
-            crate::schema1::schema2_manifest((&config_digest, config_bytes.len()), &sizes);
+            crate::pull::schema1::schema2_manifest((&config_digest, config_bytes.len()), &sizes);
         let config = parse_image_config(config_bytes.clone())?;
         let parsed =
             haul_oci::parse_manifest(manifest_bytes.clone(), Some(media_type::DOCKER_MANIFEST))?;
@@ -492,7 +535,7 @@ fn blob_info(digest: &Digest, size: u64, media_type: &str) -> LayerBlobInfo {
 /// it as it is.
 fn check_platform(
     reference: &Reference,
-    resolved: &crate::resolve::Resolved,
+    resolved: &crate::pull::resolve::Resolved,
     record: &ImageRecord,
     options: &PullOptions,
 ) -> Result<Option<String>> {

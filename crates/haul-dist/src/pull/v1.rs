@@ -32,11 +32,12 @@ use serde_json::{json, Map, Value};
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
+use crate::error::into_transfer_error;
 use crate::error::{Error, Result};
-use crate::layer_fetch::{blocking, stage_from_store, LayerBlobInfo};
+use crate::pull::layer_fetch::{stage_from_store, LayerBlobInfo};
+use crate::pull::store_layers::{PulledLayer, SharedLayers, StoreLayers};
 use crate::pull::{PullReport, PullSettings};
-use crate::pull_layer::into_transfer_error;
-use crate::store_layers::{PulledLayer, SharedLayers, StoreLayers};
+use crate::task::blocking;
 
 /// Consecutive failed reads of one layer resumed within one attempt.
 const RESUMES_PER_ATTEMPT: u32 = 5;
@@ -65,7 +66,6 @@ impl V1Puller {
     }
 
     /// Pulls `reference` (a tag; v1 knows no digests).
-    #[tracing::instrument(name = "pull", skip_all, fields(image = %reference))]
     pub async fn pull(
         &self,
         reference: &Reference,
@@ -332,7 +332,7 @@ fn config_from_v1(chain: &[&[u8]], diff_ids: &[Digest]) -> std::result::Result<V
         .map(|raw| serde_json::from_slice::<Map<String, Value>>(raw).map(|m| (m, false)))
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
-    crate::schema1::config_from_v1_chain(&history, diff_ids).map_err(|e| e.to_string())
+    crate::pull::schema1::config_from_v1_chain(&history, diff_ids).map_err(|e| e.to_string())
 }
 
 /// One v1 image's layer, as the download manager sees it.

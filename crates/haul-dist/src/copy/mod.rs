@@ -11,6 +11,8 @@
 //! With [`CopyOptions::referrers`] the manifests that name a copied
 //! manifest as their `subject` (signatures, SBOMs) come along too.
 
+pub(crate) mod blob;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
@@ -21,13 +23,13 @@ use haul_store::Store;
 use haul_xfer::{Message, ProgressOutput, RetryPolicy, UploadManager};
 use tokio_util::sync::CancellationToken;
 
-use crate::blob_upload::Chunking;
-use crate::copy_blob::{CopyBlob, Placed, Placements, Tally};
+use crate::copy::blob::{CopyBlob, Placed, Placements, Tally};
 use crate::error::{Error, Result};
+use crate::pull::resolve::{fetch_manifest, manifest_reference};
+use crate::push::upload::Chunking;
 use crate::push::PushSettings;
-use crate::resolve::{fetch_manifest, manifest_reference};
 
-pub use crate::copy_blob::CopyStats;
+pub use crate::copy::blob::CopyStats;
 
 /// What to copy of a reference.
 #[derive(Debug, Clone, Default)]

@@ -8,6 +8,11 @@
 //! reports is the local one; for an image pulled with every platform, the
 //! other platforms' manifests and then the index.
 
+pub(crate) mod blob;
+pub(crate) mod compress;
+pub(crate) mod upload;
+pub(crate) mod v1;
+
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,20 +20,23 @@ use std::time::Duration;
 use bytes::Bytes;
 use haul_oci::{Digest, Reference};
 use haul_registry::{
-    FileSource, MountOutcome, RegistryClient, Repository, ResumableUpload, UploadSession,
+    BlobSource, FileSource, RegistryClient, Repository, ResumableUpload, UploadSession,
 };
 use haul_store::{ImageLayer, ImageRecord, Store, UploadRecord};
 use haul_xfer::{
-    short_id, Message, ProgressOutput, RemoteDescriptor, RetryPolicy, Status, UploadDescriptor,
+    short_id, Message, ProgressOutput, RemoteDescriptor, RetryPolicy, UploadDescriptor,
     UploadManager,
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::blob_upload::{or_cancelled, upload_blob, Chunking, ProgressSource};
+use crate::error::into_transfer_error;
 use crate::error::{Error, Result};
-use crate::layer_fetch::blocking;
-use crate::pull_layer::into_transfer_error;
-use crate::push_compress::{compressed_image, compresses, PushCompression};
+use crate::protocol::{speaks_v1, Protocol};
+use crate::push::blob::{BlobOrigin, BlobTarget};
+use crate::push::compress::{compressed_image, compresses, PushCompression};
+use crate::push::upload::Chunking;
+use crate::push::v1::{V1PushReport, V1Pusher};
+use crate::task::blocking;
 
 /// How a [`Pusher`] transfers layers.
 #[derive(Debug, Clone)]
@@ -43,6 +51,9 @@ pub struct PushSettings {
     /// manifests haul wrote (docker-archive images), with gzip; a value
     /// compresses every plain layer so.
     pub compression: Option<PushCompression>,
+    /// The registry protocol: v2 (the default), v1, or v1 only for a
+    /// registry without the v2 API.
+    pub protocol: Protocol,
 }
 
 impl Default for PushSettings {
@@ -52,11 +63,31 @@ impl Default for PushSettings {
             retry_tick: Duration::from_secs(1),
             chunking: Chunking::default(),
             compression: None,
+            protocol: Protocol::default(),
         }
     }
 }
 
-/// What a push did.
+/// What a push did, by protocol.
+#[derive(Debug, Clone)]
+pub enum Pushed {
+    /// A v2 push: the manifest (or index) the tag now names.
+    Manifest(PushReport),
+    /// A v1 push, which has no manifests.
+    V1(V1PushReport),
+}
+
+impl Pushed {
+    /// The manifest pushed, for a v2 push.
+    pub fn manifest(&self) -> Option<&PushReport> {
+        match self {
+            Pushed::Manifest(report) => Some(report),
+            Pushed::V1(_) => None,
+        }
+    }
+}
+
+/// What a v2 push put.
 #[derive(Debug, Clone)]
 pub struct PushReport {
     /// Digest of what the tag now names (manifest or index).
@@ -72,6 +103,9 @@ pub struct Pusher {
     uploads: UploadManager,
     chunking: Chunking,
     compression: Option<PushCompression>,
+    protocol: Protocol,
+    /// Pushes to registries spoken to in v1.
+    v1: V1Pusher,
 }
 
 impl Pusher {
@@ -81,17 +115,41 @@ impl Pusher {
             .with_concurrency(settings.max_concurrent_uploads)
             .with_retry_policy(RetryPolicy::default().with_tick(settings.retry_tick));
         Self {
+            v1: V1Pusher::new(client.clone(), store.clone(), settings),
             client,
             store,
             uploads,
             chunking: settings.chunking,
             compression: settings.compression,
+            protocol: settings.protocol,
         }
     }
 
-    /// Pushes the local image `reference` names to that reference.
+    /// Pushes the local image `reference` names to that reference, in the
+    /// protocol of [`PushSettings::protocol`].
     #[tracing::instrument(name = "push", skip_all, fields(image = %reference))]
     pub async fn push(
+        &self,
+        reference: &Reference,
+        output: Arc<dyn ProgressOutput>,
+        cancel: CancellationToken,
+    ) -> Result<Pushed> {
+        if speaks_v1(
+            &self.client,
+            reference.registry(),
+            self.protocol,
+            output.as_ref(),
+        )
+        .await?
+        {
+            return Ok(Pushed::V1(self.v1.push(reference, output, cancel).await?));
+        }
+        Ok(Pushed::Manifest(
+            self.push_v2(reference, output, cancel).await?,
+        ))
+    }
+
+    async fn push_v2(
         &self,
         reference: &Reference,
         output: Arc<dyn ProgressOutput>,
@@ -383,52 +441,40 @@ impl PushLayer {
         progress: &Arc<dyn ProgressOutput>,
         cancel: &CancellationToken,
     ) -> Result<RemoteDescriptor> {
-        let id = self.id();
-        let digest = &self.layer.digest;
-        // Never send what the repository already has; a check that fails
-        // (after the client's retries) is an error, not "absent".
-        if or_cancelled(cancel, self.repo.head_blob(digest))
-            .await??
-            .is_some()
-        {
-            progress.status(&id, Status::LayerAlreadyExists);
-            self.record_source().await;
-            return Ok(self.remote());
-        }
-        // Mount from another repository of the same registry known to hold it.
+        let target = BlobTarget {
+            repo: &self.repo,
+            digest: &self.layer.digest,
+            size: self.layer.size,
+            chunking: self.chunking,
+            upload: &self.upload,
+            id: self.id(),
+        };
+        target.place(self, progress, cancel).await?;
+        self.record_source().await;
+        Ok(self.remote())
+    }
+}
+
+/// A push knows where a layer's blob went before (the store's distribution
+/// sources), and reads it from the store.
+impl BlobOrigin for PushLayer {
+    async fn mount_candidates(&self, _cancel: &CancellationToken) -> Result<Vec<String>> {
         let sources = {
             let store = self.store.clone();
             let diff = self.layer.diff_id.clone();
             blocking(move || Ok(store.distribution_sources(&diff)?)).await?
         };
         let prefix = format!("{}/", self.repo.registry());
-        // An attempt that left a session goes on with it rather than mounting.
-        let resuming = self.upload.session().is_some();
-        for source in sources
+        Ok(sources
             .iter()
-            .filter(|s| !resuming && &s.digest == digest && s.repository != self.target)
-        {
-            let Some(from) = source.repository.strip_prefix(&prefix) else {
-                continue;
-            };
-            match or_cancelled(cancel, self.repo.mount_blob(digest, from)).await? {
-                Ok(MountOutcome::Mounted) => {
-                    progress.status(
-                        &id,
-                        Status::MountedFrom {
-                            repository: from.to_string(),
-                        },
-                    );
-                    self.record_source().await;
-                    return Ok(self.remote());
-                }
-                Ok(MountOutcome::Upload(s)) => {
-                    self.upload.offer(s);
-                    break;
-                }
-                Err(e) => tracing::debug!("mount of {digest} from {from} failed: {e}"),
-            }
-        }
+            .filter(|s| s.digest == self.layer.digest && s.repository != self.target)
+            .filter_map(|s| s.repository.strip_prefix(&prefix))
+            .map(str::to_string)
+            .collect())
+    }
+
+    fn source(&self) -> Result<Box<dyn BlobSource + Send + Sync>> {
+        let digest = &self.layer.digest;
         if !self.store.has_blob(digest) {
             return Err(Error::Inconsistent {
                 reference: self.target.clone(),
@@ -437,26 +483,7 @@ impl PushLayer {
                 ),
             });
         }
-        let file = FileSource(self.store.blob_path(digest));
-        let source = ProgressSource {
-            inner: &file,
-            output: Arc::clone(progress),
-            id: id.clone(),
-            size: self.layer.size,
-        };
-        upload_blob(
-            &self.repo,
-            digest,
-            self.layer.size,
-            &source,
-            &self.upload,
-            self.chunking,
-            cancel,
-        )
-        .await?;
-        progress.status(&id, Status::Pushed);
-        self.record_source().await;
-        Ok(self.remote())
+        Ok(Box::new(FileSource(self.store.blob_path(digest))))
     }
 }
 

@@ -5,8 +5,8 @@ use haul_oci::{Compression, Digest};
 use haul_store::{StagedLayer, Store, UnpackOptions};
 use haul_xfer::{ChainId, Counts, DiffId, ProgressOutput, Registration, Status};
 
-use crate::layer_fetch::blocking;
-use crate::unpack_follow::{unpack_slots, UnpackSlots, Unpacking};
+use crate::pull::unpack_follow::{unpack_slots, UnpackSlots, Unpacking};
+use crate::task::blocking;
 
 /// A layer of the store, as the download manager handles it.
 #[derive(Debug, Clone)]

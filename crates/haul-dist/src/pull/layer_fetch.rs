@@ -2,7 +2,7 @@
 //! once to the store's ingest (which hashes and keeps them, resumable) and,
 //! unless the pull keeps blobs only, an unpacker follows them through the
 //! ingest's file (decompressing, hashing the diff, unpacking) without ever
-//! making the download wait (see [`crate::unpack_follow`]). No blob is held
+//! making the download wait (see [`crate::pull::unpack_follow`]). No blob is held
 //! in memory: chunks flow through a small bounded channel to the writer.
 
 use std::sync::Arc;
@@ -14,11 +14,12 @@ use haul_oci::{Compression, Digest};
 use haul_registry::Repository;
 use haul_store::{IngestOutcome, StagedLayer, Store, UnpackOptions};
 
-use crate::unpack_follow::{UnpackSlots, Unpacking, Written};
+use crate::pull::unpack_follow::{UnpackSlots, Unpacking, Written};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
+use crate::task::{blocking, join_error};
 
 /// Chunks in flight between the network and each blocking consumer.
 const CHANNEL_DEPTH: usize = 32;
@@ -306,17 +307,4 @@ pub(crate) async fn diff_id_of_stored_blob(store: &Store, blob: &LayerBlobInfo) 
         Ok(digester.finish())
     })
     .await
-}
-
-/// Runs blocking store work off the async threads.
-pub(crate) async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(join_error)?
-}
-
-fn join_error(e: tokio::task::JoinError) -> Error {
-    Error::Internal(format!("a worker thread failed: {e}"))
 }

@@ -13,9 +13,10 @@ use haul_store::{ImageRecord, Store};
 use haul_xfer::{short_id, Counts, ProgressOutput, Status};
 use tokio_util::sync::CancellationToken;
 
+use crate::error::is_retryable;
 use crate::error::Result;
-use crate::layer_fetch::{blocking, fetch_layer, LayerBlobInfo};
-use crate::pull_layer::is_retryable;
+use crate::pull::layer_fetch::{fetch_layer, LayerBlobInfo};
+use crate::task::blocking;
 
 /// Layer blobs fetched at once.
 const CONCURRENT_FETCHES: usize = 3;

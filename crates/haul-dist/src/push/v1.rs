@@ -33,12 +33,12 @@ use haul_registry::v1::checksum::{tarsum_v0, PayloadChecksum};
 use haul_registry::v1::{remote_name, IndexEntry, PutOutcome, Url, V1Session};
 use haul_registry::RegistryClient;
 use haul_store::{ImageLayer, Store, V1Layer};
-use haul_xfer::{short_id, Counts, Message, ProgressOutput, RetryPolicy, Status};
+use haul_xfer::{short_id, Counts, Message, Operation, ProgressOutput, RetryPolicy, Status};
 use tokio_util::sync::CancellationToken;
 
-use crate::error::{Error, Result};
-use crate::layer_fetch::blocking;
+use crate::error::{into_transfer_error, Error, Result};
 use crate::push::PushSettings;
+use crate::task::blocking;
 
 /// Image lookups running at once on an endpoint (as Docker).
 const LOOKUP_WORKERS: usize = 5;
@@ -102,7 +102,6 @@ impl V1Pusher {
 
     /// Pushes the local image `reference` names to that reference's
     /// registry with the v1 protocol.
-    #[tracing::instrument(name = "push", skip_all, fields(image = %reference))]
     pub async fn push(
         &self,
         reference: &Reference,
@@ -221,18 +220,19 @@ impl V1Pusher {
         output: &Arc<dyn ProgressOutput>,
     ) -> Result<HashSet<String>> {
         let workers = images.len().clamp(1, LOOKUP_WORKERS);
-        let found: Vec<Option<String>> = futures::stream::iter(images.iter())
-            .map(|img| async move {
-                let exists = session.image_exists(endpoint, &img.id).await?;
+        // Owned ids, so that the lookups' futures borrow nothing of the
+        // closure (a borrowing one is not provably `Send`).
+        let ids: Vec<(String, String)> = images
+            .iter()
+            .map(|img| (img.id.clone(), img.short().to_string()))
+            .collect();
+        let found: Vec<Option<String>> = futures::stream::iter(ids)
+            .map(|(id, short)| async move {
+                let exists = session.image_exists(endpoint, &id).await?;
                 if exists {
-                    output.message(
-                        "",
-                        Message::V1ImageAlreadyPushed {
-                            image: img.short().to_string(),
-                        },
-                    );
+                    output.message("", Message::V1ImageAlreadyPushed { image: short });
                 }
-                Ok::<_, Error>(exists.then(|| img.id.clone()))
+                Ok::<_, Error>(exists.then_some(id))
             })
             .buffer_unordered(workers)
             .try_collect()
@@ -251,40 +251,25 @@ impl V1Pusher {
         cancel: &CancellationToken,
     ) -> Result<bool> {
         let id = img.short();
-        let mut attempt = 1;
-        loop {
-            // Dropping the push on cancellation stops the upload at once.
-            let pushed = tokio::select! {
-                biased;
-                _ = cancel.cancelled() => return Err(Error::Cancelled),
-                pushed = self.push_image(session, endpoint, img, output) => pushed,
-            };
-            let err = match pushed {
-                Ok(sent) => return Ok(sent),
-                Err(e) => e,
-            };
-            let retryable = match &err {
-                Error::Registry(e) => e.is_retryable(),
-                _ => false,
-            };
-            if !retryable || attempt >= self.retry.max_attempts.max(1) {
-                return Err(err);
-            }
-            tracing::debug!("v1 image {}: {err}; retrying", img.id);
-            let ticks = self.retry.delay_ticks(attempt);
-            for left in (1..=ticks).rev() {
-                output.status(
-                    &id,
-                    Status::Retrying {
-                        seconds: left.into(),
-                    },
-                );
+        let attempts = self
+            .retry
+            .run(Operation::Upload, &id, cancel, output.as_ref(), || async {
+                // Dropping the push on cancellation stops the upload at once.
                 tokio::select! {
-                    _ = cancel.cancelled() => return Err(Error::Cancelled),
-                    _ = tokio::time::sleep(self.retry.tick) => {}
+                    biased;
+                    _ = cancel.cancelled() => Err(haul_xfer::Error::Cancelled),
+                    pushed = self.push_image(session, endpoint, img, output) => {
+                        pushed.map_err(into_transfer_error)
+                    }
                 }
+            })
+            .await;
+        match attempts {
+            Ok(sent) => Ok(sent),
+            Err(haul_xfer::Error::Cancelled | haul_xfer::Error::CancelledDuringRetryDelay(_)) => {
+                Err(Error::Cancelled)
             }
-            attempt += 1;
+            Err(e) => Err(e.into()),
         }
     }
 

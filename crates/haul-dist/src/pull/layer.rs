@@ -9,9 +9,9 @@ use haul_store::Store;
 use haul_xfer::{short_id, Counts, DiffId, DownloadDescriptor, ProgressOutput, Status};
 use tokio_util::sync::CancellationToken;
 
-use crate::error::Error;
-use crate::layer_fetch::{diff_id_of_stored_blob, fetch_layer, LayerBlobInfo, UnpackPlan};
-use crate::store_layers::{PulledLayer, SharedLayers};
+use crate::error::{into_transfer_error, is_retryable, Error};
+use crate::pull::layer_fetch::{diff_id_of_stored_blob, fetch_layer, LayerBlobInfo, UnpackPlan};
+use crate::pull::store_layers::{PulledLayer, SharedLayers};
 
 /// Least bytes between two "Downloading" records (besides the last).
 const PROGRESS_STEP: u64 = 512 * 1024;
@@ -147,61 +147,4 @@ fn is_corrupt_download(err: &Error) -> bool {
             haul_store::Error::DigestMismatch { .. } | haul_store::Error::SizeMismatch { .. }
         ) | Error::Registry(haul_registry::Error::DigestMismatch { .. })
     )
-}
-
-/// Sorts a pull error into "try again" and "give up".
-pub(crate) fn into_transfer_error(err: Error) -> haul_xfer::Error {
-    if is_retryable(&err) {
-        haul_xfer::Error::failed(err)
-    } else {
-        haul_xfer::Error::do_not_retry(err)
-    }
-}
-
-/// Whether another attempt may cure `err` (network trouble, a corrupted
-/// download); never for bugs, bad input or a full disk.
-///
-/// A connection the registry refuses is final for the first request to a
-/// host (nothing listens there), but not in the middle of a layer: that
-/// registry answered a moment ago and is being restarted, so the layer
-/// waits and tries again, as Docker does.
-pub(crate) fn is_retryable(err: &Error) -> bool {
-    match err {
-        Error::Registry(e) => {
-            e.is_retryable()
-                || matches!(
-                    e,
-                    haul_registry::Error::DigestMismatch { .. }
-                        | haul_registry::Error::Transport { .. }
-                )
-        }
-        Error::Store(e) => matches!(
-            e,
-            haul_store::Error::DigestMismatch { .. } | haul_store::Error::SizeMismatch { .. }
-        ),
-        Error::Truncated { .. } => true,
-        Error::Io { source, .. } => source.kind() != std::io::ErrorKind::StorageFull,
-        _ => false,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_refused_connection_in_the_middle_of_a_layer_is_tried_again() {
-        let refused = Error::Registry(haul_registry::Error::Transport {
-            registry: "127.0.0.1:5000".into(),
-            message: "connection refused".into(),
-            retryable: false,
-        });
-        assert!(into_transfer_error(refused).is_retryable());
-        let not_found = Error::Registry(haul_registry::Error::BlobNotFound {
-            repository: "127.0.0.1:5000/app".into(),
-            digest: haul_oci::Digest::sha256_of(b"x").to_string(),
-            message: None,
-        });
-        assert!(!into_transfer_error(not_found).is_retryable());
-    }
 }

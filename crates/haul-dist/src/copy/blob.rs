@@ -11,16 +11,18 @@ use std::sync::{Arc, Mutex};
 
 use futures::TryStreamExt;
 use haul_oci::Digest;
-use haul_registry::{BlobSource, MountOutcome, Repository, ResumableUpload};
+use haul_registry::{BlobSource, Repository, ResumableUpload};
 use haul_store::Store;
 use haul_xfer::{short_id, ProgressOutput, RemoteDescriptor, Status, UploadDescriptor};
 use tokio::io::AsyncRead;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
-use crate::blob_upload::{or_cancelled, upload_blob, Chunking, ProgressSource};
+use crate::error::into_transfer_error;
 use crate::error::Result;
-use crate::pull_layer::into_transfer_error;
+pub(crate) use crate::push::blob::Placed;
+use crate::push::blob::{BlobOrigin, BlobTarget};
+use crate::push::upload::{or_cancelled, Chunking};
 
 /// Blob counts and bytes of a copy (or of every copy of a run).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -61,14 +63,6 @@ impl Tally {
             bytes_moved: get(3),
         }
     }
-}
-
-/// How a blob came to be in its target repository.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Placed {
-    Moved,
-    Skipped,
-    Mounted,
 }
 
 /// Which repository of each target registry holds (or is being given)
@@ -200,20 +194,28 @@ impl CopyBlob {
         }
     }
 
+    fn target(&self) -> BlobTarget<'_> {
+        BlobTarget {
+            repo: &self.to,
+            digest: &self.digest,
+            size: self.size,
+            chunking: self.chunking,
+            upload: &self.upload,
+            id: self.id(),
+        }
+    }
+
     async fn copy(
         &self,
         progress: &Arc<dyn ProgressOutput>,
         cancel: &CancellationToken,
     ) -> Result<RemoteDescriptor> {
-        let id = self.id();
+        let target = self.target();
         let registry = self.to.registry().to_string();
         let cell = self.placements.cell(&registry, &self.digest);
-        if or_cancelled(cancel, self.to.head_blob(&self.digest))
-            .await??
-            .is_some()
-        {
+        if target.exists(cancel).await? {
             let _ = cell.set(self.to.name().to_string());
-            progress.status(&id, Status::LayerAlreadyExists);
+            progress.status(&target.id, Status::LayerAlreadyExists);
             self.count(Placed::Skipped);
             return Ok(self.remote());
         }
@@ -224,7 +226,7 @@ impl CopyBlob {
         let holder = {
             let wait = cell.get_or_try_init(|| async {
                 placing.store(true, Ordering::Relaxed);
-                placed_here = Some(self.place(progress, cancel).await?);
+                placed_here = Some(target.mount_or_upload(self, progress, cancel).await?);
                 Ok::<_, crate::Error>(self.to.name().to_string())
             });
             tokio::pin!(wait);
@@ -247,121 +249,57 @@ impl CopyBlob {
             return Ok(self.remote());
         }
         if holder == self.to.name() {
-            progress.status(&id, Status::LayerAlreadyExists);
+            progress.status(&target.id, Status::LayerAlreadyExists);
             self.count(Placed::Skipped);
             return Ok(self.remote());
         }
-        if self.upload.session().is_none() && self.mount(&holder, progress, cancel).await? {
+        if self.upload.session().is_none() && target.mount(&holder, progress, cancel).await? {
             self.count(Placed::Mounted);
             return Ok(self.remote());
         }
-        self.stream(progress, cancel).await?;
+        target.upload_from(self, progress, cancel).await?;
         self.count(Placed::Moved);
         Ok(self.remote())
     }
+}
 
-    /// Puts the blob into the target repository: mounted from another
-    /// repository of the target registry that has it (this run's other
-    /// targets, then the source when it is on the same registry), else
-    /// streamed from the source.
-    async fn place(
-        &self,
-        progress: &Arc<dyn ProgressOutput>,
-        cancel: &CancellationToken,
-    ) -> Result<Placed> {
-        if self.upload.session().is_none() {
-            // Asked all at once: on a first run into an empty registry
-            // every answer is "no", and that should cost one round trip.
-            let registry = self.to.registry();
-            let others = self.placements.other_repositories(registry, self.to.name());
-            let mut checks = Vec::new();
-            for name in &others {
-                let other = self.to.client().repository(registry, name)?;
-                let digest = &self.digest;
-                checks.push(async move { other.head_blob(digest).await });
-            }
-            let answers = or_cancelled(cancel, async {
-                Ok::<_, crate::Error>(futures::future::join_all(checks).await)
-            })
-            .await??;
-            for (name, has) in others.iter().zip(answers) {
-                if matches!(has, Ok(Some(_))) && self.mount(name, progress, cancel).await? {
-                    return Ok(Placed::Mounted);
-                }
-                if self.upload.session().is_some() {
-                    break;
-                }
-            }
+/// A copy may find the blob in the run's other target repositories of the
+/// registry (asked all at once: on a first run into an empty registry
+/// every answer is "no", and that should cost one round trip), or in the
+/// source repository when it is on the same registry; it streams the bytes
+/// from the source registry.
+impl BlobOrigin for CopyBlob {
+    async fn mount_candidates(&self, cancel: &CancellationToken) -> Result<Vec<String>> {
+        let registry = self.to.registry();
+        let others = self.placements.other_repositories(registry, self.to.name());
+        let mut checks = Vec::new();
+        for name in &others {
+            let other = self.to.client().repository(registry, name)?;
+            let digest = &self.digest;
+            checks.push(async move { other.head_blob(digest).await });
         }
-        if self.from.registry() == self.to.registry()
-            && self.upload.session().is_none()
-            && self.mount(self.from.name(), progress, cancel).await?
-        {
-            return Ok(Placed::Mounted);
+        let answers = or_cancelled(cancel, async {
+            Ok::<_, crate::Error>(futures::future::join_all(checks).await)
+        })
+        .await??;
+        let mut candidates: Vec<String> = others
+            .into_iter()
+            .zip(answers)
+            .filter(|(_, has)| matches!(has, Ok(Some(_))))
+            .map(|(name, _)| name)
+            .collect();
+        if self.from.registry() == self.to.registry() {
+            candidates.push(self.from.name().to_string());
         }
-        self.stream(progress, cancel).await?;
-        Ok(Placed::Moved)
+        Ok(candidates)
     }
 
-    /// Mounts the blob from `repository` of the target registry. A refused
-    /// mount (no pull right there, say) is not fatal: `false`, and the
-    /// session the registry opened instead is kept for the upload.
-    async fn mount(
-        &self,
-        repository: &str,
-        progress: &Arc<dyn ProgressOutput>,
-        cancel: &CancellationToken,
-    ) -> Result<bool> {
-        match or_cancelled(cancel, self.to.mount_blob(&self.digest, repository)).await? {
-            Ok(MountOutcome::Mounted) => {
-                progress.status(
-                    &self.id(),
-                    Status::MountedFrom {
-                        repository: repository.to_string(),
-                    },
-                );
-                Ok(true)
-            }
-            Ok(MountOutcome::Upload(s)) => {
-                self.upload.offer(s);
-                Ok(false)
-            }
-            Err(e) => {
-                tracing::debug!("mount of {} failed, streaming it: {e}", self.digest);
-                Ok(false)
-            }
-        }
-    }
-
-    async fn stream(
-        &self,
-        progress: &Arc<dyn ProgressOutput>,
-        cancel: &CancellationToken,
-    ) -> Result<()> {
-        let id = self.id();
-        let source = RegistrySource {
+    fn source(&self) -> Result<Box<dyn BlobSource + Send + Sync>> {
+        Ok(Box::new(RegistrySource {
             repo: self.from.clone(),
             digest: self.digest.clone(),
             size: self.size,
-        };
-        let source = ProgressSource {
-            inner: &source,
-            output: Arc::clone(progress),
-            id: id.clone(),
-            size: self.size,
-        };
-        upload_blob(
-            &self.to,
-            &self.digest,
-            self.size,
-            &source,
-            &self.upload,
-            self.chunking,
-            cancel,
-        )
-        .await?;
-        progress.status(&id, Status::Pushed);
-        Ok(())
+        }))
     }
 }
 

@@ -1,0 +1,49 @@
+//! Which registry protocol a pull or a push speaks.
+//!
+//! The choice lives here, not in the command line, so that a program
+//! embedding haul gets the same fallback `haul` has: with
+//! [`Protocol::Auto`], a registry whose `/v2/` answers 404 and whose
+//! `/v1/_ping` answers is spoken to in v1 (as Docker 1.x fell back); the
+//! client learns that once per host.
+
+use haul_registry::v1::Protocol as Wire;
+use haul_registry::RegistryClient;
+use haul_xfer::{Message, ProgressOutput};
+
+use crate::error::Result;
+
+/// The registry protocol of a [`crate::Puller`] or a [`crate::Pusher`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// The OCI distribution API (Docker registry v2).
+    #[default]
+    V2,
+    /// The legacy Docker registry v1 protocol.
+    V1,
+    /// v2 when the registry answers `/v2/`, else v1.
+    Auto,
+}
+
+/// Whether to speak v1 to `registry` under `protocol`. When v1 is chosen,
+/// a [`Message::UsingV1Protocol`] line goes to `output`.
+pub(crate) async fn speaks_v1(
+    client: &RegistryClient,
+    registry: &str,
+    protocol: Protocol,
+    output: &dyn ProgressOutput,
+) -> Result<bool> {
+    let v1 = match protocol {
+        Protocol::V2 => false,
+        Protocol::V1 => true,
+        Protocol::Auto => client.detect_protocol(registry).await? == Wire::V1,
+    };
+    if v1 {
+        output.message(
+            "",
+            Message::UsingV1Protocol {
+                registry: registry.to_string(),
+            },
+        );
+    }
+    Ok(v1)
+}
