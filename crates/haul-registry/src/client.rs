@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use crate::auth::{parse_challenges, scope_key, Challenge, Credentials, TokenCach
 use crate::config::{ClientConfig, RetryPolicy};
 use crate::error::{Error, Result};
 use crate::repository::Repository;
+use crate::send::{is_retryable_status, send_with_retries, Attempt, SendPolicy};
 use crate::tls;
 use crate::transport::Failure;
 
@@ -749,80 +751,79 @@ impl Host {
         max_attempts: u32,
     ) -> Result<Response> {
         self.base().await?;
-        let mut attempt = 1;
-        let mut reauthenticated = false;
-        loop {
-            let auth = self.authorization(&op.scopes).await?;
-            let request = build(&self.http)?
-                .build()
-                .map_err(|e| Error::Config(e.to_string()))?;
-            let mut request = request;
-            if let Some(value) = &auth {
-                if self.owns(request.url()) {
-                    let value = value.parse().map_err(|_| Error::Protocol {
-                        registry: self.name.clone(),
-                        message: "unusable token".into(),
-                    })?;
-                    request.headers_mut().insert(AUTHORIZATION, value);
-                }
+        let reauthenticated = AtomicBool::new(false);
+        let policy = SendPolicy {
+            registry: &self.name,
+            action: &op.action,
+            retry: &self.retry,
+            max_attempts,
+            resendable: op.resendable,
+        };
+        send_with_retries(policy, || self.attempt(op, build, &reauthenticated)).await
+    }
+
+    /// One attempt of [`Host::send_with_attempts`]: with the scope's token
+    /// (on this host only), and one fresh authentication after a 401.
+    async fn attempt(
+        &self,
+        op: &Operation,
+        build: &(dyn Fn(&reqwest::Client) -> Result<RequestBuilder> + Sync),
+        reauthenticated: &AtomicBool,
+    ) -> Result<Attempt> {
+        let auth = self.authorization(&op.scopes).await?;
+        let mut request = build(&self.http)?
+            .build()
+            .map_err(|e| Error::Config(e.to_string()))?;
+        if let Some(value) = &auth {
+            if self.owns(request.url()) {
+                let value = value.parse().map_err(|_| Error::Protocol {
+                    registry: self.name.clone(),
+                    message: "unusable token".into(),
+                })?;
+                request.headers_mut().insert(AUTHORIZATION, value);
             }
-            let method = request.method().clone();
-            tracing::debug!(registry = %self.name, "{}", crate::transport::describe_request(&request));
-            let result = self.http.execute(request).await;
-            let retry_after;
-            let failure = match result {
-                Ok(resp) => {
-                    let status = resp.status();
-                    if status == StatusCode::UNAUTHORIZED {
-                        self.learn_challenge(resp.headers());
-                        if let Some(value) = auth.as_deref().and_then(|a| a.strip_prefix("Bearer "))
-                        {
-                            self.tokens.forget(&scope_key(&op.scopes), value);
-                        }
-                        let have_challenge = lock(&self.challenge).is_some();
-                        if !reauthenticated && have_challenge && op.resendable {
-                            tracing::debug!(registry = %self.name, "{} answered 401; authenticating again", op.action);
-                            reauthenticated = true;
-                            continue;
-                        }
-                        return Err(self.status_error(op, resp).await);
-                    }
-                    let retryable = status == StatusCode::TOO_MANY_REQUESTS
-                        || status == StatusCode::REQUEST_TIMEOUT
-                        || status.is_server_error();
-                    if !retryable {
-                        return Ok(resp);
-                    }
-                    retry_after = parse_retry_after(resp.headers());
-                    if retry_after.is_some_and(|d| d > self.retry.max_delay) {
-                        return Err(Error::RateLimited {
-                            registry: self.name.clone(),
-                            retry_after,
-                        });
-                    }
-                    self.status_error(op, resp).await
-                }
-                Err(e) => {
-                    let failure = transport_error(&self.name, &e);
-                    if !op.resend_after_transport_error {
-                        return Err(failure);
-                    }
-                    retry_after = None;
-                    failure
-                }
-            };
-            if !failure.is_retryable() || !op.resendable || attempt >= max_attempts {
-                return Err(failure);
-            }
-            let delay = self.retry.delay(attempt, retry_after);
-            tracing::info!(
-                registry = %self.name,
-                "{method} for {} failed (attempt {attempt} of {max_attempts}): {failure}; retrying in {delay:?}",
-                op.action,
-            );
-            tokio::time::sleep(delay).await;
-            attempt += 1;
         }
+        tracing::debug!(registry = %self.name, "{}", crate::transport::describe_request(&request));
+        let resp = match self.http.execute(request).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                let failure = transport_error(&self.name, &e);
+                if !op.resend_after_transport_error {
+                    return Err(failure);
+                }
+                return Ok(Attempt::Failed {
+                    failure,
+                    retry_after: None,
+                });
+            }
+        };
+        let status = resp.status();
+        if status == StatusCode::UNAUTHORIZED {
+            self.learn_challenge(resp.headers());
+            if let Some(value) = auth.as_deref().and_then(|a| a.strip_prefix("Bearer ")) {
+                self.tokens.forget(&scope_key(&op.scopes), value);
+            }
+            let have_challenge = lock(&self.challenge).is_some();
+            if have_challenge && op.resendable && !reauthenticated.swap(true, Ordering::Relaxed) {
+                tracing::debug!(registry = %self.name, "{} answered 401; authenticating again", op.action);
+                return Ok(Attempt::Resend);
+            }
+            return Err(self.status_error(op, resp).await);
+        }
+        if !is_retryable_status(status) {
+            return Ok(Attempt::Answered(resp));
+        }
+        let retry_after = parse_retry_after(resp.headers());
+        if retry_after.is_some_and(|d| d > self.retry.max_delay) {
+            return Err(Error::RateLimited {
+                registry: self.name.clone(),
+                retry_after,
+            });
+        }
+        Ok(Attempt::Failed {
+            failure: self.status_error(op, resp).await,
+            retry_after,
+        })
     }
 
     /// Turns an unsuccessful answer into a typed error, reading the

@@ -36,6 +36,7 @@ mod error;
 pub mod ratelimit;
 mod referrers;
 mod repository;
+mod send;
 mod tls;
 mod transport;
 mod upload;

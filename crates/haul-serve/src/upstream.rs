@@ -363,8 +363,10 @@ async fn fetch_into_temp(
             "blob {digest} from upstream: {written} bytes hashing to {actual}"
         )));
     }
+    // The last record carries the counts: watchers follow the file by them
+    // (a status without counts after it could hide the final count from a
+    // watcher that skipped it).
     progress.status(&id, Status::Downloading(Counts::of(size, size)));
-    progress.status(&id, Status::DownloadComplete);
     // The file stays while a client reads it.
     ctx.cancelled().await;
     drop(lease);
@@ -414,7 +416,6 @@ async fn fetch_into_store(
         let mut writer = match store.ingest(&digest).map_err(store_error)? {
             IngestOutcome::Present { size } => {
                 progress.status(&id, Status::Downloading(Counts::of(size, size)));
-                progress.status(&id, Status::AlreadyExists);
                 return Ok(size);
             }
             IngestOutcome::Writer(writer) => writer,
@@ -445,7 +446,6 @@ async fn fetch_into_store(
         }
         writer.commit(size, &digest).map_err(store_error)?;
         progress.status(&id, Status::Downloading(Counts::of(size, size)));
-        progress.status(&id, Status::DownloadComplete);
         Ok(size)
     })
     .await

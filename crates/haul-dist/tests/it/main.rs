@@ -7,5 +7,6 @@
 mod archive;
 mod archive_properties;
 mod progress_events;
+mod protocol_choice;
 mod pull_races;
 mod upload_cancel;

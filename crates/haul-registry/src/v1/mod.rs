@@ -42,6 +42,7 @@ use crate::client::{
 };
 use crate::config::RetryPolicy;
 use crate::error::{Error, Result};
+use crate::send::{is_retryable_status, send_with_retries, Attempt, SendPolicy};
 use crate::RegistryClient;
 
 pub use bytes::Bytes;
@@ -273,51 +274,55 @@ impl V1Registry {
         retry_connect: bool,
     ) -> Result<Response> {
         let inner = &self.inner;
-        let mut attempt = 1;
-        loop {
-            let mut request = build(&inner.http)?
-                .build()
-                .map_err(|e| Error::Config(e.to_string()))?;
-            if let Some(value) = self.authorization(auth, request.url()) {
-                let value = value.parse().map_err(|_| Error::Protocol {
-                    registry: inner.name.clone(),
-                    message: "unusable token".into(),
-                })?;
-                request.headers_mut().insert(AUTHORIZATION, value);
+        let policy = SendPolicy {
+            registry: &inner.name,
+            action: &op.action,
+            retry: &inner.retry,
+            max_attempts: inner.retry.max_attempts,
+            resendable: op.resendable,
+        };
+        send_with_retries(policy, || self.attempt(op, auth, build, retry_connect)).await
+    }
+
+    /// One attempt of [`V1Registry::send_once_or_retry`].
+    async fn attempt(
+        &self,
+        op: &Op,
+        auth: Auth<'_>,
+        build: &(dyn Fn(&reqwest::Client) -> Result<RequestBuilder> + Sync),
+        retry_connect: bool,
+    ) -> Result<Attempt> {
+        let inner = &self.inner;
+        let mut request = build(&inner.http)?
+            .build()
+            .map_err(|e| Error::Config(e.to_string()))?;
+        if let Some(value) = self.authorization(auth, request.url()) {
+            let value = value.parse().map_err(|_| Error::Protocol {
+                registry: inner.name.clone(),
+                message: "unusable token".into(),
+            })?;
+            request.headers_mut().insert(AUTHORIZATION, value);
+        }
+        tracing::debug!(registry = %inner.name, "{}", crate::transport::describe_request(&request));
+        match inner.http.execute(request).await {
+            Ok(resp) if !is_retryable_status(resp.status()) => Ok(Attempt::Answered(resp)),
+            Ok(resp) => {
+                let retry_after = parse_retry_after(resp.headers());
+                Ok(Attempt::Failed {
+                    failure: self.status_error(op, resp).await,
+                    retry_after,
+                })
             }
-            tracing::debug!(registry = %inner.name, "{}", crate::transport::describe_request(&request));
-            let (failure, retry_after) = match inner.http.execute(request).await {
-                Ok(resp) => {
-                    let status = resp.status();
-                    let retryable = status == StatusCode::TOO_MANY_REQUESTS
-                        || status == StatusCode::REQUEST_TIMEOUT
-                        || status.is_server_error();
-                    if !retryable {
-                        return Ok(resp);
-                    }
-                    let retry_after = parse_retry_after(resp.headers());
-                    (self.status_error(op, resp).await, retry_after)
+            Err(e) => {
+                let failure = transport_error(&inner.name, &e);
+                if !retry_connect && (e.is_connect() || e.is_timeout() || !failure.is_retryable()) {
+                    return Err(failure);
                 }
-                Err(e) => {
-                    let err = transport_error(&inner.name, &e);
-                    if !retry_connect && (e.is_connect() || e.is_timeout() || !err.is_retryable()) {
-                        return Err(err);
-                    }
-                    (err, None)
-                }
-            };
-            if !failure.is_retryable() || !op.resendable || attempt >= inner.retry.max_attempts {
-                return Err(failure);
+                Ok(Attempt::Failed {
+                    failure,
+                    retry_after: None,
+                })
             }
-            let delay = inner.retry.delay(attempt, retry_after);
-            tracing::info!(
-                registry = %inner.name,
-                "{} failed (attempt {attempt} of {}): {failure}; retrying in {delay:?}",
-                op.action,
-                inner.retry.max_attempts
-            );
-            tokio::time::sleep(delay).await;
-            attempt += 1;
         }
     }
 
