@@ -107,19 +107,40 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             all_platforms,
             no_unpack,
             protocol,
-        } => pull::run(cli, references, *all_platforms, *no_unpack, *protocol),
+            referrers,
+            rate_limit_floor,
+        } => pull::run(
+            cli,
+            references,
+            &pull::PullArgs {
+                all_platforms: *all_platforms,
+                no_unpack: *no_unpack,
+                protocol: *protocol,
+                referrers: referrers.options()?,
+                rate_limit_floor: *rate_limit_floor,
+            },
+        ),
         Command::Push {
             reference,
             protocol,
+            referrers,
             ..
-        } => push::run(cli, reference, *protocol),
+        } => push::run(cli, reference, *protocol, &referrers.options()?),
         Command::Copy {
             source,
             destination,
             all_platforms,
             referrers,
+            rate_limit_floor,
             ..
-        } => copy::run(cli, source, destination, *all_platforms, referrers),
+        } => copy::run(
+            cli,
+            source,
+            destination,
+            *all_platforms,
+            referrers,
+            *rate_limit_floor,
+        ),
         Command::Sync(command) => sync::run(cli, command),
         Command::Referrers(command) => referrers::list(cli, command),
         Command::Inspect { reference } if reference.starts_with("docker://") => {
@@ -174,7 +195,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             references,
             output,
             format,
-        } => archive::save(cli, references, output.as_deref(), *format),
+            referrers,
+        } => archive::save(cli, references, output.as_deref(), *format, *referrers),
         Command::Load { input } => archive::load(cli, input.as_deref()),
         Command::Serve {
             listen,

@@ -14,25 +14,41 @@ use crate::cli::{Cli, Protocol};
 use crate::render;
 use crate::settings;
 
+/// How `haul pull` was asked to pull.
+pub(crate) struct PullArgs {
+    pub all_platforms: bool,
+    pub no_unpack: bool,
+    pub protocol: Protocol,
+    pub referrers: haul_dist::ReferrerOptions,
+    pub rate_limit_floor: u64,
+}
+
 /// Runs `haul pull`.
-pub(crate) fn run(
-    cli: &Cli,
-    references: &[String],
-    all_platforms: bool,
-    no_unpack: bool,
-    protocol: Protocol,
-) -> anyhow::Result<()> {
+pub(crate) fn run(cli: &Cli, references: &[String], args: &PullArgs) -> anyhow::Result<()> {
+    let PullArgs {
+        all_platforms,
+        no_unpack,
+        protocol,
+        ..
+    } = *args;
     let references = references
         .iter()
         .map(|r| Reference::parse(r).with_context(|| format!("invalid reference {r:?}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let platform = settings::platform(cli)?;
     let store = settings::open_store(cli)?;
-    let client = RegistryClient::new(settings::client_config(cli))?;
+    // Progress (and the quota countdown) go to one renderer, started below.
+    let (output, receiver) = ChannelOutput::new();
+    let output: Arc<dyn ProgressOutput> = Arc::new(output);
+    let mut config = settings::client_config(cli);
+    let tick = settings::pull_settings(cli, !no_unpack).retry_tick;
+    config.rate_limit = settings::quota_policy(args.rate_limit_floor, tick, &output);
+    let client = RegistryClient::new(config)?;
     let runtime = settings::runtime()?;
     let options = PullOptions {
         platform,
         all_platforms,
+        referrers: args.referrers.clone(),
     };
     let kind = render::choose(
         cli.global.progress,
@@ -44,12 +60,10 @@ pub(crate) fn run(
         let pull_settings = settings::pull_settings(cli, !no_unpack);
         let v1_puller = V1Puller::new(client.clone(), store.clone(), &pull_settings);
         let puller = Puller::new(client.clone(), store, &pull_settings);
-        let (output, receiver) = ChannelOutput::new();
         let renderer = tokio::task::spawn_blocking(move || {
             render::render_blocking(kind, receiver, std::io::stdout().lock())
         });
         let cancel = settings::cancel_on_interrupt();
-        let output: Arc<dyn ProgressOutput> = Arc::new(output);
         let pulls = references.iter().map(|reference| {
             let output = Arc::clone(&output);
             let (puller, v1_puller, client) = (&puller, &v1_puller, &client);
@@ -59,6 +73,9 @@ pub(crate) fn run(
                 let v1 = crate::protocol::use_v1(client, reference.registry(), protocol, &output)
                     .await
                     .map_err(|e| anyhow::Error::from(haul_dist::Error::Registry(e)));
+                if matches!(v1, Ok(true)) && !options.referrers.is_empty() {
+                    anyhow::bail!("the registry v1 protocol has no referrers");
+                }
                 match v1 {
                     Ok(true) => v1_puller
                         .pull(reference, output, cancel)
@@ -91,6 +108,8 @@ pub(crate) fn run(
                         "Reference": report.reference.to_string(),
                         "Digest": report.digest.to_string(),
                         "UpToDate": report.up_to_date,
+                        "Referrers": report.referrers.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+                        "DigestTags": report.digest_tags,
                     }))
                 ),
                 Ok(report) => crate::outln!("{}", report.reference),

@@ -14,7 +14,12 @@ use crate::render;
 use crate::settings;
 
 /// Runs `haul push`.
-pub(crate) fn run(cli: &Cli, reference: &str, protocol: Protocol) -> anyhow::Result<()> {
+pub(crate) fn run(
+    cli: &Cli,
+    reference: &str,
+    protocol: Protocol,
+    referrers: &haul_dist::ReferrerOptions,
+) -> anyhow::Result<()> {
     let reference =
         Reference::parse(reference).with_context(|| format!("invalid reference {reference:?}"))?;
     if settings::platform(cli)?.is_some() {
@@ -47,6 +52,10 @@ pub(crate) fn run(cli: &Cli, reference: &str, protocol: Protocol) -> anyhow::Res
         let output: Arc<dyn ProgressOutput> = Arc::new(output);
         let v1 = crate::protocol::use_v1(&client, reference.registry(), protocol, &output).await;
         let result = match v1 {
+            Ok(true) if !referrers.is_empty() => {
+                drop(output);
+                Err(anyhow::anyhow!("the registry v1 protocol has no referrers"))
+            }
             Ok(true) => {
                 let pusher = V1Pusher::new(client, store, &settings::push_settings(cli));
                 pusher
@@ -58,7 +67,7 @@ pub(crate) fn run(cli: &Cli, reference: &str, protocol: Protocol) -> anyhow::Res
             Ok(false) => {
                 let pusher = Pusher::new(client, store, &settings::push_settings(cli));
                 pusher
-                    .push(&reference, output, cancel.clone())
+                    .push_with(&reference, referrers, output, cancel.clone())
                     .await
                     .map(|r| Some((r.digest, r.size)))
                     .map_err(anyhow::Error::from)

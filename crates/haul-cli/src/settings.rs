@@ -232,3 +232,36 @@ pub(crate) fn cancel_on_interrupt() -> tokio_util::sync::CancellationToken {
     });
     cancel
 }
+
+/// Pauses under `floor` pulls left, counting down on `output`.
+pub(crate) fn quota_policy(
+    floor: u64,
+    tick: std::time::Duration,
+    output: &std::sync::Arc<dyn haul_dist::xfer::ProgressOutput>,
+) -> haul_dist::registry::ratelimit::RateLimitPolicy {
+    // Weak: the renderer ends when the sync drops its output.
+    let output = std::sync::Arc::downgrade(output);
+    let observer = move |pause: &haul_dist::registry::ratelimit::RateLimitPause| {
+        let Some(output) = output.upgrade() else {
+            return;
+        };
+        let id = format!("quota {}", pause.registry);
+        if pause.seconds_left == 0 {
+            output.update(&id, "Rate limit: going on");
+        } else {
+            output.update(
+                &id,
+                &format!(
+                    "Rate limit: {} of {} pulls left, waiting {} s",
+                    pause.remaining, pause.limit, pause.seconds_left
+                ),
+            );
+        }
+    };
+    haul_dist::registry::ratelimit::RateLimitPolicy {
+        floor,
+        tick,
+        observer: Some(std::sync::Arc::new(observer)),
+        ..haul_dist::registry::ratelimit::RateLimitPolicy::default()
+    }
+}

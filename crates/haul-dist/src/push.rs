@@ -28,6 +28,7 @@ use crate::error::{Error, Result};
 use crate::layer_fetch::blocking;
 use crate::pull_layer::into_transfer_error;
 use crate::push_compress::{compressed_image, compresses, PushCompression};
+use crate::referrers::ReferrerOptions;
 
 /// How a [`Pusher`] transfers layers.
 #[derive(Debug, Clone)]
@@ -62,6 +63,10 @@ pub struct PushReport {
     pub digest: Digest,
     /// Its size in bytes.
     pub size: u64,
+    /// The referrers pushed after it (every level).
+    pub referrers: Vec<Digest>,
+    /// The cosign digest tags pushed after it.
+    pub digest_tags: Vec<String>,
 }
 
 /// Pushes local images. One `Pusher` shares its transfers between pushes.
@@ -89,10 +94,24 @@ impl Pusher {
     }
 
     /// Pushes the local image `reference` names to that reference.
-    #[tracing::instrument(name = "push", skip_all, fields(image = %reference))]
     pub async fn push(
         &self,
         reference: &Reference,
+        output: Arc<dyn ProgressOutput>,
+        cancel: CancellationToken,
+    ) -> Result<PushReport> {
+        self.push_with(reference, &ReferrerOptions::default(), output, cancel)
+            .await
+    }
+
+    /// Pushes the local image `reference` names to that reference, and
+    /// after it the stored referrers of every manifest pushed that
+    /// `referrers` asks for.
+    #[tracing::instrument(name = "push", skip_all, fields(image = %reference))]
+    pub async fn push_with(
+        &self,
+        reference: &Reference,
+        referrers: &ReferrerOptions,
         output: Arc<dyn ProgressOutput>,
         cancel: CancellationToken,
     ) -> Result<PushReport> {
@@ -143,6 +162,13 @@ impl Pusher {
             self.push_config(&repo, image).await?;
         }
         let tag = reference.tag().map(str::to_string);
+        let mut pushed: Vec<Digest> = match &images {
+            Some((index, all)) => std::iter::once(index.0.clone())
+                .chain(all.iter().map(|i| i.manifest_digest.clone()))
+                .collect(),
+            None => vec![image.manifest_digest.clone()],
+        };
+        pushed.dedup();
         let (digest, size) = match &images {
             Some((index, all)) => {
                 for image in all {
@@ -188,7 +214,25 @@ impl Pusher {
             None => format!("digest: {digest} size: {size}"),
         };
         output.message("", &line);
-        Ok(PushReport { digest, size })
+        let done = if !referrers.is_empty() {
+            crate::referrer_push::ReferrerPush {
+                repo: &repo,
+                store: &self.store,
+                chunking: self.chunking,
+                output: &output,
+                cancel: &cancel,
+            }
+            .run(&pushed, referrers)
+            .await?
+        } else {
+            Default::default()
+        };
+        Ok(PushReport {
+            digest,
+            size,
+            referrers: done.digests,
+            digest_tags: done.digest_tags,
+        })
     }
 
     /// For a reference to an index pulled with every platform: the index
