@@ -102,16 +102,22 @@ pub(crate) fn run(cli: &Cli, references: &[String], args: &PullArgs) -> anyhow::
                 }
             }
             match result {
-                Ok(report) if settings::json_output(cli) => crate::outln!(
-                    "{}",
-                    render::json::result_line(serde_json::json!({
+                Ok(report) if settings::json_output(cli) => {
+                    let mut aux = serde_json::json!({
                         "Reference": report.reference.to_string(),
                         "Digest": report.digest.to_string(),
                         "UpToDate": report.up_to_date,
-                        "Referrers": report.referrers.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
-                        "DigestTags": report.digest_tags,
-                    }))
-                ),
+                    });
+                    if !args.referrers.is_empty() {
+                        aux["Referrers"] = serde_json::json!(report
+                            .referrers
+                            .iter()
+                            .map(|d| d.to_string())
+                            .collect::<Vec<_>>());
+                        aux["DigestTags"] = serde_json::json!(report.digest_tags);
+                    }
+                    crate::outln!("{}", render::json::result_line(aux))
+                }
                 Ok(report) => crate::outln!("{}", report.reference),
                 Err(err) => failures.push(format!(
                     "failed to pull {reference}: {}",

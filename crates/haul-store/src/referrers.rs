@@ -176,3 +176,66 @@ impl Store {
         Ok((blobs, removed))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn referrer(store: &Store, payload: &[u8], layer: &[u8]) -> StoredReferrer {
+        let layer_digest = Digest::sha256_of(layer);
+        store.put_blob_bytes(layer, &layer_digest).unwrap();
+        let digest = Digest::sha256_of(payload);
+        store.put_blob_bytes(payload, &digest).unwrap();
+        StoredReferrer {
+            digest,
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            size: payload.len() as u64,
+            artifact_type: Some("application/example".into()),
+            annotations: BTreeMap::new(),
+            blobs: vec![layer_digest],
+            manifests: Vec::new(),
+            tag: None,
+        }
+    }
+
+    #[test]
+    fn a_record_naming_a_missing_blob_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut r = referrer(&store, b"{\"a\":1}", b"layer");
+        r.blobs.push(Digest::sha256_of(b"absent"));
+        let subject = Digest::sha256_of(b"subject");
+        assert!(matches!(
+            store.add_referrer(&subject, &r),
+            Err(Error::BlobNotFound { .. })
+        ));
+        assert!(store.referrers(&subject).unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_tree_lists_referrers_of_referrers_and_gc_drops_the_unreached() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let subject = Digest::sha256_of(b"subject");
+        let first = referrer(&store, b"{\"a\":1}", b"one");
+        let second = referrer(&store, b"{\"a\":2}", b"two");
+        store.add_referrer(&subject, &first).unwrap();
+        store.add_referrer(&first.digest, &second).unwrap();
+        // Adding it again changes nothing.
+        store.add_referrer(&subject, &first).unwrap();
+        let tree = store.referrer_tree(std::slice::from_ref(&subject)).unwrap();
+        let digests: Vec<&Digest> = tree.iter().map(|(_, r)| &r.digest).collect();
+        assert_eq!(digests, vec![&first.digest, &second.digest]);
+        assert_eq!(tree[1].0, first.digest, "the second refers to the first");
+
+        let (kept, removed) = store
+            .gc_referrers([subject.clone()].into_iter().collect())
+            .unwrap();
+        assert_eq!(removed, 0);
+        assert_eq!(kept.len(), 4, "two manifests and their layers");
+        let (kept, removed) = store.gc_referrers(HashSet::new()).unwrap();
+        assert!(kept.is_empty());
+        assert_eq!(removed, 2);
+        assert!(store.referrers(&subject).unwrap().is_empty());
+    }
+}

@@ -703,8 +703,10 @@ pub(crate) fn read(
 
 /// Loads the `index.json` entry `entry` as a referrer when it is one: a
 /// manifest with a `subject` listed without `ref.name` (as oras and
-/// `save --referrers` write them), or one of cosign's digest tags
-/// (`ref.name` `sha256-HEX.sig`). Returns whether it was.
+/// `save --referrers` write them), one of cosign's digest tags
+/// (`ref.name` `sha256-HEX.sig`), or a referrers fallback index
+/// (`ref.name` `sha256-HEX`), whose entries are the referrers. Returns
+/// whether it was.
 fn load_referrer(
     source: &dyn Source,
     pending: &mut Pending<'_>,
@@ -727,20 +729,58 @@ fn load_referrer(
     let member = blob_member(&digest);
     let parsed = parse_manifest(bytes.clone(), Some(&media))
         .map_err(|e| Error::from(e).in_member(&member))?;
-    let subject = match &tag {
-        Some(tag) => {
-            let base = tag.split('.').next().unwrap_or(tag);
-            Digest::parse(&base.replacen('-', ":", 1))?
-        }
-        None => {
-            let value: Value = serde_json::from_slice(&bytes).unwrap_or_default();
-            match value.pointer("/subject/digest").and_then(|d| d.as_str()) {
-                Some(subject) => Digest::parse(subject)?,
-                // An unnamed image: not a referrer.
-                None => return Ok(false),
+    let Some(tag) = tag else {
+        let value: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        let Some(subject) = value.pointer("/subject/digest").and_then(|d| d.as_str()) else {
+            // An unnamed image: not a referrer.
+            return Ok(false);
+        };
+        let subject = Digest::parse(subject)?;
+        load_referrer_manifest(source, pending, entry, parsed, bytes, subject, None)?;
+        return Ok(true);
+    };
+    let (base, suffix) = tag
+        .split_once('.')
+        .map_or((tag.as_str(), None), |(b, s)| (b, Some(s)));
+    let subject = Digest::parse(&base.replacen('-', ":", 1))?;
+    match (suffix, parsed.manifest()) {
+        (None, Manifest::Index(index)) => {
+            // The fallback index: what it lists refers to `subject`.
+            for listed in index.manifests() {
+                let listed_digest = Digest::try_from(listed.digest())?;
+                let listed_bytes =
+                    read_blob(source, &listed_digest, listed.size(), MANIFEST_LIMIT)?;
+                let listed_parsed = parse_manifest(listed_bytes.clone(), None)
+                    .map_err(|e| Error::from(e).in_member(&blob_member(&listed_digest)))?;
+                load_referrer_manifest(
+                    source,
+                    pending,
+                    listed,
+                    listed_parsed,
+                    listed_bytes,
+                    subject.clone(),
+                    None,
+                )?;
             }
         }
-    };
+        _ => load_referrer_manifest(source, pending, entry, parsed, bytes, subject, Some(tag))?,
+    }
+    Ok(true)
+}
+
+/// Keeps the referrer `parsed` (`bytes`, as `descriptor` lists it) of
+/// `subject` for the commit, with every blob it needs (streamed from the
+/// layout into the store's ingest).
+fn load_referrer_manifest(
+    source: &dyn Source,
+    pending: &mut Pending<'_>,
+    descriptor: &Descriptor,
+    parsed: haul_oci::ParsedManifest,
+    bytes: Vec<u8>,
+    subject: Digest,
+    tag: Option<String>,
+) -> Result<()> {
+    let digest = parsed.digest().clone();
     let mut manifests = vec![parsed.clone()];
     if let Manifest::Index(index) = parsed.manifest() {
         for child in index.manifests() {
@@ -769,11 +809,11 @@ fn load_referrer(
         }
     }
     pending.add_document(&digest, bytes);
-    let declared = entry.artifact_type().as_ref().map(|t| t.to_string());
+    let declared = descriptor.artifact_type().as_ref().map(|t| t.to_string());
     let mut record = crate::referrer_pull::record_of(&parsed, declared, blobs, tag);
     record.manifests = manifests[1..].iter().map(|m| m.digest().clone()).collect();
     pending.add_referrer(subject, record);
-    Ok(true)
+    Ok(())
 }
 
 /// Loads the image `descriptor` names, with `reference` (`Some(None)`: the
