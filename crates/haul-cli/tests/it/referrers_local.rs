@@ -432,3 +432,69 @@ fn copy_and_pull_pause_for_quota_under_the_floor() {
     assert_ok(&out);
     assert!(!stdout(&out).contains("Rate limit"), "{}", stdout(&out));
 }
+
+#[test]
+fn load_reads_a_layout_whose_referrers_are_listed_by_fallback_indexes() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    env.put_image(&sample_image(), "app:1.0");
+    let attached = attach_all(&env.registry, "app", "1.0");
+    let reference = env.reference("app:1.0");
+    let root = env.root.path();
+    assert_ok(&env.haul(&["pull", "--referrers", &reference]));
+    let layout = env.dir("fallback-layout");
+    assert_ok(&env.haul(&[
+        "save",
+        "--format",
+        "oci",
+        "--referrers",
+        "-o",
+        layout.to_str().unwrap(),
+        &reference,
+    ]));
+    // The same layout as a tool that keeps the tag schema writes it: the
+    // referrers named by `sha256-HEX` indexes instead of by `subject`.
+    let index_path = layout.join("index.json");
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    let mut entries: Vec<serde_json::Value> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| !e["annotations"]["org.opencontainers.image.ref.name"].is_null())
+        .cloned()
+        .collect();
+    for subject in [&attached.image, &attached.sbom] {
+        let tag = format!("sha256-{}", subject.hex());
+        let bytes = manifest_bytes(&env.registry.host(), "app", &tag);
+        let digest = Digest::sha256_of(&bytes);
+        std::fs::write(
+            layout.join(format!("blobs/sha256/{}", digest.hex())),
+            &bytes,
+        )
+        .unwrap();
+        entries.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": digest.to_string(),
+            "size": bytes.len(),
+            "annotations": {"org.opencontainers.image.ref.name": tag},
+        }));
+    }
+    index["manifests"] = serde_json::json!(entries);
+    std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+
+    assert_ok(&env.haul(&["rmi", &reference]));
+    assert_ok(&env.haul(&["gc"]));
+    assert_ok(&env.haul(&["load", "-i", layout.to_str().unwrap()]));
+    assert_eq!(
+        stored_referrers(root, &attached.image),
+        image_referrers(&attached)
+    );
+    assert_eq!(
+        stored_referrers(root, &attached.sbom),
+        set(&[&attached.sbom_signature])
+    );
+    assert_eq!(listed_images(&env).len(), 1);
+    env.assert_store_invariants();
+}
