@@ -115,12 +115,12 @@ impl ReferrerPull<'_> {
         transferred: &AtomicU64,
     ) -> Result<()> {
         let result = async {
-            let manifest = source.manifest(digest).await?;
+            let manifest = self.manifest(source, digest).await?;
             let mut manifests = vec![manifest.clone()];
             if let Manifest::Index(index) = manifest.manifest() {
                 for entry in index.manifests() {
                     let child = Digest::try_from(entry.digest())?;
-                    manifests.push(source.manifest(&child).await?);
+                    manifests.push(self.manifest(source, &child).await?);
                 }
             }
             let mut blobs: Vec<Digest> = Vec::new();
@@ -156,6 +156,30 @@ impl ReferrerPull<'_> {
             subject: subject.clone(),
             source: Box::new(source),
         })
+    }
+
+    /// The manifest `digest`: from the store when a pull stored it before
+    /// (a digest names the same bytes everywhere, and a manifest `GET`
+    /// counts against a registry's quota), else from the registry.
+    async fn manifest(
+        &self,
+        source: &RegistryReferrers,
+        digest: &Digest,
+    ) -> Result<ParsedManifest> {
+        let store = self.store.clone();
+        let wanted = digest.clone();
+        let stored = blocking(move || {
+            if !store.has_blob(&wanted) {
+                return Ok(None);
+            }
+            let bytes = store.read_blob_limited(&wanted, crate::pull::CONFIG_LIMIT)?;
+            Ok(haul_oci::parse_manifest(bytes, None).ok())
+        })
+        .await?;
+        match stored {
+            Some(parsed) if parsed.digest() == digest => Ok(parsed),
+            _ => source.manifest(digest).await,
+        }
     }
 
     async fn put_bytes(&self, manifest: &ParsedManifest) -> Result<()> {

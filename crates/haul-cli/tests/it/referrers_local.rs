@@ -189,6 +189,21 @@ fn pull_reads_the_referrers_api_and_push_lists_them_by_oci_subject_or_the_fallba
         "the fallback tag was read although the API answers"
     );
     assert_stored(env.root.path(), &attached);
+    // Again: no blob and no referrer manifest is read a second time.
+    let blob_gets = api.count("GET", "/blobs/");
+    let referrer_gets = api.count("GET", "/manifests/sha256:");
+    assert_ok(&env.haul(&[
+        "pull",
+        "--referrers",
+        "--digest-tags",
+        &api.reference("app:1.0"),
+    ]));
+    assert_eq!(api.count("GET", "/blobs/"), blob_gets, "blob GETs");
+    assert_eq!(
+        api.count("GET", "/manifests/sha256:"),
+        referrer_gets,
+        "manifest GETs by digest"
+    );
 
     // To the real registry: the fallback index lists exactly them.
     let target = Registry::start(RegistryConfig::no_auth()).unwrap();
