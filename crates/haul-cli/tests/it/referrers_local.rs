@@ -304,6 +304,20 @@ fn save_and_load_carry_referrers_through_an_oci_layout_to_a_fresh_registry() {
         format!("dir:{}", scratch.display()),
     ])
     .expect("skopeo reads the saved layout");
+    // And umoci unpacks the image from it, and from the store's own layout.
+    if haul_testkit::peers::require_umoci().is_some() {
+        let rootless = !haul_dist::store::running_as_root();
+        for (dir, name, bundle) in [
+            (layout.clone(), "1.0".to_string(), "bundle-layout"),
+            (root.join("content"), reference.clone(), "bundle-store"),
+        ] {
+            let rootfs = haul_testkit::umoci::umoci_unpack(&dir, &name, &env.dir(bundle), rootless)
+                .unwrap_or_else(|e| panic!("umoci unpacks {}: {e}", dir.display()));
+            let unpacked = haul_testkit::Rootfs::read_dir(&rootfs).unwrap();
+            let differences = sample_image().expected_rootfs().diff(&unpacked, !rootless);
+            assert!(differences.is_empty(), "{differences:#?}");
+        }
+    }
 
     assert_ok(&env.haul(&["rmi", &reference]));
     assert_ok(&env.haul(&["gc"]));
