@@ -28,7 +28,11 @@ pub(crate) fn save(
     references: &[String],
     output: Option<&Path>,
     format: ArchiveFormat,
+    referrers: bool,
 ) -> anyhow::Result<()> {
+    if referrers && format != ArchiveFormat::Oci {
+        anyhow::bail!("--referrers saves into an OCI layout only (--format oci)");
+    }
     let references = references
         .iter()
         .map(|r| Reference::parse(r).with_context(|| format!("invalid reference {r:?}")))
@@ -38,6 +42,7 @@ pub(crate) fn save(
     let to = Destination {
         format,
         platform: platform.as_ref(),
+        referrers,
     };
     let Some(output) = output.filter(|_| !is_standard_stream(output)) else {
         return save_to_stdout(&store, &references, &to);
@@ -49,6 +54,8 @@ pub(crate) fn save(
 struct Destination<'a> {
     format: ArchiveFormat,
     platform: Option<&'a Platform>,
+    /// Write the saved manifests' stored referrers too.
+    referrers: bool,
 }
 
 fn save_to(
@@ -65,6 +72,7 @@ fn save_to(
             let options = archive::OciSaveOptions {
                 platform: to.platform.cloned(),
                 oci_media_types: false,
+                referrers: to.referrers,
             };
             archive::save_oci_layout_with(store, references, &options, output)
         }

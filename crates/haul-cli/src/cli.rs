@@ -127,6 +127,14 @@ pub(crate) enum Command {
         /// registry answers /v2/, else v1).
         #[arg(long, value_enum, default_value_t = Protocol::Auto)]
         protocol: Protocol,
+        /// Referrers to bring into the store with the image (kept with
+        /// it, never listed as images).
+        #[command(flatten)]
+        referrers: crate::referrers::ReferrerArgs,
+        /// Pause (with a countdown) before a manifest read when a registry
+        /// reports fewer pulls left than this (RateLimit-Remaining); 0: never.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        rate_limit_floor: u64,
     },
     /// Upload a local image to a registry.
     Push {
@@ -142,6 +150,10 @@ pub(crate) enum Command {
         /// a pulled manifest is pushed with its own digest).
         #[arg(long, value_enum, value_name = "FORMAT")]
         compression: Option<LayerCompression>,
+        /// Stored referrers (from pull --referrers or load) to push after
+        /// the image.
+        #[command(flatten)]
+        referrers: crate::referrers::ReferrerArgs,
     },
     /// Copy an image between registries, OCI layouts and docker archives.
     Copy {
@@ -160,6 +172,10 @@ pub(crate) enum Command {
         /// Referrers to bring along.
         #[command(flatten)]
         referrers: crate::referrers::ReferrerArgs,
+        /// Pause (with a countdown) before a manifest read when a registry
+        /// reports fewer pulls left than this (RateLimit-Remaining); 0: never.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        rate_limit_floor: u64,
     },
     /// Mirror sets of images (with their referrers) into a registry,
     /// moving each shared blob once.
@@ -234,8 +250,14 @@ pub(crate) enum Command {
         /// Archive format.
         #[arg(long, value_enum, default_value_t = ArchiveFormat::Docker)]
         format: ArchiveFormat,
+        /// With --format oci: also write the stored referrers of the saved
+        /// manifests (listed in index.json without a ref.name, as oras
+        /// writes them).
+        #[arg(long)]
+        referrers: bool,
     },
-    /// Import images from a docker-archive or OCI layout.
+    /// Import images from a docker-archive or OCI layout (with the
+    /// referrers an OCI layout holds for them).
     Load {
         /// Input file or directory [default: standard input, also `-`].
         #[arg(short, long, value_name = "PATH")]

@@ -107,6 +107,7 @@ pub(crate) fn run(
     destination: &str,
     all_platforms: bool,
     referrers: &crate::referrers::ReferrerArgs,
+    rate_limit_floor: u64,
 ) -> anyhow::Result<()> {
     let source = parse_endpoint(source)?;
     let destination = parse_endpoint(destination)?;
@@ -122,18 +123,22 @@ pub(crate) fn run(
         );
     }
     let platform = settings::platform(cli)?;
-    let client = RegistryClient::new(settings::client_config(cli))?;
+    // Progress (and the quota countdown) go to one renderer, started below.
+    let (output, receiver) = ChannelOutput::new();
+    let output: Arc<dyn ProgressOutput> = Arc::new(output);
+    let mut config = settings::client_config(cli);
+    let tick = settings::push_settings(cli).retry_tick;
+    config.rate_limit = settings::quota_policy(rate_limit_floor, tick, &output);
+    let client = RegistryClient::new(config)?;
     let kind = render::choose(
         cli.global.progress,
         cli.global.quiet,
         std::io::stdout().is_terminal(),
     );
     settings::runtime()?.block_on(async {
-        let (output, receiver) = ChannelOutput::new();
         let renderer = tokio::task::spawn_blocking(move || {
             render::render_blocking(kind, receiver, std::io::stdout().lock())
         });
-        let output: Arc<dyn ProgressOutput> = Arc::new(output);
         let result = match (&source, &destination) {
             (Endpoint::Registry(from), Endpoint::Registry(to)) => {
                 let copier = Copier::new(client, &settings::push_settings(cli));
@@ -274,7 +279,7 @@ async fn via_temporary_store(
             );
             let options = PullOptions {
                 platform: platform.clone(),
-                all_platforms: false,
+                ..PullOptions::default()
             };
             puller
                 .pull(from, &options, Arc::clone(&output), cancel.clone())
@@ -292,6 +297,7 @@ async fn via_temporary_store(
     let as_skopeo = archive::OciSaveOptions {
         platform: None,
         oci_media_types: true,
+        referrers: false,
     };
     match destination {
         Endpoint::Registry(to) => {

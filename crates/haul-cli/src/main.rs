@@ -105,16 +105,39 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             references,
             all_platforms,
             no_unpack,
+            referrers,
+            rate_limit_floor,
             ..
-        } => pull::run(cli, references, *all_platforms, *no_unpack),
-        Command::Push { reference, .. } => push::run(cli, reference),
+        } => pull::run(
+            cli,
+            references,
+            &pull::PullArgs {
+                all_platforms: *all_platforms,
+                no_unpack: *no_unpack,
+                referrers: referrers.options()?,
+                rate_limit_floor: *rate_limit_floor,
+            },
+        ),
+        Command::Push {
+            reference,
+            referrers,
+            ..
+        } => push::run(cli, reference, &referrers.options()?),
         Command::Copy {
             source,
             destination,
             all_platforms,
             referrers,
+            rate_limit_floor,
             ..
-        } => copy::run(cli, source, destination, *all_platforms, referrers),
+        } => copy::run(
+            cli,
+            source,
+            destination,
+            *all_platforms,
+            referrers,
+            *rate_limit_floor,
+        ),
         Command::Sync(command) => sync::run(cli, command),
         Command::Referrers(command) => referrers::list(cli, command),
         Command::Inspect { reference } if reference.starts_with("docker://") => {
@@ -169,7 +192,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             references,
             output,
             format,
-        } => archive::save(cli, references, output.as_deref(), *format),
+            referrers,
+        } => archive::save(cli, references, output.as_deref(), *format, *referrers),
         Command::Load { input } => archive::load(cli, input.as_deref()),
         Command::Serve {
             listen,

@@ -14,7 +14,11 @@ use crate::render;
 use crate::settings;
 
 /// Runs `haul push`.
-pub(crate) fn run(cli: &Cli, reference: &str) -> anyhow::Result<()> {
+pub(crate) fn run(
+    cli: &Cli,
+    reference: &str,
+    referrers: &haul_dist::ReferrerOptions,
+) -> anyhow::Result<()> {
     let reference =
         Reference::parse(reference).with_context(|| format!("invalid reference {reference:?}"))?;
     if settings::platform(cli)?.is_some() {
@@ -47,7 +51,7 @@ pub(crate) fn run(cli: &Cli, reference: &str) -> anyhow::Result<()> {
         let output: Arc<dyn ProgressOutput> = Arc::new(output);
         let pusher = Pusher::new(client, store, &settings::push_settings(cli));
         let result = pusher
-            .push(&reference, output, cancel.clone())
+            .push_with(&reference, referrers, output, cancel.clone())
             .await
             .map(|pushed| pushed.manifest().map(|r| (r.digest.clone(), r.size)))
             .map_err(anyhow::Error::from);

@@ -11,17 +11,17 @@ use serde_json::json;
 use crate::cli::Cli;
 use crate::settings;
 
-/// Which attached artifacts a copy brings along.
+/// Which attached artifacts a copy, pull or push brings along.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub(crate) struct ReferrerArgs {
-    /// Also copy the referrers (signatures, SBOMs, attestations) of every
-    /// copied manifest, and their referrers, by digest.
+    /// Also move the referrers (signatures, SBOMs, attestations) of every
+    /// manifest moved, and their referrers, by digest.
     #[arg(long)]
     pub referrers: bool,
-    /// Also copy cosign's digest tags (`sha256-HEX.sig`, `.att`, `.sbom`).
+    /// Also move cosign's digest tags (`sha256-HEX.sig`, `.att`, `.sbom`).
     #[arg(long)]
     pub digest_tags: bool,
-    /// Copy only referrers of this artifact type (may be repeated);
+    /// Move only referrers of this artifact type (may be repeated);
     /// implies --referrers.
     #[arg(long, value_name = "artifactType=TYPE")]
     pub referrers_filter: Vec<String>,
@@ -40,6 +40,17 @@ impl ReferrerArgs {
         options.digest_tags = self.digest_tags;
         options.referrers_filter = parse_filters(&self.referrers_filter)?;
         Ok(())
+    }
+}
+
+impl ReferrerArgs {
+    /// What `pull` and `push` bring along.
+    pub(crate) fn options(&self) -> anyhow::Result<haul_dist::ReferrerOptions> {
+        Ok(haul_dist::ReferrerOptions {
+            referrers: self.referrers || !self.referrers_filter.is_empty(),
+            digest_tags: self.digest_tags,
+            filter: parse_filters(&self.referrers_filter)?,
+        })
     }
 }
 

@@ -8,6 +8,7 @@ use anyhow::Context;
 use haul_dist::oci::Platform;
 use haul_dist::registry::ClientConfig;
 use haul_dist::store::Store;
+use haul_dist::xfer::Status;
 use haul_dist::{PullSettings, PushCompression, PushSettings};
 
 use crate::cli::{Cli, Command, LayerCompression, Protocol};
@@ -245,4 +246,38 @@ pub(crate) fn cancel_on_interrupt() -> tokio_util::sync::CancellationToken {
         std::process::exit(128 + i32::from(signal));
     });
     cancel
+}
+
+/// Pauses under `floor` pulls left, counting down on `output`.
+pub(crate) fn quota_policy(
+    floor: u64,
+    tick: std::time::Duration,
+    output: &std::sync::Arc<dyn haul_dist::xfer::ProgressOutput>,
+) -> haul_dist::registry::ratelimit::RateLimitPolicy {
+    // Weak: the renderer ends when the sync drops its output.
+    let output = std::sync::Arc::downgrade(output);
+    let observer = move |pause: &haul_dist::registry::ratelimit::RateLimitPause| {
+        let Some(output) = output.upgrade() else {
+            return;
+        };
+        let id = format!("quota {}", pause.registry);
+        if pause.seconds_left == 0 {
+            output.status(&id, Status::RateLimitOver);
+        } else {
+            output.status(
+                &id,
+                Status::RateLimited {
+                    remaining: pause.remaining,
+                    limit: pause.limit,
+                    seconds: pause.seconds_left,
+                },
+            );
+        }
+    };
+    haul_dist::registry::ratelimit::RateLimitPolicy {
+        floor,
+        tick,
+        observer: Some(std::sync::Arc::new(observer)),
+        ..haul_dist::registry::ratelimit::RateLimitPolicy::default()
+    }
 }

@@ -13,14 +13,12 @@ use std::collections::BTreeSet;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use futures::StreamExt;
 use haul_dist::oci::Reference;
-use haul_dist::registry::ratelimit::{RateLimitPause, RateLimitPolicy};
 use haul_dist::registry::RegistryClient;
-use haul_dist::xfer::{ChannelOutput, Message, ProgressOutput, Status};
+use haul_dist::xfer::{ChannelOutput, Message, ProgressOutput};
 use haul_dist::{Copier, CopyOptions, CopyStats};
 
 use crate::cli::Cli;
@@ -103,7 +101,7 @@ pub(crate) fn run(cli: &Cli, command: &SyncCommand) -> anyhow::Result<()> {
     let output: Arc<dyn ProgressOutput> = Arc::new(channel);
     let mut config = settings::client_config(cli);
     let tick = settings::push_settings(cli).retry_tick;
-    config.rate_limit = quota_policy(command.rate_limit_floor, tick, &output);
+    config.rate_limit = settings::quota_policy(command.rate_limit_floor, tick, &output);
     let client = RegistryClient::new(config)?;
     let runtime = settings::runtime()?;
     let jobs = runtime.block_on(expand(&client, &sets))?;
@@ -273,36 +271,6 @@ fn run_layout(cli: &Cli, command: &SyncCommand, target_dir: Option<&Path>) -> an
         crate::outln!("Synced {} images", done.images.len());
     }
     Ok(())
-}
-
-/// Pauses under `floor` pulls left, counting down on `output`.
-fn quota_policy(floor: u64, tick: Duration, output: &Arc<dyn ProgressOutput>) -> RateLimitPolicy {
-    // Weak: the renderer ends when the sync drops its output.
-    let output = Arc::downgrade(output);
-    let observer = move |pause: &RateLimitPause| {
-        let Some(output) = output.upgrade() else {
-            return;
-        };
-        let id = format!("quota {}", pause.registry);
-        if pause.seconds_left == 0 {
-            output.status(&id, Status::RateLimitOver);
-        } else {
-            output.status(
-                &id,
-                Status::RateLimited {
-                    remaining: pause.remaining,
-                    limit: pause.limit,
-                    seconds: pause.seconds_left,
-                },
-            );
-        }
-    };
-    RateLimitPolicy {
-        floor,
-        tick,
-        observer: Some(Arc::new(observer)),
-        ..RateLimitPolicy::default()
-    }
 }
 
 /// What one image's copy did.

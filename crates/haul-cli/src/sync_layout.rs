@@ -49,7 +49,7 @@ pub(crate) async fn registry_to_layout(
     let puller = Puller::new(client, store.clone(), &settings::pull_settings(cli, false));
     let options = PullOptions {
         platform,
-        all_platforms: false,
+        ..PullOptions::default()
     };
     let puller = &puller;
     let results: Vec<_> = futures::stream::iter(sources.iter().cloned())

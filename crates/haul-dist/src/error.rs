@@ -33,6 +33,18 @@ pub enum Error {
         #[source]
         source: haul_store::Error,
     },
+    /// A referrer (signature, SBOM) of a manifest could not be brought
+    /// along; nothing of it is recorded.
+    #[error("referrer {referrer} of {subject}: {source}")]
+    Referrer {
+        /// The referrer manifest's digest.
+        referrer: Digest,
+        /// The manifest it refers to.
+        subject: Digest,
+        /// What went wrong.
+        #[source]
+        source: Box<Error>,
+    },
     /// The manifest is of a kind this flow cannot handle.
     #[error("{reference}: {message}")]
     Unsupported {

@@ -36,6 +36,7 @@ mod oci_types;
 mod protocol;
 mod pull;
 mod push;
+mod referrers;
 mod task;
 
 pub use copy::{
@@ -53,6 +54,7 @@ pub use push::compress::PushCompression;
 pub use push::upload::Chunking;
 pub use push::v1::{V1PushReport, V1Pusher};
 pub use push::{PushReport, PushSettings, Pushed, Pusher};
+pub use referrers::ReferrerOptions;
 
 pub use tokio_util::sync::CancellationToken;
 

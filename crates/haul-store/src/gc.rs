@@ -3,6 +3,8 @@
 //! Roots are the references in `refs.json`: each keeps the image record of
 //! its manifest, its index blob, and the record of every platform of that
 //! index that is stored (the other platforms of `pull --all-platforms`).
+//! The referrers of every manifest and index kept stay (see the
+//! `referrers` module), and so do theirs.
 //! Every other image record goes, then every blob, layer and distribution
 //! record that no remaining image needs. gc holds the gc lock exclusively (it waits for
 //! every [`Lease`](crate::Lease) to end, and new leases wait for it) and the
@@ -49,6 +51,8 @@ pub struct GcReport {
     pub layers_removed: u64,
     /// Partial downloads.
     pub partials_removed: u64,
+    /// Referrer records whose subject was no longer stored.
+    pub referrers_removed: u64,
     /// Bytes of files removed.
     pub bytes_freed: u64,
 }
@@ -91,6 +95,14 @@ impl Store {
                 diff_ids.insert(layer.diff_id.clone());
             }
         }
+
+        // Referrers of what stays stay too (and theirs); the records of
+        // subjects that went are removed.
+        let mut subjects = live.clone();
+        subjects.extend(refs.values().filter_map(|target| target.index.clone()));
+        let (referrer_blobs, records) = self.gc_referrers(subjects)?;
+        blobs.extend(referrer_blobs);
+        report.referrers_removed += records;
 
         for digest in self.list_blobs()? {
             if !blobs.contains(&digest) {

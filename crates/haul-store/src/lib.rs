@@ -28,6 +28,10 @@
 //! - **`content/`** is a valid OCI layout at every moment: `index.json`
 //!   names each reference whose image (or whole index) is present, and
 //!   nothing else.
+//! - **A referrer** (a signature, an SBOM) is a manifest whose `subject`
+//!   is a stored manifest: recorded per subject with the blobs it needs
+//!   ([`Store::add_referrer`]), never an image, never named by a
+//!   reference. It lives while its subject does.
 //! - **Garbage** is whatever no reference keeps: gc removes it, and after
 //!   every reference is removed, gc leaves no blob and no layer.
 //!
@@ -49,6 +53,7 @@
 //!     tmp-XXXXXX/               a registration in progress
 //!   images/sha256/HEX.json      image records, one per image manifest (by its digest)
 //!   refs.json                   references -> exact manifest (and index) digests
+//!   referrers/sha256/HEX.json   subject -> its referrers (signatures, SBOMs), see below
 //!   store-version               the layout version (2), see the `migrate` module
 //!   distribution/
 //!     diffid/sha256/HEX.json    diffID -> [(blob digest, registry/repository)]
@@ -125,6 +130,7 @@ mod layout;
 mod lock;
 mod migrate;
 mod partial;
+mod referrers;
 mod refs;
 pub mod unpack;
 mod uploads;
@@ -144,6 +150,7 @@ pub use ingest::{Ingest, IngestOutcome, ParkedBlob};
 pub use layers::{chain_id, LayerInfo, StagedLayer};
 pub use layout::{ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME};
 pub use lock::Lease;
+pub use referrers::StoredReferrer;
 pub use refs::{IdMatch, RefTarget, RemovedImage, ResolvedImage};
 pub use unpack::{ExpansionLimit, UnpackOptions, UnpackReport};
 pub use uploads::UploadRecord;

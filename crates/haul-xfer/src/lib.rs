@@ -88,8 +88,8 @@ pub use error::{Error, Operation, SharedError};
 pub use ids::{ChainId, DiffId};
 pub use manager::{TransferContext, TransferManager};
 pub use progress::{
-    short_id, ChannelOutput, Counts, DiscardOutput, Event, Message, Progress, ProgressOutput,
-    Status,
+    short_id, ChannelOutput, Counts, DiscardOutput, Event, Message, Moved, Progress,
+    ProgressOutput, Status,
 };
 pub use progress_reader::ProgressReader;
 pub use retry::RetryPolicy;

@@ -180,15 +180,19 @@ pub enum Message {
         /// The target, in its familiar form.
         target: String,
     },
-    /// A referrer of a copied manifest was copied.
-    CopiedReferrer {
+    /// A referrer of a manifest (a signature, an SBOM) moved with it.
+    Referrer {
+        /// How it moved.
+        moved: Moved,
         /// The referrer's digest.
         digest: String,
         /// The subject's digest.
         subject: String,
     },
-    /// A tag that goes with a copied manifest (a cosign `.sig`, say) was copied.
-    CopiedTag {
+    /// A tag that goes with a manifest (a cosign `.sig`, say) moved with it.
+    AttachedTag {
+        /// How it moved.
+        moved: Moved,
         /// The tag.
         tag: String,
     },
@@ -228,6 +232,17 @@ pub enum Message {
     },
     /// A line of the caller's own (the library writes none of these).
     Text(String),
+}
+
+/// How something attached to a manifest moved, in a [`Message`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Moved {
+    /// Registry to registry.
+    Copied,
+    /// Into the local store.
+    Pulled,
+    /// From the local store.
+    Pushed,
 }
 
 /// What a record says: a status of its id, or a whole line.

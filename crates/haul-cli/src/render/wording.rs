@@ -8,7 +8,7 @@
 
 use std::borrow::Cow;
 
-use haul_dist::xfer::{short_id, Event, Message, Progress, Status};
+use haul_dist::xfer::{short_id, Event, Message, Moved, Progress, Status};
 
 /// The text of a status, without its counts: `Downloading`,
 /// `Mounted from library/base`, `Retrying in 5 seconds`.
@@ -77,10 +77,16 @@ pub(crate) fn message_text(message: &Message) -> String {
             size,
         } => format!("digest: {digest} size: {size}"),
         Message::Copying { source, target } => format!("Copying {source} to {target}"),
-        Message::CopiedReferrer { digest, subject } => {
-            format!("Copied referrer {digest} of {}", short_id(subject))
-        }
-        Message::CopiedTag { tag } => format!("Copied {tag}"),
+        Message::Referrer {
+            moved,
+            digest,
+            subject,
+        } => format!(
+            "{} referrer {digest} of {}",
+            moved_text(*moved),
+            short_id(subject)
+        ),
+        Message::AttachedTag { moved, tag } => format!("{} {tag}", moved_text(*moved)),
         Message::UsingV1Protocol { registry } => {
             format!("Using the v1 registry protocol for {registry}")
         }
@@ -96,6 +102,14 @@ pub(crate) fn message_text(message: &Message) -> String {
         Message::PushingTag { image, url } => format!("Pushing tag for rev [{image}] on {{{url}}}"),
         Message::Text(text) => text.clone(),
         other => format!("{other:?}"),
+    }
+}
+
+fn moved_text(moved: Moved) -> &'static str {
+    match moved {
+        Moved::Copied => "Copied",
+        Moved::Pulled => "Pulled",
+        Moved::Pushed => "Pushed",
     }
 }
 
@@ -149,7 +163,8 @@ mod tests {
             size: 525,
         };
         assert_eq!(message_text(&pushed), "1.0: digest: sha256:0123 size: 525");
-        let referrer = Message::CopiedReferrer {
+        let referrer = Message::Referrer {
+            moved: Moved::Copied,
             digest: "sha256:aa".into(),
             subject: "sha256:0123456789abcdef".into(),
         };

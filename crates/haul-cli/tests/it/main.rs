@@ -23,6 +23,7 @@ mod push_compression;
 mod push_faults;
 mod reaching_registries;
 mod referrers;
+mod referrers_local;
 mod save_load;
 mod serve;
 mod store_crash;

@@ -178,7 +178,7 @@ pub(crate) fn manifest_bytes(registry: &str, name: &str, reference: &str) -> Vec
 }
 
 /// The digests the fallback index `sha256-HEX` of `subject` lists.
-fn fallback_index(registry: &str, name: &str, subject: &Digest) -> BTreeSet<String> {
+pub(crate) fn fallback_index(registry: &str, name: &str, subject: &Digest) -> BTreeSet<String> {
     let bytes = manifest_bytes(registry, name, &format!("sha256-{}", subject.hex()));
     let index: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
     index["manifests"]

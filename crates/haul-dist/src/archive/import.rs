@@ -131,6 +131,9 @@ pub(crate) struct Pending<'s> {
     staged_chains: HashSet<Digest>,
     /// Images and the references to give them.
     images: Vec<PendingImage>,
+    /// Referrers found in the archive: (subject, record), a referrer
+    /// before its own.
+    referrers: Vec<(Digest, haul_store::StoredReferrer)>,
 }
 
 impl<'s> Pending<'s> {
@@ -144,6 +147,55 @@ impl<'s> Pending<'s> {
             layers: Vec::new(),
             staged_chains: HashSet::new(),
             images: Vec::new(),
+            referrers: Vec::new(),
+        }
+    }
+
+    /// Reads a blob that is not a layer (of a referrer) from `reader`
+    /// into an ingest file, verified and parked for the commit; never
+    /// held in memory.
+    pub(crate) fn add_blob(
+        &mut self,
+        member: &str,
+        mut reader: Box<dyn Read + Send>,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<()> {
+        if self.store.has_blob(digest) || self.verified.contains_key(digest) {
+            return Ok(());
+        }
+        let IngestOutcome::Writer(mut ingest) = self.store.ingest(digest)? else {
+            return Ok(());
+        };
+        if ingest.offset() > 0 {
+            ingest.reset()?;
+        }
+        let mut buffer = vec![0u8; 256 * 1024];
+        loop {
+            let n = reader
+                .read(&mut buffer)
+                .map_err(|e| read_error(member, e))?;
+            if n == 0 {
+                break;
+            }
+            ingest.write_all(&buffer[..n])?;
+        }
+        let parked = ingest
+            .park(size, digest)
+            .map_err(|e| Error::from(e).in_member(member))?;
+        self.blobs.push(parked);
+        Ok(())
+    }
+
+    /// Keeps a referrer of `subject` for the commit (its blobs were added
+    /// with [`Pending::add_blob`] and [`Pending::add_document`]).
+    pub(crate) fn add_referrer(&mut self, subject: Digest, referrer: haul_store::StoredReferrer) {
+        if !self
+            .referrers
+            .iter()
+            .any(|(_, r)| r.digest == referrer.digest)
+        {
+            self.referrers.push((subject, referrer));
         }
     }
 
@@ -361,6 +413,11 @@ impl<'s> Pending<'s> {
         for (staged, parent) in std::mem::take(&mut self.layers) {
             self.store.commit_staged(staged, parent.as_ref())?;
         }
+        let subjects: HashSet<Digest> = self
+            .images
+            .iter()
+            .flat_map(|p| std::iter::once(p.image.manifest_digest.clone()).chain(p.index.clone()))
+            .collect();
         let mut loaded = Vec::new();
         for pending in std::mem::take(&mut self.images) {
             let kept = match self.image_to_keep(&pending)? {
@@ -393,6 +450,27 @@ impl<'s> Pending<'s> {
                 image: kept,
                 references: tagged,
             });
+        }
+        // Referrers of what was loaded (and theirs); others describe
+        // nothing the store holds.
+        let mut subjects = subjects;
+        for image in &loaded {
+            subjects.insert(image.image.manifest_digest.clone());
+        }
+        let mut referrers = std::mem::take(&mut self.referrers);
+        loop {
+            let before = referrers.len();
+            let (ready, rest): (Vec<_>, Vec<_>) = referrers
+                .into_iter()
+                .partition(|(subject, _)| subjects.contains(subject));
+            for (subject, referrer) in ready {
+                subjects.insert(referrer.digest.clone());
+                self.store.add_referrer(&subject, &referrer)?;
+            }
+            referrers = rest;
+            if referrers.len() == before || referrers.is_empty() {
+                break;
+            }
         }
         Ok(loaded)
     }

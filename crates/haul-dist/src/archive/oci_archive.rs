@@ -78,6 +78,10 @@ pub struct OciSaveOptions {
     /// `skopeo copy` to `oci:` does: skopeo 1.9 and umoci read only OCI
     /// entries of a layout. Off, every manifest keeps its bytes.
     pub oci_media_types: bool,
+    /// Also write the stored referrers (every level) of each saved
+    /// manifest, listed in `index.json` without a `ref.name`, as oras
+    /// writes an OCI layout's referrers.
+    pub referrers: bool,
 }
 
 /// [`save_oci_layout`] as `options` say.
@@ -184,6 +188,11 @@ pub fn save_oci_layout_with(
             }
             entries.push(entry);
         }
+        if options.referrers {
+            let mut subjects = vec![manifest_digest.clone()];
+            subjects.extend(members.iter().map(|m| m.manifest_digest.clone()));
+            add_referrers(store, &subjects, &mut documents, &mut blobs, &mut entries)?;
+        }
     }
     let index = json!({
         "schemaVersion": 2,
@@ -253,6 +262,55 @@ pub fn save_oci_layout_with(
         out.persist()?;
     }
     Ok(SaveReport { images: report })
+}
+
+/// The stored referrers of `subjects` (every level) into a layout being
+/// written: their manifests and blobs, and an `index.json` entry each,
+/// as oras writes them: a referrer without `ref.name` (found by its
+/// `subject`), one of cosign's digest tags with its tag as `ref.name`.
+fn add_referrers(
+    store: &Store,
+    subjects: &[Digest],
+    documents: &mut Vec<(Digest, Vec<u8>)>,
+    blobs: &mut Vec<(Digest, u64)>,
+    entries: &mut Vec<Value>,
+) -> Result<()> {
+    for (_, referrer) in store.referrer_tree(subjects)? {
+        if documents.iter().any(|(d, _)| d == &referrer.digest) {
+            continue;
+        }
+        for digest in std::iter::once(&referrer.digest).chain(&referrer.manifests) {
+            let bytes = store.read_blob_limited(digest, MANIFEST_LIMIT)?;
+            if !documents.iter().any(|(d, _)| d == digest) {
+                documents.push((digest.clone(), bytes));
+            }
+        }
+        for digest in &referrer.blobs {
+            if !blobs.iter().any(|(d, _)| d == digest) {
+                blobs.push((digest.clone(), store.blob_size(digest)?));
+            }
+        }
+        let mut entry = json!({
+            "mediaType": referrer.media_type,
+            "digest": referrer.digest,
+            "size": referrer.size,
+        });
+        if let Some(t) = &referrer.artifact_type {
+            entry["artifactType"] = json!(t);
+        }
+        let mut annotations = serde_json::Map::new();
+        for (k, v) in &referrer.annotations {
+            annotations.insert(k.clone(), json!(v));
+        }
+        if let Some(tag) = &referrer.tag {
+            annotations.insert(ANNOTATION_REF_NAME.into(), json!(tag));
+        }
+        if !annotations.is_empty() {
+            entry["annotations"] = Value::Object(annotations);
+        }
+        entries.push(entry);
+    }
+    Ok(())
 }
 
 /// Whether `output` names a tar (`*.tar`) rather than a directory.
@@ -387,7 +445,16 @@ impl AddToLayout {
         let manifests = index["manifests"]
             .as_array_mut()
             .ok_or_else(|| invalid("it lists no manifests".into()))?;
-        manifests.retain(|entry| name_of(entry).is_none() || !names.contains(&name_of(entry)));
+        // Unnamed entries (referrers) are told apart by digest.
+        let unnamed: Vec<&Value> = added
+            .iter()
+            .filter(|e| name_of(e).is_none())
+            .map(|e| &e["digest"])
+            .collect();
+        manifests.retain(|entry| match name_of(entry) {
+            None => !unnamed.contains(&&entry["digest"]),
+            name => !names.contains(&name),
+        });
         manifests.extend(added);
         let mut bytes = serde_json::to_vec(&index).expect("JSON values serialise");
         bytes.push(b'\n');
@@ -576,6 +643,9 @@ pub(crate) fn read(
         });
     }
     for (n, entry) in index.manifests().iter().enumerate() {
+        if load_referrer(source, pending, entry)? {
+            continue;
+        }
         let reference = entry_reference(entry.annotations().as_ref(), repository, n)?;
         let mut descriptor = entry.clone();
         let mut index_digest = None;
@@ -628,6 +698,121 @@ pub(crate) fn read(
             repository,
         )?;
     }
+    Ok(())
+}
+
+/// Loads the `index.json` entry `entry` as a referrer when it is one: a
+/// manifest with a `subject` listed without `ref.name` (as oras and
+/// `save --referrers` write them), one of cosign's digest tags
+/// (`ref.name` `sha256-HEX.sig`), or a referrers fallback index
+/// (`ref.name` `sha256-HEX`), whose entries are the referrers. Returns
+/// whether it was.
+fn load_referrer(
+    source: &dyn Source,
+    pending: &mut Pending<'_>,
+    entry: &Descriptor,
+) -> Result<bool> {
+    let annotations = entry.annotations().clone().unwrap_or_default();
+    let ref_name = annotations.get(ANNOTATION_REF_NAME);
+    let tag = ref_name
+        .filter(|name| crate::copy::is_referrer_tag(name))
+        .cloned();
+    if ref_name.is_some() && tag.is_none() || annotations.contains_key(ANNOTATION_IMAGE_NAME) {
+        return Ok(false);
+    }
+    let media = entry.media_type().to_string();
+    if !media_type::is_manifest(&media) && !media_type::is_index(&media) {
+        return Ok(false);
+    }
+    let digest = Digest::try_from(entry.digest())?;
+    let bytes = read_blob(source, &digest, entry.size(), MANIFEST_LIMIT)?;
+    let member = blob_member(&digest);
+    let parsed = parse_manifest(bytes.clone(), Some(&media))
+        .map_err(|e| Error::from(e).in_member(&member))?;
+    let Some(tag) = tag else {
+        let value: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        let Some(subject) = value.pointer("/subject/digest").and_then(|d| d.as_str()) else {
+            // An unnamed image: not a referrer.
+            return Ok(false);
+        };
+        let subject = Digest::parse(subject)?;
+        load_referrer_manifest(source, pending, entry, parsed, bytes, subject, None)?;
+        return Ok(true);
+    };
+    let (base, suffix) = tag
+        .split_once('.')
+        .map_or((tag.as_str(), None), |(b, s)| (b, Some(s)));
+    let subject = Digest::parse(&base.replacen('-', ":", 1))?;
+    match (suffix, parsed.manifest()) {
+        (None, Manifest::Index(index)) => {
+            // The fallback index: what it lists refers to `subject`.
+            for listed in index.manifests() {
+                let listed_digest = Digest::try_from(listed.digest())?;
+                let listed_bytes =
+                    read_blob(source, &listed_digest, listed.size(), MANIFEST_LIMIT)?;
+                let listed_parsed = parse_manifest(listed_bytes.clone(), None)
+                    .map_err(|e| Error::from(e).in_member(&blob_member(&listed_digest)))?;
+                load_referrer_manifest(
+                    source,
+                    pending,
+                    listed,
+                    listed_parsed,
+                    listed_bytes,
+                    subject.clone(),
+                    None,
+                )?;
+            }
+        }
+        _ => load_referrer_manifest(source, pending, entry, parsed, bytes, subject, Some(tag))?,
+    }
+    Ok(true)
+}
+
+/// Keeps the referrer `parsed` (`bytes`, as `descriptor` lists it) of
+/// `subject` for the commit, with every blob it needs (streamed from the
+/// layout into the store's ingest).
+fn load_referrer_manifest(
+    source: &dyn Source,
+    pending: &mut Pending<'_>,
+    descriptor: &Descriptor,
+    parsed: haul_oci::ParsedManifest,
+    bytes: Vec<u8>,
+    subject: Digest,
+    tag: Option<String>,
+) -> Result<()> {
+    let digest = parsed.digest().clone();
+    let mut manifests = vec![parsed.clone()];
+    if let Manifest::Index(index) = parsed.manifest() {
+        for child in index.manifests() {
+            let child_digest = Digest::try_from(child.digest())?;
+            let child_bytes = read_blob(source, &child_digest, child.size(), MANIFEST_LIMIT)?;
+            let child_parsed = parse_manifest(child_bytes.clone(), None)
+                .map_err(|e| Error::from(e).in_member(&blob_member(&child_digest)))?;
+            pending.add_document(&child_digest, child_bytes);
+            manifests.push(child_parsed);
+        }
+    }
+    let mut blobs = Vec::new();
+    for manifest in &manifests {
+        for (blob, size) in crate::referrers::manifest_blobs(manifest)? {
+            let blob_name = blob_member(&blob);
+            if !source.contains(&blob_name) {
+                return Err(Error::UnsupportedArchive(format!(
+                    "referrer {digest} of {subject}: its blob {blob} is not in the layout"
+                )));
+            }
+            let opened = source.open(&blob_name)?;
+            pending.add_blob(&blob_name, opened.reader, &blob, size)?;
+            if !blobs.contains(&blob) {
+                blobs.push(blob);
+            }
+        }
+    }
+    pending.add_document(&digest, bytes);
+    let declared = descriptor.artifact_type().as_ref().map(|t| t.to_string());
+    let mut record = crate::pull::referrers::record_of(&parsed, declared, blobs, tag);
+    record.manifests = manifests[1..].iter().map(|m| m.digest().clone()).collect();
+    pending.add_referrer(subject, record);
     Ok(())
 }
 

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use haul_oci::{Digest, Manifest, ParsedManifest, Platform, Reference};
 use haul_registry::{RegistryClient, Repository};
 use haul_store::Store;
-use haul_xfer::{Message, ProgressOutput, RetryPolicy, UploadManager};
+use haul_xfer::{Message, Moved, ProgressOutput, RetryPolicy, UploadManager};
 use tokio_util::sync::CancellationToken;
 
 use crate::copy::blob::{CopyBlob, Placed, Placements, Tally};
@@ -28,6 +28,7 @@ use crate::error::{Error, Result};
 use crate::pull::resolve::{fetch_manifest, manifest_reference};
 use crate::push::upload::Chunking;
 use crate::push::PushSettings;
+use crate::referrers::DIGEST_TAG_SUFFIXES;
 
 pub use crate::copy::blob::CopyStats;
 
@@ -83,11 +84,6 @@ pub struct SurveyedBlob {
     /// Whether the target repository has it already.
     pub present: bool,
 }
-
-/// Deepest chain of referrers of referrers followed.
-const REFERRER_DEPTH: usize = 8;
-/// Suffixes of cosign's digest tags.
-const DIGEST_TAG_SUFFIXES: [&str; 3] = ["sig", "att", "sbom"];
 
 /// A value made once per run, which later askers wait for.
 type Once<T> = Arc<tokio::sync::OnceCell<T>>;
@@ -224,13 +220,11 @@ impl Copier {
         );
         let mut subjects: Vec<Digest> = vec![tree.top.digest().clone()];
         subjects.extend(tree.children.iter().map(|c| c.digest().clone()));
-        let mut referrers = Vec::new();
-        if options.referrers {
-            for subject in &subjects {
-                self.copy_referrers(&job, subject, options, 0, &mut referrers)
-                    .await?;
-            }
-        }
+        let referrers = if options.referrers {
+            self.copy_referrers(&job, &subjects, options).await?
+        } else {
+            Vec::new()
+        };
         let mut digest_tags = Vec::new();
         if options.digest_tags {
             for subject in &subjects {
@@ -276,20 +270,17 @@ impl Copier {
         }
         let mut referrers = Vec::new();
         if options.referrers {
-            let mut queue: Vec<(Digest, usize)> = std::iter::once(tree.top.digest().clone())
+            let subjects: Vec<Digest> = std::iter::once(tree.top.digest().clone())
                 .chain(tree.children.iter().map(|c| c.digest().clone()))
-                .map(|d| (d, 0))
                 .collect();
-            while let Some((subject, depth)) = queue.pop() {
-                if depth >= REFERRER_DEPTH {
-                    continue;
-                }
-                for found in self.wanted_referrers(&from, &subject, options).await? {
-                    if !referrers.contains(&found) {
-                        referrers.push(found.clone());
-                        queue.push((found, depth + 1));
-                    }
-                }
+            let source = CopySource {
+                copier: self,
+                repo: &from,
+            };
+            for found in
+                crate::referrers::walk(&source, &subjects, &options.referrers_filter).await?
+            {
+                referrers.push(found.digest);
             }
         }
         Ok(CopySurvey {
@@ -421,64 +412,35 @@ impl Copier {
         Ok(())
     }
 
-    /// Copies, depth first, the referrers of `subject` (and theirs) that
-    /// `options` wants, by digest; pushing each onto the target lists it
-    /// there (the registry's referrers API, else the fallback tag).
+    /// Copies the referrers of `subjects` (and theirs) that `options`
+    /// wants, by digest, a referrer before its own; pushing each onto the
+    /// target lists it there (the registry's referrers API, else the
+    /// fallback tag).
     async fn copy_referrers(
         &self,
         job: &Job<'_>,
-        subject: &Digest,
-        options: &CopyOptions,
-        depth: usize,
-        copied: &mut Vec<Digest>,
-    ) -> Result<()> {
-        if depth >= REFERRER_DEPTH {
-            return Ok(());
-        }
-        for digest in self.wanted_referrers(job.from, subject, options).await? {
-            if copied.contains(&digest) {
-                continue;
-            }
-            self.copy_by_digest(job, &digest, None).await?;
-            job.output.message(
-                "",
-                Message::CopiedReferrer {
-                    digest: digest.to_string(),
-                    subject: subject.to_string(),
-                },
-            );
-            copied.push(digest.clone());
-            Box::pin(self.copy_referrers(job, &digest, options, depth + 1, copied)).await?;
-        }
-        Ok(())
-    }
-
-    /// The referrers of `subject` in `repo` that `options` asks for.
-    async fn wanted_referrers(
-        &self,
-        repo: &Repository,
-        subject: &Digest,
+        subjects: &[Digest],
         options: &CopyOptions,
     ) -> Result<Vec<Digest>> {
-        let mut wanted = Vec::new();
-        for descriptor in repo.referrers(subject, None).await? {
-            let digest = Digest::try_from(descriptor.digest())?;
-            if options.referrers_filter.is_empty() {
-                wanted.push(digest);
-                continue;
-            }
-            let matches = match declared_match(&descriptor, &options.referrers_filter) {
-                Some(matches) => matches,
-                None => {
-                    let manifest = self.manifest(repo, digest.as_str()).await?;
-                    read_match(&manifest, &options.referrers_filter)
-                }
-            };
-            if matches {
-                wanted.push(digest);
-            }
+        let source = CopySource {
+            copier: self,
+            repo: job.from,
+        };
+        let found = crate::referrers::walk(&source, subjects, &options.referrers_filter).await?;
+        let mut copied = Vec::new();
+        for referrer in found {
+            self.copy_by_digest(job, &referrer.digest, None).await?;
+            job.output.message(
+                "",
+                Message::Referrer {
+                    moved: Moved::Copied,
+                    digest: referrer.digest.to_string(),
+                    subject: referrer.subject.to_string(),
+                },
+            );
+            copied.push(referrer.digest);
         }
-        Ok(wanted)
+        Ok(copied)
     }
 
     /// Copies the manifest `digest` (an image manifest or an index with
@@ -572,8 +534,13 @@ impl Copier {
             let info = job.from.head_manifest(&tag).await?;
             let Some(info) = info else { continue };
             self.copy_by_digest(job, &info.digest, Some(&tag)).await?;
-            job.output
-                .message("", Message::CopiedTag { tag: tag.clone() });
+            job.output.message(
+                "",
+                Message::AttachedTag {
+                    moved: Moved::Copied,
+                    tag: tag.clone(),
+                },
+            );
             copied.push(tag);
         }
         Ok(())
@@ -643,57 +610,31 @@ pub async fn filter_referrers(
     referrers: Vec<haul_oci::Descriptor>,
     types: &[String],
 ) -> Result<Vec<haul_oci::Descriptor>> {
+    let source = crate::referrers::RegistryReferrers::new(repo.clone());
     let mut kept = Vec::new();
     for descriptor in referrers {
-        let matches = match declared_match(&descriptor, types) {
-            Some(matches) => matches,
-            None => read_match(
-                &fetch_manifest(repo, descriptor.digest().as_ref()).await?,
-                types,
-            ),
-        };
-        if matches {
+        let digest = Digest::try_from(descriptor.digest())?;
+        if crate::referrers::selected(&source, &descriptor, &digest, types).await? {
             kept.push(descriptor);
         }
     }
     Ok(kept)
 }
 
-/// Whether a referrer's declared artifact type is one of `types`; `None`
-/// when it declares none or the empty-JSON type (cosign writes that), so
-/// that the manifest itself must say what it is.
-fn declared_match(descriptor: &haul_oci::Descriptor, types: &[String]) -> Option<bool> {
-    let declared = descriptor.artifact_type().as_ref()?.to_string();
-    (declared != haul_oci::media_type::OCI_EMPTY).then(|| types.contains(&declared))
+/// A copy's source repository, read through the copier's manifest cache.
+struct CopySource<'a> {
+    copier: &'a Copier,
+    repo: &'a Repository,
 }
 
-/// Whether what `manifest` says it is (see [`artifact_types`]) is one of `types`.
-fn read_match(manifest: &ParsedManifest, types: &[String]) -> bool {
-    artifact_types(manifest).iter().any(|t| types.contains(t))
-}
+impl crate::referrers::ReferrerSource for CopySource<'_> {
+    async fn list(&self, subject: &Digest) -> Result<Vec<haul_oci::Descriptor>> {
+        Ok(self.repo.referrers(subject, None).await?)
+    }
 
-/// What a manifest says it is: its `artifactType`, its config's media
-/// type and its layers' media types.
-fn artifact_types(manifest: &ParsedManifest) -> Vec<String> {
-    let value: serde_json::Value = serde_json::from_slice(manifest.bytes()).unwrap_or_default();
-    let mut types = Vec::new();
-    if let Some(t) = value.get("artifactType").and_then(|v| v.as_str()) {
-        types.push(t.to_string());
+    async fn manifest(&self, digest: &Digest) -> Result<ParsedManifest> {
+        self.copier.manifest(self.repo, digest.as_str()).await
     }
-    if let Some(t) = value.pointer("/config/mediaType").and_then(|v| v.as_str()) {
-        types.push(t.to_string());
-    }
-    for layer in value
-        .get("layers")
-        .and_then(|v| v.as_array())
-        .into_iter()
-        .flatten()
-    {
-        if let Some(t) = layer.get("mediaType").and_then(|v| v.as_str()) {
-            types.push(t.to_string());
-        }
-    }
-    types
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -10,6 +10,7 @@
 pub(crate) mod layer;
 pub(crate) mod layer_fetch;
 pub(crate) mod own_blobs;
+pub(crate) mod referrers;
 pub(crate) mod resolve;
 pub(crate) mod schema1;
 pub(crate) mod store_layers;
@@ -81,6 +82,9 @@ pub struct PullOptions {
     pub platform: Option<Platform>,
     /// Take every platform of an index.
     pub all_platforms: bool,
+    /// Referrers (signatures, SBOMs) of the pulled manifests to bring
+    /// into the store too.
+    pub referrers: crate::ReferrerOptions,
 }
 
 /// What a pull did.
@@ -96,6 +100,10 @@ pub struct PullReport {
     pub up_to_date: bool,
     /// Layer bytes that crossed the network.
     pub transferred: u64,
+    /// The referrers stored with the image (every level).
+    pub referrers: Vec<Digest>,
+    /// The cosign digest tags stored with it.
+    pub digest_tags: Vec<String>,
     /// What the caller should tell the user, e.g. that an image names no
     /// platform, so `--platform` could not be checked.
     pub warnings: Vec<String>,
@@ -158,6 +166,13 @@ impl Puller {
         )
         .await?
         {
+            if !options.referrers.is_empty() {
+                return Err(Error::Unsupported {
+                    reference: reference.familiar(),
+                    message: "the registry speaks the v1 protocol, which has no referrers"
+                        .into(),
+                });
+            }
             return self.v1.pull(reference, output, cancel).await;
         }
         self.pull_v2(reference, options, output, cancel).await
@@ -286,7 +301,7 @@ impl Puller {
             manifest: tagged.manifest_digest.clone(),
             index: index_digest,
         };
-        let up_to_date = previous.is_some_and(|p| p.target() == target)
+        let mut up_to_date = previous.is_some_and(|p| p.target() == target)
             && transferred.load(Ordering::Relaxed) == 0;
         {
             let store = self.store.clone();
@@ -301,6 +316,36 @@ impl Puller {
             })
             .await?;
         }
+        let options_referrers = &options.referrers;
+        let pulled_referrers = if !options_referrers.is_empty() {
+            // Signatures are often of the index a tag names, not of the
+            // platform's manifest: both are subjects.
+            let mut subjects: Vec<Digest> = resolved
+                .index()
+                .map(|i| i.digest().clone())
+                .into_iter()
+                .collect();
+            subjects.extend(
+                images
+                    .iter()
+                    .filter(|i| !i.manifest_made_locally)
+                    .map(|i| i.manifest_digest.clone()),
+            );
+            let pulled = crate::pull::referrers::ReferrerPull {
+                repo: &repo,
+                store: &self.store,
+                attempts: self.max_download_attempts,
+                output: &output,
+                cancel: &cancel,
+            }
+            .run(&subjects, options_referrers)
+            .await?;
+            up_to_date = up_to_date && pulled.transferred == 0;
+            transferred.fetch_add(pulled.transferred, Ordering::Relaxed);
+            pulled
+        } else {
+            Default::default()
+        };
         output.message(
             "",
             Message::Digest {
@@ -321,6 +366,8 @@ impl Puller {
             up_to_date,
             transferred: transferred.load(Ordering::Relaxed),
             warnings,
+            referrers: pulled_referrers.digests,
+            digest_tags: pulled_referrers.digest_tags,
         })
     }
 

@@ -179,6 +179,8 @@ impl V1Puller {
             up_to_date,
             transferred: transferred.load(Ordering::Relaxed),
             warnings: Vec::new(),
+            referrers: Vec::new(),
+            digest_tags: Vec::new(),
         })
     }
 

@@ -10,6 +10,7 @@
 
 pub(crate) mod blob;
 pub(crate) mod compress;
+pub(crate) mod referrers;
 pub(crate) mod upload;
 pub(crate) mod v1;
 
@@ -36,6 +37,7 @@ use crate::push::blob::{BlobOrigin, BlobTarget};
 use crate::push::compress::{compressed_image, compresses, PushCompression};
 use crate::push::upload::Chunking;
 use crate::push::v1::{V1PushReport, V1Pusher};
+use crate::referrers::ReferrerOptions;
 use crate::task::blocking;
 
 /// How a [`Pusher`] transfers layers.
@@ -94,6 +96,10 @@ pub struct PushReport {
     pub digest: Digest,
     /// Its size in bytes.
     pub size: u64,
+    /// The referrers pushed after it (every level).
+    pub referrers: Vec<Digest>,
+    /// The cosign digest tags pushed after it.
+    pub digest_tags: Vec<String>,
 }
 
 /// Pushes local images. One `Pusher` shares its transfers between pushes.
@@ -127,10 +133,24 @@ impl Pusher {
 
     /// Pushes the local image `reference` names to that reference, in the
     /// protocol of [`PushSettings::protocol`].
-    #[tracing::instrument(name = "push", skip_all, fields(image = %reference))]
     pub async fn push(
         &self,
         reference: &Reference,
+        output: Arc<dyn ProgressOutput>,
+        cancel: CancellationToken,
+    ) -> Result<Pushed> {
+        self.push_with(reference, &ReferrerOptions::default(), output, cancel)
+            .await
+    }
+
+    /// Pushes the local image `reference` names to that reference, and
+    /// after it the stored referrers of every manifest pushed that
+    /// `referrers` asks for (v2 only: v1 registries know no referrers).
+    #[tracing::instrument(name = "push", skip_all, fields(image = %reference))]
+    pub async fn push_with(
+        &self,
+        reference: &Reference,
+        referrers: &ReferrerOptions,
         output: Arc<dyn ProgressOutput>,
         cancel: CancellationToken,
     ) -> Result<Pushed> {
@@ -142,16 +162,23 @@ impl Pusher {
         )
         .await?
         {
+            if !referrers.is_empty() {
+                return Err(Error::Unsupported {
+                    reference: reference.familiar(),
+                    message: "the registry speaks the v1 protocol, which has no referrers".into(),
+                });
+            }
             return Ok(Pushed::V1(self.v1.push(reference, output, cancel).await?));
         }
         Ok(Pushed::Manifest(
-            self.push_v2(reference, output, cancel).await?,
+            self.push_v2(reference, referrers, output, cancel).await?,
         ))
     }
 
     async fn push_v2(
         &self,
         reference: &Reference,
+        referrers: &ReferrerOptions,
         output: Arc<dyn ProgressOutput>,
         cancel: CancellationToken,
     ) -> Result<PushReport> {
@@ -204,6 +231,13 @@ impl Pusher {
             self.push_config(&repo, image).await?;
         }
         let tag = reference.tag().map(str::to_string);
+        let mut pushed: Vec<Digest> = match &images {
+            Some((index, all)) => std::iter::once(index.0.clone())
+                .chain(all.iter().map(|i| i.manifest_digest.clone()))
+                .collect(),
+            None => vec![image.manifest_digest.clone()],
+        };
+        pushed.dedup();
         let (digest, size) = match &images {
             Some((index, all)) => {
                 for image in all {
@@ -252,7 +286,25 @@ impl Pusher {
                 size,
             },
         );
-        Ok(PushReport { digest, size })
+        let done = if !referrers.is_empty() {
+            crate::push::referrers::ReferrerPush {
+                repo: &repo,
+                store: &self.store,
+                chunking: self.chunking,
+                output: &output,
+                cancel: &cancel,
+            }
+            .run(&pushed, referrers)
+            .await?
+        } else {
+            Default::default()
+        };
+        Ok(PushReport {
+            digest,
+            size,
+            referrers: done.digests,
+            digest_tags: done.digest_tags,
+        })
     }
 
     /// For a reference to an index pulled with every platform: the index

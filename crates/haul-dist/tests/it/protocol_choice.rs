@@ -132,21 +132,35 @@ async fn auto_speaks_v1_to_a_v1_only_registry_for_push_and_pull() {
         .await;
     assert!(v2_only.is_err(), "a v1-only registry has no v2 API");
     let said = Arc::new(Messages::default());
-    let report = Puller::new(client(), fresh_store.clone(), &pull_settings(Protocol::Auto))
-        .pull(
-            &on_v1,
-            &PullOptions::default(),
-            Arc::clone(&said) as _,
-            CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+    let report = Puller::new(
+        client(),
+        fresh_store.clone(),
+        &pull_settings(Protocol::Auto),
+    )
+    .pull(
+        &on_v1,
+        &PullOptions::default(),
+        Arc::clone(&said) as _,
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
     assert!(said.said_v1_for(on_v1.registry()));
     let stored = fresh_store.resolve(&on_v1).unwrap().expect("pulled");
     let original = store.resolve(&from_v2).unwrap().expect("pulled");
     assert_eq!(
-        stored.image.layers.iter().map(|l| &l.diff_id).collect::<Vec<_>>(),
-        original.image.layers.iter().map(|l| &l.diff_id).collect::<Vec<_>>(),
+        stored
+            .image
+            .layers
+            .iter()
+            .map(|l| &l.diff_id)
+            .collect::<Vec<_>>(),
+        original
+            .image
+            .layers
+            .iter()
+            .map(|l| &l.diff_id)
+            .collect::<Vec<_>>(),
         "the same layers came back through v1 ({report:?}, {pulled:?})"
     );
 }
