@@ -45,7 +45,8 @@
 //!   layers/
 //!     sha256/CHAINHEX/
 //!       diff/                   the layer's uncompressed diff, unpacked
-//!       layer.json              diffID, chainID, parent, size, created
+//!       layer.json              diffID, chainID, parent, size, created, entries, seal
+//!       diff.seal               every directory of diff/ with its inode and ctime
 //!     tmp-XXXXXX/               a registration in progress
 //!   images/sha256/HEX.json      image records, one per image manifest (by its digest)
 //!   refs.json                   references -> exact manifest (and index) digests
@@ -126,6 +127,7 @@ mod lock;
 mod migrate;
 mod partial;
 mod refs;
+mod seal;
 pub mod unpack;
 mod uploads;
 mod v1meta;
@@ -145,6 +147,7 @@ pub use layers::{chain_id, LayerInfo, StagedLayer};
 pub use layout::{ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME};
 pub use lock::Lease;
 pub use refs::{IdMatch, RefTarget, RemovedImage, ResolvedImage};
+pub use seal::DiffSeal;
 pub use unpack::{ExpansionLimit, UnpackOptions, UnpackReport};
 pub use uploads::UploadRecord;
 pub use v1meta::V1Layer;
