@@ -143,9 +143,10 @@ pub(crate) fn seal_holds(diff: &Path, seal_path: &Path, seal: &DiffSeal) -> bool
             return false;
         };
         let holds = FileType::from_raw_mode(stat.st_mode) == FileType::Directory
-            && stat.st_ino as u64 == ino
-            && stat.st_ctime as i64 == ctime
-            && stat.st_ctime_nsec as i64 == ctime_nsec;
+            // (The field types differ between architectures.)
+            && i128::from(stat.st_ino) == i128::from(ino)
+            && i128::from(stat.st_ctime) == i128::from(ctime)
+            && i128::from(stat.st_ctime_nsec) == i128::from(ctime_nsec);
         if !holds {
             return false;
         }
