@@ -10,7 +10,9 @@
 //!
 //! `layer.json` is the layer's completion record: written last, and checked
 //! on every read ([`Store::get_layer`]) against the diff it describes (its
-//! entry count). A layer is removed by one rename into `ROOT/trash/` before
+//! entry count; cheaply, through the diff's seal, see [`crate::seal`],
+//! which tells in one `lstat` per directory that no entry came or went
+//! since the layer was staged). A layer is removed by one rename into `ROOT/trash/` before
 //! anything of it is deleted, so a removal killed midway never leaves a
 //! half-deleted layer where readers look; one damaged otherwise is taken
 //! for absent and replaced by the next registration.
@@ -31,6 +33,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{
     count_entries, crash_point, now_unix, read_json, remove_tree, remove_via_trash, syncfs,
 };
+use crate::seal::{seal_holds, seal_tree, DiffSeal, Sealed, SEAL_FILE};
 use crate::unpack::{unpack, UnpackOptions};
 use crate::Store;
 
@@ -58,6 +61,11 @@ pub struct LayerInfo {
     /// Absent in records written before haul counted them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entries: Option<u64>,
+    /// The seal of `diff/` taken when the layer was staged: when it still
+    /// holds, the entry count is known to be unchanged without counting.
+    /// Absent in records written before haul sealed diffs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal: Option<DiffSeal>,
 }
 
 /// A layer unpacked into a staging directory, waiting for its parent
@@ -68,6 +76,8 @@ pub struct StagedLayer {
     diff_id: Digest,
     size: u64,
     skipped_entries: u64,
+    /// Its entry count and seal, taken once unpacked.
+    sealed: Option<Sealed>,
     _lease: crate::Lease,
 }
 
@@ -106,8 +116,23 @@ pub fn chain_id(parent: Option<&Digest>, diff_id: &Digest) -> Digest {
 
 impl Store {
     /// The layer registered under `chain_id`, if any: its `layer.json`,
-    /// provided its diff is there with the entry count recorded.
+    /// provided its diff is there with the entry count recorded. The count
+    /// is taken on trust while the diff's seal holds (no directory of the
+    /// tree changed since it was staged: one `lstat` per directory), and
+    /// counted again otherwise (a walk of every entry), so a layer is
+    /// taken for whole exactly when its entry count is the recorded one.
     pub fn get_layer(&self, chain_id: &Digest) -> Result<Option<LayerInfo>> {
+        self.read_layer(chain_id, true)
+    }
+
+    /// [`Store::get_layer`] without the shortcut of the seal: the layer's
+    /// entries are counted whatever its seal says. For a check of the
+    /// whole store; a pull uses [`Store::get_layer`].
+    pub fn verify_layer(&self, chain_id: &Digest) -> Result<Option<LayerInfo>> {
+        self.read_layer(chain_id, false)
+    }
+
+    fn read_layer(&self, chain_id: &Digest, trust_seal: bool) -> Result<Option<LayerInfo>> {
         let dir = self.layer_dir(chain_id);
         // A layer.json that does not parse is a damaged layer (registered
         // without a sync, then a crash): absent, and replaced on the next
@@ -118,7 +143,13 @@ impl Store {
             Err(e) => return Err(e),
         };
         let diff = dir.join("diff");
+        let sealed = trust_seal
+            && info
+                .seal
+                .as_ref()
+                .is_some_and(|seal| seal_holds(&diff, &dir.join(SEAL_FILE), seal));
         let whole = match info.entries {
+            Some(_) if sealed => true,
             Some(expected) => count_entries(&diff) == Some(expected),
             None => diff.is_dir(),
         };
@@ -240,6 +271,7 @@ impl Store {
             diff_id: Digest::sha256_of(b""),
             size: 0,
             skipped_entries: 0,
+            sealed: None,
             _lease: lease,
         };
         let mut staged = staged;
@@ -256,6 +288,10 @@ impl Store {
                 });
             }
         }
+        // Counted and sealed here, on the unpacking thread, not when
+        // registered (registrations run one after the other).
+        let seal_path = dir.join(SEAL_FILE);
+        staged.sealed = Some(seal_tree(&diff, &seal_path).at(&seal_path)?);
         // The layer's files reach the disk here, on the unpacking thread
         // (one syncfs, no per-file fsync), so that registering it later
         // writes only its layer.json.
@@ -286,10 +322,9 @@ impl Store {
             .dir
             .clone()
             .expect("a staged layer has its directory until committed");
-        let diff = tmp.join("diff");
-        let entries = count_entries(&diff).ok_or_else(|| Error::Io {
-            path: diff.clone(),
-            source: io::Error::other("cannot list the unpacked diff"),
+        let sealed = staged.sealed.clone().ok_or_else(|| Error::Io {
+            path: tmp.join("diff"),
+            source: io::Error::other("the staged diff was not sealed"),
         })?;
         let info = LayerInfo {
             chain_id: chain_id(parent, &staged.diff_id),
@@ -298,7 +333,8 @@ impl Store {
             size: staged.size,
             created: now_unix(),
             skipped_entries: staged.skipped_entries,
-            entries: Some(entries),
+            entries: Some(sealed.entries),
+            seal: Some(sealed.seal),
         };
         if let Some(existing) = self.get_layer(&info.chain_id)? {
             return Ok(existing);

@@ -49,7 +49,8 @@
 //!   layers/
 //!     sha256/CHAINHEX/
 //!       diff/                   the layer's uncompressed diff, unpacked
-//!       layer.json              diffID, chainID, parent, size, created
+//!       layer.json              diffID, chainID, parent, size, created, entries, seal
+//!       diff.seal               every directory of diff/ with its inode and ctime
 //!     tmp-XXXXXX/               a registration in progress
 //!   images/sha256/HEX.json      image records, one per image manifest (by its digest)
 //!   refs.json                   references -> exact manifest (and index) digests
@@ -132,6 +133,7 @@ mod migrate;
 mod partial;
 mod referrers;
 mod refs;
+mod seal;
 pub mod unpack;
 mod uploads;
 mod v1meta;
@@ -152,6 +154,7 @@ pub use layout::{ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME};
 pub use lock::Lease;
 pub use referrers::StoredReferrer;
 pub use refs::{IdMatch, RefTarget, RemovedImage, ResolvedImage};
+pub use seal::DiffSeal;
 pub use unpack::{ExpansionLimit, UnpackOptions, UnpackReport};
 pub use uploads::UploadRecord;
 pub use v1meta::V1Layer;

@@ -650,6 +650,114 @@ fn a_layer_whose_layer_json_was_cut_by_a_crash_is_absent_and_replaced() {
     }
 }
 
+/// A layer whose diff changed after its registration, deep in the tree,
+/// is absent (its seal no longer holds and the count differs), and
+/// registering it again replaces it.
+#[test]
+fn a_layer_whose_diff_changed_after_registration_is_absent_and_replaced() {
+    let (_dir, store) = new_store();
+    let tar = tar_of(vec![
+        Entry::dir("a", 0o755),
+        Entry::dir("a/b", 0o755),
+        Entry::dir("a/b/c", 0o755),
+        Entry::file("a/b/c/deep", 0o644, "deep"),
+        Entry::file("top", 0o644, "top"),
+    ]);
+    let diff_id = Digest::sha256_of(&tar);
+    let info = store
+        .register_layer(&tar[..], None, Some(&diff_id))
+        .unwrap();
+    assert_eq!(info.entries, Some(5));
+    let seal = info.seal.clone().expect("a new layer is sealed");
+    assert_eq!(seal.directories, 4, "diff/, a, a/b, a/b/c");
+    let diff = store.layer_diff_dir(&diff_id);
+    type Damage = fn(&Path);
+    let damages: [(&str, Damage); 3] = [
+        ("a file removed deep in the tree", |d| {
+            std::fs::remove_file(d.join("a/b/c/deep")).unwrap()
+        }),
+        ("a file added deep in the tree", |d| {
+            std::fs::write(d.join("a/b/extra"), "x").unwrap()
+        }),
+        ("a directory removed with its content", |d| {
+            std::fs::remove_dir_all(d.join("a/b")).unwrap()
+        }),
+    ];
+    for (what, damage) in damages {
+        assert!(
+            store.get_layer(&diff_id).unwrap().is_some(),
+            "{what}: before"
+        );
+        damage(&diff);
+        assert_eq!(
+            store.get_layer(&diff_id).unwrap(),
+            None,
+            "{what}: get_layer"
+        );
+        assert_eq!(
+            store.verify_layer(&diff_id).unwrap(),
+            None,
+            "{what}: verify_layer"
+        );
+        let again = store
+            .register_layer(&tar[..], None, Some(&diff_id))
+            .unwrap();
+        assert_eq!(again.chain_id, info.chain_id, "{what}");
+        assert_eq!(
+            std::fs::read(diff.join("a/b/c/deep")).unwrap(),
+            b"deep",
+            "{what}"
+        );
+        assert!(
+            leftovers(&store).is_empty(),
+            "{what}: {:?}",
+            leftovers(&store)
+        );
+    }
+}
+
+/// The seal is a shortcut, not the verdict: a diff that is whole but whose
+/// seal no longer holds (its seal file lost, or its directories given new
+/// ctimes, as a copy of the store does) is still found by counting its
+/// entries, and one that lost an entry is not.
+#[test]
+fn a_whole_diff_whose_seal_does_not_hold_is_counted_instead() {
+    let (_dir, store) = new_store();
+    let tar = tar_of(vec![
+        Entry::dir("d", 0o755),
+        Entry::file("d/f", 0o644, "f"),
+        Entry::file("g", 0o644, "g"),
+    ]);
+    let diff_id = Digest::sha256_of(&tar);
+    let info = store
+        .register_layer(&tar[..], None, Some(&diff_id))
+        .unwrap();
+    let layer_dir = store.root().join("layers/sha256").join(diff_id.hex());
+    let diff = layer_dir.join("diff");
+
+    // A new ctime on a directory, nothing added or removed.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(diff.join("d")).unwrap().permissions();
+    std::fs::set_permissions(diff.join("d"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::set_permissions(diff.join("d"), mode).unwrap();
+    assert_eq!(
+        store.get_layer(&diff_id).unwrap(),
+        Some(info.clone()),
+        "ctime changed"
+    );
+    assert_eq!(store.verify_layer(&diff_id).unwrap(), Some(info.clone()));
+
+    std::fs::remove_file(layer_dir.join("diff.seal")).unwrap();
+    assert_eq!(
+        store.get_layer(&diff_id).unwrap(),
+        Some(info.clone()),
+        "seal file gone"
+    );
+
+    std::fs::remove_file(diff.join("g")).unwrap();
+    assert_eq!(store.get_layer(&diff_id).unwrap(), None, "an entry lost");
+}
+
 /// Entries are created first and what is in the way is looked at only
 /// when the creation finds something there: every kind over every kind
 /// still ends as the last entry says (a directory over a directory
