@@ -127,6 +127,11 @@ pub(crate) enum Command {
         /// registry answers /v2/, else v1).
         #[arg(long, value_enum, default_value_t = Protocol::Auto)]
         protocol: Protocol,
+        /// Threads inflating one big gzip layer (64 MiB or more compressed);
+        /// 1 = never in parallel, 0 = the cores no other layer's unpack
+        /// uses [default: the config file's, else 0]
+        #[arg(long, value_name = "N")]
+        inflate_threads: Option<usize>,
     },
     /// Upload a local image to a registry.
     Push {

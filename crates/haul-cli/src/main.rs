@@ -107,7 +107,15 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             all_platforms,
             no_unpack,
             protocol,
-        } => pull::run(cli, references, *all_platforms, *no_unpack, *protocol),
+            inflate_threads,
+        } => pull::run(
+            cli,
+            references,
+            *all_platforms,
+            *no_unpack,
+            *protocol,
+            *inflate_threads,
+        ),
         Command::Push {
             reference,
             protocol,

@@ -21,6 +21,7 @@ pub(crate) fn run(
     all_platforms: bool,
     no_unpack: bool,
     protocol: Protocol,
+    inflate_threads: Option<usize>,
 ) -> anyhow::Result<()> {
     let references = references
         .iter()
@@ -41,7 +42,8 @@ pub(crate) fn run(
     );
 
     runtime.block_on(async {
-        let pull_settings = settings::pull_settings(cli, !no_unpack);
+        let mut pull_settings = settings::pull_settings(cli, !no_unpack);
+        pull_settings.inflate_threads = settings::inflate_threads(inflate_threads);
         let v1_puller = V1Puller::new(client.clone(), store.clone(), &pull_settings);
         let puller = Puller::new(client.clone(), store, &pull_settings);
         let (output, receiver) = ChannelOutput::new();

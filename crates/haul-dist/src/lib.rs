@@ -34,6 +34,7 @@ mod blob_upload;
 mod copy;
 mod copy_blob;
 mod error;
+mod inflate_threads;
 mod layer_fetch;
 mod oci_types;
 mod own_blobs;

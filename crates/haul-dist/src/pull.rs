@@ -43,6 +43,9 @@ pub struct PullSettings {
     pub max_concurrent_unpacks: usize,
     /// How far one layer may expand when unpacked (decompression bombs).
     pub expansion: haul_store::ExpansionLimit,
+    /// Threads inflating one big gzip layer (0 = the cores no other
+    /// layer's unpack uses, the default; 1 = never in parallel).
+    pub inflate_threads: usize,
 }
 
 impl Default for PullSettings {
@@ -54,6 +57,7 @@ impl Default for PullSettings {
             unpack: true,
             max_concurrent_unpacks: std::thread::available_parallelism().map_or(1, |n| n.get()),
             expansion: haul_store::ExpansionLimit::default(),
+            inflate_threads: 0,
         }
     }
 }
@@ -455,11 +459,10 @@ pub(crate) fn layer_downloads(
     unpack: Option<UnpackOptions>,
     settings: &PullSettings,
 ) -> (SharedLayers, DownloadManager<StoreLayers>) {
-    let layers = Arc::new(StoreLayers::new(
-        store.clone(),
-        unpack,
-        settings.max_concurrent_unpacks,
-    ));
+    let layers = Arc::new(
+        StoreLayers::new(store.clone(), unpack, settings.max_concurrent_unpacks)
+            .with_inflate_threads(settings.inflate_threads),
+    );
     let retry = RetryPolicy::default()
         .with_max_attempts(settings.max_download_attempts)
         .with_tick(settings.retry_tick);

@@ -112,7 +112,7 @@ impl Read for FollowReader {
             let mut state = self.written.lock();
             loop {
                 if state.cancelled {
-                    return Err(io::Error::other("layer unpack cancelled"));
+                    return Err(cancelled());
                 }
                 if state.bytes > self.position {
                     break state.bytes - self.position;
@@ -146,6 +146,118 @@ impl Read for FollowReader {
     }
 }
 
+/// A blob's file as the download writes it, for the unpacker: read as a
+/// stream ([`FollowReader`]) or by position ([`FollowAt`]).
+pub(crate) struct FollowedBlob {
+    file: File,
+    written: Arc<Written>,
+    read: Arc<AtomicU64>,
+    size: u64,
+}
+
+impl FollowedBlob {
+    /// The blob's complete size.
+    pub(crate) fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The blob read by position (the parallel inflate), sharing the file
+    /// with [`Self::into_reader`]'s stream (positional reads do not move
+    /// its offset).
+    pub(crate) fn positional(&self) -> io::Result<Arc<FollowAt>> {
+        Ok(Arc::new(FollowAt {
+            file: self.file.try_clone()?,
+            written: Arc::clone(&self.written),
+            read: Arc::clone(&self.read),
+            size: self.size,
+        }))
+    }
+
+    /// The blob read as a stream from its first byte.
+    pub(crate) fn into_reader(self) -> FollowReader {
+        FollowReader::new(self.file, self.written, self.read)
+    }
+}
+
+/// Reads a blob's file by position no further than [`Written`] says: a
+/// read waits until every byte it asks for is written (or the blob is
+/// whole), and fails once the download failed or the unpack is cancelled.
+pub(crate) struct FollowAt {
+    file: File,
+    written: Arc<Written>,
+    read: Arc<AtomicU64>,
+    size: u64,
+}
+
+impl FollowAt {
+    /// Waits until the file holds `end` bytes (or no more will come).
+    fn wait_for(&self, end: u64) -> io::Result<()> {
+        let mut state = self.written.lock();
+        loop {
+            if state.cancelled {
+                return Err(cancelled());
+            }
+            if state.bytes >= end {
+                return Ok(());
+            }
+            match &state.end {
+                Some(Ok(())) => return Ok(()),
+                Some(Err(message)) => return Err(io::Error::other(message.clone())),
+                None => {
+                    state = self
+                        .written
+                        .changed
+                        .wait(state)
+                        .unwrap_or_else(|p| p.into_inner());
+                }
+            }
+        }
+    }
+}
+
+fn cancelled() -> io::Error {
+    io::Error::other("layer unpack cancelled")
+}
+
+impl haul_store::PositionalBlob for FollowAt {
+    fn len(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let end = offset.saturating_add(buf.len() as u64).min(self.size);
+        if offset >= end {
+            return Ok(0);
+        }
+        self.wait_for(end)?;
+        let want = usize::try_from(end - offset).unwrap_or(usize::MAX);
+        let n = std::os::unix::fs::FileExt::read_at(&self.file, &mut buf[..want], offset)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the blob's file is shorter than what was written to it",
+            ));
+        }
+        self.read.fetch_max(offset + n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+
+    fn stopped(&self) -> Option<io::Error> {
+        let state = self.written.lock();
+        if state.cancelled {
+            return Some(cancelled());
+        }
+        match &state.end {
+            Some(Err(message)) => Some(io::Error::other(message.clone())),
+            _ => None,
+        }
+    }
+
+    fn abandon(&self) {
+        self.written.cancel();
+    }
+}
+
 /// A layer being unpacked from its blob, handed from the download to the
 /// registration; dropping it unregistered stops the unpack (its staging
 /// directory is then removed).
@@ -159,16 +271,21 @@ pub struct Unpacking {
 
 impl Unpacking {
     /// Starts unpacking once an unpack slot is free; `unpack` does the
-    /// work on a blocking thread with a reader of the blob.
+    /// work on a blocking thread with the blob's file as it grows.
     pub(crate) fn start(
         slots: &UnpackSlots,
         file: File,
         written: Arc<Written>,
         size: u64,
-        unpack: impl FnOnce(FollowReader) -> Result<StagedLayer> + Send + 'static,
+        unpack: impl FnOnce(FollowedBlob) -> Result<StagedLayer> + Send + 'static,
     ) -> Self {
         let read = Arc::new(AtomicU64::new(0));
-        let reader = FollowReader::new(file, Arc::clone(&written), Arc::clone(&read));
+        let reader = FollowedBlob {
+            file,
+            written: Arc::clone(&written),
+            read: Arc::clone(&read),
+            size,
+        };
         let slots = Arc::clone(slots);
         let task = tokio::spawn(async move {
             let _slot = slots
