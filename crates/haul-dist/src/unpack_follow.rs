@@ -374,6 +374,69 @@ mod tests {
     }
 
     #[test]
+    fn positional_reads_wait_for_their_bytes_and_fail_on_cancel() {
+        use haul_store::PositionalBlob;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blob.partial");
+        let mut file = File::create(&path).unwrap();
+        let written = Written::growing(0);
+        let read = Arc::new(AtomicU64::new(0));
+        let followed = FollowedBlob {
+            file: File::open(&path).unwrap(),
+            written: Arc::clone(&written),
+            read: Arc::clone(&read),
+            size: 20_000,
+        };
+        let at = followed.positional().unwrap();
+        assert_eq!(at.len(), 20_000);
+        let reader = {
+            let at = Arc::clone(&at);
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 5_000];
+                let n = at.read_at(12_000, &mut buf).unwrap();
+                (n, buf)
+            })
+        };
+        for i in 0..20u8 {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            file.write_all(&[i; 1000]).unwrap();
+            written.advance(1000);
+        }
+        let (n, buf) = reader.join().unwrap();
+        assert_eq!(n, 5_000, "the read waited for all of its bytes");
+        assert!(buf[..1000].iter().all(|b| *b == 12) && buf[4999] == 16);
+        assert_eq!(read.load(Ordering::Relaxed), 17_000);
+        let mut tail = [0u8; 100];
+        assert_eq!(at.read_at(19_950, &mut tail).unwrap(), 50, "not past the end");
+        assert_eq!(at.read_at(20_000, &mut tail).unwrap(), 0);
+        assert!(at.stopped().is_none());
+        // The stream reader still starts at the first byte.
+        let mut stream = followed.into_reader();
+        let mut first = [9u8; 3];
+        stream.read_exact(&mut first).unwrap();
+        assert_eq!(first, [0, 0, 0]);
+
+        let growing = Written::growing(0);
+        let at = FollowedBlob {
+            file: File::open(&path).unwrap(),
+            written: Arc::clone(&growing),
+            read,
+            size: 20_000,
+        }
+        .positional()
+        .unwrap();
+        let waiting = {
+            let at = Arc::clone(&at);
+            std::thread::spawn(move || at.read_at(0, &mut [0u8; 10]))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        at.abandon();
+        let err = waiting.join().unwrap().unwrap_err();
+        assert_eq!(err.to_string(), "layer unpack cancelled");
+        assert_eq!(at.stopped().unwrap().to_string(), "layer unpack cancelled");
+    }
+
+    #[test]
     fn a_failed_download_or_a_cancel_fails_the_waiting_reader() {
         let dir = tempfile::tempdir().unwrap();
         let (mut file, mut reader, written, _) = follower(&dir);
