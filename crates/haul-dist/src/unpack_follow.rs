@@ -407,7 +407,11 @@ mod tests {
         assert!(buf[..1000].iter().all(|b| *b == 12) && buf[4999] == 16);
         assert_eq!(read.load(Ordering::Relaxed), 17_000);
         let mut tail = [0u8; 100];
-        assert_eq!(at.read_at(19_950, &mut tail).unwrap(), 50, "not past the end");
+        assert_eq!(
+            at.read_at(19_950, &mut tail).unwrap(),
+            50,
+            "not past the end"
+        );
         assert_eq!(at.read_at(20_000, &mut tail).unwrap(), 0);
         assert!(at.stopped().is_none());
         // The stream reader still starts at the first byte.
