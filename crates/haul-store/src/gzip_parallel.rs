@@ -257,7 +257,7 @@ mod tests {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            if x % 3 == 0 {
+            if x.is_multiple_of(3) {
                 out.extend_from_slice(words[(x >> 8) as usize % words.len()]);
             } else {
                 out.extend((0..4).map(|i| (x >> (16 + 8 * i)) as u8 & 0x3f));

@@ -35,7 +35,7 @@ fn sample() -> Vec<u8> {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        if x % 4 == 0 {
+        if x.is_multiple_of(4) {
             out.extend_from_slice(format!("usr/lib/x86_64/lib{}.so\n", x % 5000).as_bytes());
         } else {
             out.extend((0..6).map(|i| (x >> (8 * i)) as u8 & 0x3f));
