@@ -411,6 +411,14 @@ mod tests {
         let writer = {
             let blob = Arc::clone(&blob);
             std::thread::spawn(move || {
+                // Nothing arrives until a read waits for it (bounded, so
+                // that a reader that never waits fails the test).
+                let since = std::time::Instant::now();
+                while blob.waits.load(Ordering::Relaxed) == 0
+                    && since.elapsed() < std::time::Duration::from_secs(10)
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
                 for _ in 0..gz.len().div_ceil(256 * 1024) {
                     std::thread::sleep(std::time::Duration::from_millis(2));
                     blob.advance(256 * 1024);
