@@ -135,6 +135,11 @@ pub(crate) enum Command {
         /// reports fewer pulls left than this (RateLimit-Remaining); 0: never.
         #[arg(long, value_name = "N", default_value_t = 0)]
         rate_limit_floor: u64,
+        /// Threads inflating one big gzip layer (64 MiB or more compressed);
+        /// 1 = never in parallel, 0 = the cores no other layer's unpack
+        /// uses [default: the config file's, else 0]
+        #[arg(long, value_name = "N")]
+        inflate_threads: Option<usize>,
     },
     /// Upload a local image to a registry.
     Push {

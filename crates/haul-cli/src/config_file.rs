@@ -10,6 +10,7 @@
 //! max-concurrent-downloads = 6
 //! max-concurrent-uploads = 5
 //! max-download-attempts = 3
+//! inflate-threads = 4
 //! insecure-registries = ["registry.lan:5000"]
 //! ca-files = ["/etc/ssl/team-ca.pem"]
 //!
@@ -39,6 +40,8 @@ pub(crate) struct ConfigFile {
     pub max_concurrent_uploads: Option<usize>,
     /// Default of `--max-download-attempts`.
     pub max_download_attempts: Option<u32>,
+    /// Default of `haul pull --inflate-threads`.
+    pub inflate_threads: Option<usize>,
     /// Registries reached over plain HTTP or unverified TLS.
     #[serde(default)]
     pub insecure_registries: Vec<String>,
@@ -129,6 +132,7 @@ mod tests {
             .collect();
         let file: ConfigFile = toml::from_str(&example).unwrap();
         assert_eq!(file.max_concurrent_downloads, Some(6));
+        assert_eq!(file.inflate_threads, Some(4));
         assert_eq!(file.registry["docker.io"].mirrors.len(), 2);
         let lan = &file.registry["registry.lan:5000"];
         assert!(lan.insecure);

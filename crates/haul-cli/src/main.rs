@@ -107,6 +107,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             no_unpack,
             referrers,
             rate_limit_floor,
+            inflate_threads,
             ..
         } => pull::run(
             cli,
@@ -116,6 +117,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 no_unpack: *no_unpack,
                 referrers: referrers.options()?,
                 rate_limit_floor: *rate_limit_floor,
+                inflate_threads: *inflate_threads,
             },
         ),
         Command::Push {

@@ -20,6 +20,7 @@ pub(crate) struct PullArgs {
     pub no_unpack: bool,
     pub referrers: haul_dist::ReferrerOptions,
     pub rate_limit_floor: u64,
+    pub inflate_threads: Option<usize>,
 }
 
 /// Runs `haul pull`.
@@ -55,7 +56,8 @@ pub(crate) fn run(cli: &Cli, references: &[String], args: &PullArgs) -> anyhow::
     );
 
     runtime.block_on(async {
-        let pull_settings = settings::pull_settings(cli, !no_unpack);
+        let mut pull_settings = settings::pull_settings(cli, !no_unpack);
+        pull_settings.inflate_threads = settings::inflate_threads(args.inflate_threads);
         let puller = Puller::new(client.clone(), store, &pull_settings);
         let renderer = tokio::task::spawn_blocking(move || {
             render::render_blocking(kind, receiver, std::io::stdout().lock())

@@ -152,6 +152,12 @@ fn protocol(cli: &Cli) -> haul_dist::Protocol {
     }
 }
 
+/// Threads inflating one big gzip layer: the flag, else the config
+/// file's, else 0 (the free cores).
+pub(crate) fn inflate_threads(flag: Option<usize>) -> usize {
+    flag.or(config_file().inflate_threads).unwrap_or(0)
+}
+
 /// A positive whole number from a hidden tuning variable; unset, empty,
 /// zero or unreadable values leave the default.
 fn env_number(name: &str) -> Option<u64> {

@@ -124,6 +124,7 @@ mod export;
 mod fsutil;
 mod gc;
 mod gzip;
+mod gzip_parallel;
 mod images;
 mod ingest;
 mod layers;
@@ -147,6 +148,9 @@ pub use error::{Error, Result};
 pub use export::{ExportOptions, ExportReport};
 pub use gc::{GcOptions, GcReport};
 pub use gzip::GzipReader;
+pub use gzip_parallel::{
+    ParallelGzipReader, PositionalBlob, SequentialFallback, PARALLEL_INFLATE_MIN_BYTES,
+};
 pub use images::{ImageLayer, ImageRecord};
 pub use ingest::{Ingest, IngestOutcome, ParkedBlob};
 pub use layers::{chain_id, LayerInfo, StagedLayer};

@@ -303,3 +303,99 @@ fn a_corrupt_or_truncated_gzip_layer_fails_naming_the_layer_and_leaves_nothing()
         );
     }
 }
+
+/// A tar holding one file of `len` bytes of 6-bit noise: it compresses to
+/// about three quarters (Huffman-coded blocks, not stored ones), so a tar
+/// of 96 MiB makes a gzip layer over the parallel inflate's 64 MiB.
+fn big_layer_tar(len: usize) -> Vec<u8> {
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut noise = Vec::with_capacity(len);
+    while noise.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        noise.extend((0..8).map(|i| (x >> (8 * i)) as u8 & 0x3f));
+    }
+    noise.truncate(len);
+    LayerSpec::uncompressed(vec![
+        Entry::dir("data", 0o755),
+        Entry::file("data/noise.bin", 0o644, noise),
+        Entry::file("data/after", 0o600, b"the last file".to_vec()),
+    ])
+    .tar_bytes()
+}
+
+/// Every file under `dir` (relative path, then its sha256 or its link).
+fn tree_listing(dir: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.strip_prefix(dir).unwrap().display().to_string();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.is_dir() {
+                stack.push(path);
+                out.push((name, "dir".into()));
+            } else {
+                let bytes = std::fs::read(&path).unwrap();
+                out.push((name, Digest::sha256_of(&bytes).to_string()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_big_gzip_layer_inflated_with_two_threads_exports_like_one_thread() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let Some(pigz) = haul_testkit::peers::require_binary("pigz", "pigz") else {
+        return;
+    };
+    let tar = big_layer_tar(96 << 20);
+    let blob = filter(&pigz, &["-1", "-c"], &tar);
+    assert!(
+        blob.len() as u64 > 64 << 20,
+        "the layer is big enough for the parallel inflate: {} bytes",
+        blob.len()
+    );
+    let layout = env.dir("layout");
+    layout_with_blob(&layout, &tar, &blob);
+    drop(blob);
+    push_layout(&env, &layout, "gz/big:1");
+    let reference = env.reference("gz/big:1");
+
+    let mut exports = Vec::new();
+    for threads in ["2", "1"] {
+        let root = env.dir(&format!("root-{threads}"));
+        let out = haul_in(
+            &root,
+            &["-vv", "pull", "--inflate-threads", threads, &reference],
+        );
+        assert_ok(&out);
+        let log = stderr(&out);
+        let parallel = log.contains("with 2 threads");
+        assert_eq!(
+            parallel,
+            threads == "2",
+            "--inflate-threads {threads}: parallel inflate logged: {log}"
+        );
+        assert_store_invariants(&root);
+        let export = env.dir(&format!("export-{threads}"));
+        assert_ok(&haul_in(
+            &root,
+            &["export", &reference, export.to_str().unwrap()],
+        ));
+        exports.push(tree_listing(&export));
+    }
+    assert_eq!(exports[0], exports[1], "both pulls export the same tree");
+    let noise = exports[0]
+        .iter()
+        .find(|(name, _)| name == "data/noise.bin")
+        .expect("the big file is exported");
+    assert_ne!(noise.1, "dir");
+    assert!(exports[0].iter().any(|(name, _)| name == "data/after"));
+}

@@ -84,6 +84,7 @@ impl DownloadDescriptor for PullLayer {
             .map(|options| UnpackPlan {
                 options,
                 slots: Arc::clone(self.layers.unpack_slots()),
+                inflate: Arc::clone(self.layers.inflate_budget()),
             });
         let fetched = fetch_layer(
             &self.repo,

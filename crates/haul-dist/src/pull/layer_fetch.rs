@@ -14,7 +14,8 @@ use haul_oci::{Compression, Digest};
 use haul_registry::Repository;
 use haul_store::{IngestOutcome, StagedLayer, Store, UnpackOptions};
 
-use crate::pull::unpack_follow::{UnpackSlots, Unpacking, Written};
+use crate::pull::inflate_threads::InflateBudget;
+use crate::pull::unpack_follow::{FollowedBlob, UnpackSlots, Unpacking, Written};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -45,11 +46,13 @@ pub(crate) struct Fetched {
     pub transferred: u64,
 }
 
-/// How a fetch unpacks its layer, and under which limit.
+/// How a fetch unpacks its layer, and under which limits.
 #[derive(Clone)]
 pub(crate) struct UnpackPlan {
     pub options: UnpackOptions,
     pub slots: UnpackSlots,
+    /// Threads for inflating a big gzip layer.
+    pub inflate: Arc<InflateBudget>,
 }
 
 /// Starts unpacking the blob whose file is `file` (written as far as
@@ -68,16 +71,51 @@ fn start_unpack(
     // The expansion limit (decompression bombs) scales with the blob.
     let options = plan.options.for_compressed_size(blob.size);
     let digest = blob.digest.clone();
-    Unpacking::start(&plan.slots, file, written, blob.size, move |reader| {
-        let reader = haul_store::decompressing_reader(
-            std::io::BufReader::with_capacity(256 * 1024, reader),
-            compression.unwrap_or(Compression::Uncompressed),
-        )
-        .map_err(|e| Error::Decompress(e.to_string()))?;
-        store
+    let inflate = plan.inflate;
+    Unpacking::start(&plan.slots, file, written, blob.size, move |followed| {
+        // Counted as inflating until the layer is staged.
+        let turn = inflate.begin();
+        let reader = layer_reader(followed, compression, turn.threads(), &digest)?;
+        let staged = store
             .stage_layer(haul_store::read_ahead(reader), expected.as_ref(), &options)
-            .map_err(|e| naming_blob(&digest, e))
+            .map_err(|e| naming_blob(&digest, e));
+        drop(turn);
+        staged
     })
+}
+
+/// The uncompressed tar of a layer blob followed as the download writes
+/// it: a big gzip blob, given more than one thread, is inflated in
+/// parallel by position (with the sequential reader as the fallback);
+/// anything else is read as a stream by the sequential decoders.
+fn layer_reader(
+    followed: FollowedBlob,
+    compression: Option<Compression>,
+    threads: usize,
+    digest: &Digest,
+) -> Result<Box<dyn std::io::Read + Send>> {
+    let declared = compression.unwrap_or(Compression::Uncompressed);
+    let sequential = move |followed: FollowedBlob| {
+        haul_store::decompressing_reader(
+            std::io::BufReader::with_capacity(256 * 1024, followed.into_reader()),
+            declared,
+        )
+    };
+    let parallel = declared == Compression::Gzip
+        && threads > 1
+        && followed.size() >= haul_store::PARALLEL_INFLATE_MIN_BYTES;
+    let reader = if parallel {
+        tracing::debug!("inflating layer {digest} with {threads} threads");
+        let positional = followed
+            .positional()
+            .map_err(|e| Error::Decompress(e.to_string()))?;
+        let fallback: haul_store::SequentialFallback = Box::new(move || sequential(followed));
+        haul_store::ParallelGzipReader::new(positional, threads, fallback)
+            .map(|reader| Box::new(reader) as Box<dyn std::io::Read + Send>)
+    } else {
+        sequential(followed)
+    };
+    reader.map_err(|e| Error::Decompress(e.to_string()))
 }
 
 /// Fetches `blob` into the store and, with `unpack`, starts unpacking its

@@ -7,6 +7,7 @@
 //! content store and, unpacking, into its layer directory; then the image
 //! is recorded and tagged. Progress reads as Docker's.
 
+pub(crate) mod inflate_threads;
 pub(crate) mod layer;
 pub(crate) mod layer_fetch;
 pub(crate) mod own_blobs;
@@ -59,6 +60,9 @@ pub struct PullSettings {
     /// The registry protocol: v2 (the default), v1, or v1 only for a
     /// registry without the v2 API.
     pub protocol: Protocol,
+    /// Threads inflating one big gzip layer (0 = the cores no other
+    /// layer's unpack uses, the default; 1 = never in parallel).
+    pub inflate_threads: usize,
 }
 
 impl Default for PullSettings {
@@ -71,6 +75,7 @@ impl Default for PullSettings {
             max_concurrent_unpacks: std::thread::available_parallelism().map_or(1, |n| n.get()),
             expansion: haul_store::ExpansionLimit::default(),
             protocol: Protocol::default(),
+            inflate_threads: 0,
         }
     }
 }
@@ -169,8 +174,7 @@ impl Puller {
             if !options.referrers.is_empty() {
                 return Err(Error::Unsupported {
                     reference: reference.familiar(),
-                    message: "the registry speaks the v1 protocol, which has no referrers"
-                        .into(),
+                    message: "the registry speaks the v1 protocol, which has no referrers".into(),
                 });
             }
             return self.v1.pull(reference, output, cancel).await;
@@ -553,11 +557,10 @@ pub(crate) fn layer_downloads(
     unpack: Option<UnpackOptions>,
     settings: &PullSettings,
 ) -> (SharedLayers, DownloadManager<StoreLayers>) {
-    let layers = Arc::new(StoreLayers::new(
-        store.clone(),
-        unpack,
-        settings.max_concurrent_unpacks,
-    ));
+    let layers = Arc::new(
+        StoreLayers::new(store.clone(), unpack, settings.max_concurrent_unpacks)
+            .with_inflate_threads(settings.inflate_threads),
+    );
     let retry = RetryPolicy::default()
         .with_max_attempts(settings.max_download_attempts)
         .with_tick(settings.retry_tick);

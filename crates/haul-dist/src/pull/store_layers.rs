@@ -1,10 +1,13 @@
 //! The local store seen by the download manager: layers by chain ID, and
 //! registration of what a layer's download produced ([`PulledLayer`]).
 
+use std::sync::Arc;
+
 use haul_oci::{Compression, Digest};
 use haul_store::{StagedLayer, Store, UnpackOptions};
 use haul_xfer::{ChainId, Counts, DiffId, ProgressOutput, Registration, Status};
 
+use crate::pull::inflate_threads::InflateBudget;
 use crate::pull::unpack_follow::{unpack_slots, UnpackSlots, Unpacking};
 use crate::task::blocking;
 
@@ -78,6 +81,7 @@ pub struct StoreLayers {
     store: Store,
     unpack: Option<UnpackOptions>,
     slots: UnpackSlots,
+    inflate: Arc<InflateBudget>,
 }
 
 impl StoreLayers {
@@ -88,7 +92,20 @@ impl StoreLayers {
             store,
             unpack,
             slots: unpack_slots(max_unpacks),
+            inflate: InflateBudget::new(0),
         }
+    }
+
+    /// Inflates a big gzip layer with `threads` threads (0 = the free
+    /// cores, the default; 1 = sequentially).
+    pub fn with_inflate_threads(mut self, threads: usize) -> Self {
+        self.inflate = InflateBudget::new(threads);
+        self
+    }
+
+    /// The inflate threads every pull of these layers shares.
+    pub(crate) fn inflate_budget(&self) -> &Arc<InflateBudget> {
+        &self.inflate
     }
 
     /// The unpack limit every pull of these layers shares.

@@ -112,7 +112,7 @@ impl Read for FollowReader {
             let mut state = self.written.lock();
             loop {
                 if state.cancelled {
-                    return Err(io::Error::other("layer unpack cancelled"));
+                    return Err(cancelled());
                 }
                 if state.bytes > self.position {
                     break state.bytes - self.position;
@@ -146,6 +146,118 @@ impl Read for FollowReader {
     }
 }
 
+/// A blob's file as the download writes it, for the unpacker: read as a
+/// stream ([`FollowReader`]) or by position ([`FollowAt`]).
+pub(crate) struct FollowedBlob {
+    file: File,
+    written: Arc<Written>,
+    read: Arc<AtomicU64>,
+    size: u64,
+}
+
+impl FollowedBlob {
+    /// The blob's complete size.
+    pub(crate) fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The blob read by position (the parallel inflate), sharing the file
+    /// with [`Self::into_reader`]'s stream (positional reads do not move
+    /// its offset).
+    pub(crate) fn positional(&self) -> io::Result<Arc<FollowAt>> {
+        Ok(Arc::new(FollowAt {
+            file: self.file.try_clone()?,
+            written: Arc::clone(&self.written),
+            read: Arc::clone(&self.read),
+            size: self.size,
+        }))
+    }
+
+    /// The blob read as a stream from its first byte.
+    pub(crate) fn into_reader(self) -> FollowReader {
+        FollowReader::new(self.file, self.written, self.read)
+    }
+}
+
+/// Reads a blob's file by position no further than [`Written`] says: a
+/// read waits until every byte it asks for is written (or the blob is
+/// whole), and fails once the download failed or the unpack is cancelled.
+pub(crate) struct FollowAt {
+    file: File,
+    written: Arc<Written>,
+    read: Arc<AtomicU64>,
+    size: u64,
+}
+
+impl FollowAt {
+    /// Waits until the file holds `end` bytes (or no more will come).
+    fn wait_for(&self, end: u64) -> io::Result<()> {
+        let mut state = self.written.lock();
+        loop {
+            if state.cancelled {
+                return Err(cancelled());
+            }
+            if state.bytes >= end {
+                return Ok(());
+            }
+            match &state.end {
+                Some(Ok(())) => return Ok(()),
+                Some(Err(message)) => return Err(io::Error::other(message.clone())),
+                None => {
+                    state = self
+                        .written
+                        .changed
+                        .wait(state)
+                        .unwrap_or_else(|p| p.into_inner());
+                }
+            }
+        }
+    }
+}
+
+fn cancelled() -> io::Error {
+    io::Error::other("layer unpack cancelled")
+}
+
+impl haul_store::PositionalBlob for FollowAt {
+    fn len(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let end = offset.saturating_add(buf.len() as u64).min(self.size);
+        if offset >= end {
+            return Ok(0);
+        }
+        self.wait_for(end)?;
+        let want = usize::try_from(end - offset).unwrap_or(usize::MAX);
+        let n = std::os::unix::fs::FileExt::read_at(&self.file, &mut buf[..want], offset)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the blob's file is shorter than what was written to it",
+            ));
+        }
+        self.read.fetch_max(offset + n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+
+    fn stopped(&self) -> Option<io::Error> {
+        let state = self.written.lock();
+        if state.cancelled {
+            return Some(cancelled());
+        }
+        match &state.end {
+            Some(Err(message)) => Some(io::Error::other(message.clone())),
+            _ => None,
+        }
+    }
+
+    fn abandon(&self) {
+        self.written.cancel();
+    }
+}
+
 /// A layer being unpacked from its blob, handed from the download to the
 /// registration; dropping it unregistered stops the unpack (its staging
 /// directory is then removed).
@@ -159,16 +271,21 @@ pub struct Unpacking {
 
 impl Unpacking {
     /// Starts unpacking once an unpack slot is free; `unpack` does the
-    /// work on a blocking thread with a reader of the blob.
+    /// work on a blocking thread with the blob's file as it grows.
     pub(crate) fn start(
         slots: &UnpackSlots,
         file: File,
         written: Arc<Written>,
         size: u64,
-        unpack: impl FnOnce(FollowReader) -> Result<StagedLayer> + Send + 'static,
+        unpack: impl FnOnce(FollowedBlob) -> Result<StagedLayer> + Send + 'static,
     ) -> Self {
         let read = Arc::new(AtomicU64::new(0));
-        let reader = FollowReader::new(file, Arc::clone(&written), Arc::clone(&read));
+        let reader = FollowedBlob {
+            file,
+            written: Arc::clone(&written),
+            read: Arc::clone(&read),
+            size,
+        };
         let slots = Arc::clone(slots);
         let task = tokio::spawn(async move {
             let _slot = slots
@@ -254,6 +371,73 @@ mod tests {
             .enumerate()
             .all(|(i, c)| c.iter().all(|b| *b == i as u8)));
         assert_eq!(read.load(Ordering::Relaxed), 50_000);
+    }
+
+    #[test]
+    fn positional_reads_wait_for_their_bytes_and_fail_on_cancel() {
+        use haul_store::PositionalBlob;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blob.partial");
+        let mut file = File::create(&path).unwrap();
+        let written = Written::growing(0);
+        let read = Arc::new(AtomicU64::new(0));
+        let followed = FollowedBlob {
+            file: File::open(&path).unwrap(),
+            written: Arc::clone(&written),
+            read: Arc::clone(&read),
+            size: 20_000,
+        };
+        let at = followed.positional().unwrap();
+        assert_eq!(at.len(), 20_000);
+        let reader = {
+            let at = Arc::clone(&at);
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 5_000];
+                let n = at.read_at(12_000, &mut buf).unwrap();
+                (n, buf)
+            })
+        };
+        for i in 0..20u8 {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            file.write_all(&[i; 1000]).unwrap();
+            written.advance(1000);
+        }
+        let (n, buf) = reader.join().unwrap();
+        assert_eq!(n, 5_000, "the read waited for all of its bytes");
+        assert!(buf[..1000].iter().all(|b| *b == 12) && buf[4999] == 16);
+        assert_eq!(read.load(Ordering::Relaxed), 17_000);
+        let mut tail = [0u8; 100];
+        assert_eq!(
+            at.read_at(19_950, &mut tail).unwrap(),
+            50,
+            "not past the end"
+        );
+        assert_eq!(at.read_at(20_000, &mut tail).unwrap(), 0);
+        assert!(at.stopped().is_none());
+        // The stream reader still starts at the first byte.
+        let mut stream = followed.into_reader();
+        let mut first = [9u8; 3];
+        stream.read_exact(&mut first).unwrap();
+        assert_eq!(first, [0, 0, 0]);
+
+        let growing = Written::growing(0);
+        let at = FollowedBlob {
+            file: File::open(&path).unwrap(),
+            written: Arc::clone(&growing),
+            read,
+            size: 20_000,
+        }
+        .positional()
+        .unwrap();
+        let waiting = {
+            let at = Arc::clone(&at);
+            std::thread::spawn(move || at.read_at(0, &mut [0u8; 10]))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        at.abandon();
+        let err = waiting.join().unwrap().unwrap_err();
+        assert_eq!(err.to_string(), "layer unpack cancelled");
+        assert_eq!(at.stopped().unwrap().to_string(), "layer unpack cancelled");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 mod common;
 mod content;
 mod export;
+mod gzip_parallel;
 mod images;
 mod layers;
 mod peers;

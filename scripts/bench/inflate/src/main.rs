@@ -19,6 +19,15 @@
 //!   1 and 2 threads (it needs a seekable file, not a stream).
 //! - `libdeflate`: the whole blob and its whole output in memory (the
 //!   "blob on disk" case; single member only).
+//! - `haul-par-2`, `haul-par-all`: `haul_store::ParallelGzipReader` (what
+//!   `haul pull --inflate-threads N` uses for a big gzip layer) with 2 and
+//!   all-core decoder threads, to nowhere.
+//! - `pull-like-1`, `pull-like-2`, `pull-like-all`: what a pull does with
+//!   the inflated stream, minus the file writes: the inflate (haul's
+//!   sequential reader for 1, the parallel one for 2 and all cores) runs
+//!   behind `haul_store::read_ahead` while this thread hashes every output
+//!   byte (the diffID), so the hashing competes for the cores as the
+//!   unpacker does.
 //!
 //! Run it on a quiet machine; a loaded one shifts every number but the
 //! same-run ratios less.
@@ -106,11 +115,67 @@ fn run(name: &str, path: &str) -> io::Result<u64> {
                 .map_err(|e| io::Error::other(format!("{e:?}")))?;
             Ok(got as u64)
         }
+        "haul-par-2" | "haul-par-all" => drain(parallel(file, threads_of(name))?),
+        "pull-like-1" | "pull-like-2" | "pull-like-all" => {
+            let threads = threads_of(name);
+            let inflated: Box<dyn Read + Send> = if threads == 1 {
+                Box::new(haul_store::GzipReader::new(file))
+            } else {
+                Box::new(parallel(file, threads)?)
+            };
+            let mut reader = haul_store::read_ahead(inflated);
+            let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
+            let mut buf = vec![0u8; CHUNK];
+            let mut total = 0u64;
+            loop {
+                match reader.read(&mut buf)? {
+                    0 => break,
+                    n => {
+                        sha2::Digest::update(&mut hasher, &buf[..n]);
+                        total += n as u64;
+                    }
+                }
+            }
+            std::hint::black_box(sha2::Digest::finalize(hasher));
+            Ok(total)
+        }
         other => Err(io::Error::other(format!("unknown candidate {other}"))),
     }
 }
 
-const CANDIDATES: [&str; 9] = [
+/// The decoder threads a candidate's name asks for (`-all`: the cores).
+fn threads_of(name: &str) -> usize {
+    match name.rsplit('-').next() {
+        Some("all") => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        Some(n) => n.parse().unwrap_or(1),
+        None => 1,
+    }
+}
+
+/// A whole file read by position.
+struct WholeFile(File, u64);
+
+impl haul_store::PositionalBlob for WholeFile {
+    fn len(&self) -> u64 {
+        self.1
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        std::os::unix::fs::FileExt::read_at(&self.0, buf, offset)
+    }
+}
+
+fn parallel(file: File, threads: usize) -> io::Result<haul_store::ParallelGzipReader> {
+    let len = file.metadata()?.len();
+    let sequential = file.try_clone()?;
+    let reader = haul_store::ParallelGzipReader::new(
+        std::sync::Arc::new(WholeFile(file, len)),
+        threads,
+        Box::new(move || Ok(Box::new(haul_store::GzipReader::new(sequential)) as _)),
+    )?;
+    Ok(reader)
+}
+
+const CANDIDATES: [&str; 14] = [
     "flate2-today",
     "haul",
     "haul-1m",
@@ -120,6 +185,11 @@ const CANDIDATES: [&str; 9] = [
     "rapidgzip-core-1t",
     "rapidgzip-core-2t",
     "libdeflate",
+    "haul-par-2",
+    "haul-par-all",
+    "pull-like-1",
+    "pull-like-2",
+    "pull-like-all",
 ];
 
 /// User + system CPU seconds of this process so far (all threads).
