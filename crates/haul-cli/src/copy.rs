@@ -119,7 +119,8 @@ pub(crate) fn run(
     if referrers.any() && !registries {
         bail!(
             "--referrers, --digest-tags and --referrers-filter copy between registries only \
-             (docker:// on both sides)"
+             (docker:// on both sides); for a layout, `haul pull --referrers REF` then \
+             `haul save --format oci --referrers REF -o DIR`"
         );
     }
     let platform = settings::platform(cli)?;

@@ -16,11 +16,12 @@ use crate::error::Result;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Protocol {
     /// The OCI distribution API (Docker registry v2).
-    #[default]
     V2,
     /// The legacy Docker registry v1 protocol.
     V1,
-    /// v2 when the registry answers `/v2/`, else v1.
+    /// v2 when the registry answers `/v2/`, else v1: the default, as for
+    /// the command.
+    #[default]
     Auto,
 }
 

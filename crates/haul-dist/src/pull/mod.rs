@@ -57,7 +57,7 @@ pub struct PullSettings {
     pub max_concurrent_unpacks: usize,
     /// How far one layer may expand when unpacked (decompression bombs).
     pub expansion: haul_store::ExpansionLimit,
-    /// The registry protocol: v2 (the default), v1, or v1 only for a
+    /// The registry protocol: v2, v1, or (the default) v1 only for a
     /// registry without the v2 API.
     pub protocol: Protocol,
     /// Threads inflating one big gzip layer (0 = the cores no other

@@ -53,7 +53,7 @@ pub struct PushSettings {
     /// manifests haul wrote (docker-archive images), with gzip; a value
     /// compresses every plain layer so.
     pub compression: Option<PushCompression>,
-    /// The registry protocol: v2 (the default), v1, or v1 only for a
+    /// The registry protocol: v2, v1, or (the default) v1 only for a
     /// registry without the v2 API.
     pub protocol: Protocol,
 }
