@@ -383,6 +383,9 @@ fn helper_get(program: &Path, key: &str, registry: &str) -> Result<Option<Creden
     }
 }
 
+/// Times a credential helper that is "busy" (being written) is tried again.
+const HELPER_BUSY_RETRIES: u32 = 10;
+
 /// Runs `docker-credential-HELPER ACTION` with `input` on stdin and returns
 /// its stdout. The helper's stderr/stdout text is only quoted on failure and
 /// never contains the secret we sent (helpers print their own messages).
@@ -392,13 +395,28 @@ fn run_helper(program: &Path, action: &str, input: &[u8], registry: &str) -> Res
         registry: registry.to_string(),
         message,
     };
-    let mut child = Command::new(&program)
-        .arg(action)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| fail(format!("cannot run {program}: {e}")))?;
+    let spawn = || {
+        Command::new(&program)
+            .arg(action)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+    };
+    // "Text file busy": the helper was just written, and a process forked
+    // elsewhere (another thread of an embedding program) still holds it
+    // open for writing until its exec. That passes in moments.
+    let mut spawned = spawn();
+    for _ in 0..HELPER_BUSY_RETRIES {
+        match &spawned {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                spawned = spawn();
+            }
+            _ => break,
+        }
+    }
+    let mut child = spawned.map_err(|e| fail(format!("cannot run {program}: {e}")))?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin
             .write_all(input)
