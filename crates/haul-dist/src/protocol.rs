@@ -6,11 +6,12 @@
 //! `/v1/_ping` answers is spoken to in v1 (as Docker 1.x fell back); the
 //! client learns that once per host.
 
+use haul_oci::Reference;
 use haul_registry::v1::Protocol as Wire;
 use haul_registry::RegistryClient;
 use haul_xfer::{Message, ProgressOutput};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// The registry protocol of a [`crate::Puller`] or a [`crate::Pusher`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -25,19 +26,29 @@ pub enum Protocol {
     Auto,
 }
 
-/// Whether to speak v1 to `registry` under `protocol`. When v1 is chosen,
-/// a [`Message::UsingV1Protocol`] line goes to `output`.
+/// Whether to speak v1 to the registry of `reference` under `protocol`.
+/// When v1 is chosen, a [`Message::UsingV1Protocol`] line goes to
+/// `output`; a flow that asks for referrers (`wants_referrers`) is refused
+/// then, as v1 knows none.
 pub(crate) async fn speaks_v1(
     client: &RegistryClient,
-    registry: &str,
+    reference: &Reference,
     protocol: Protocol,
+    wants_referrers: bool,
     output: &dyn ProgressOutput,
 ) -> Result<bool> {
+    let registry = reference.registry();
     let v1 = match protocol {
         Protocol::V2 => false,
         Protocol::V1 => true,
         Protocol::Auto => client.detect_protocol(registry).await? == Wire::V1,
     };
+    if v1 && wants_referrers {
+        return Err(Error::Unsupported {
+            reference: reference.familiar(),
+            message: "the registry speaks the v1 protocol, which has no referrers".into(),
+        });
+    }
     if v1 {
         output.message(
             "",

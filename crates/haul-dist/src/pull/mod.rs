@@ -165,18 +165,13 @@ impl Puller {
     ) -> Result<PullReport> {
         if speaks_v1(
             &self.client,
-            reference.registry(),
+            reference,
             self.protocol,
+            !options.referrers.is_empty(),
             output.as_ref(),
         )
         .await?
         {
-            if !options.referrers.is_empty() {
-                return Err(Error::Unsupported {
-                    reference: reference.familiar(),
-                    message: "the registry speaks the v1 protocol, which has no referrers".into(),
-                });
-            }
             return self.v1.pull(reference, output, cancel).await;
         }
         self.pull_v2(reference, options, output, cancel).await

@@ -156,18 +156,13 @@ impl Pusher {
     ) -> Result<Pushed> {
         if speaks_v1(
             &self.client,
-            reference.registry(),
+            reference,
             self.protocol,
+            !referrers.is_empty(),
             output.as_ref(),
         )
         .await?
         {
-            if !referrers.is_empty() {
-                return Err(Error::Unsupported {
-                    reference: reference.familiar(),
-                    message: "the registry speaks the v1 protocol, which has no referrers".into(),
-                });
-            }
             return Ok(Pushed::V1(self.v1.push(reference, output, cancel).await?));
         }
         Ok(Pushed::Manifest(

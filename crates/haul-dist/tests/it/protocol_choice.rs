@@ -9,7 +9,9 @@ use haul_dist::oci::Reference;
 use haul_dist::registry::{ClientConfig, RegistryClient};
 use haul_dist::store::Store;
 use haul_dist::xfer::{Event, Message, Progress, ProgressOutput};
-use haul_dist::{Protocol, PullOptions, PullSettings, Puller, PushSettings, Pushed, Pusher};
+use haul_dist::{
+    Protocol, PullOptions, PullSettings, Puller, PushSettings, Pushed, Pusher, ReferrerOptions,
+};
 use haul_testkit::v1_registry::{V1Kind, V1Registry};
 use haul_testkit::{Entry, ImageBuilder, LayerSpec, Registry, RegistryConfig};
 use tokio_util::sync::CancellationToken;
@@ -107,6 +109,27 @@ async fn auto_speaks_v1_to_a_v1_only_registry_for_push_and_pull() {
         .unwrap();
     assert!(pushed.manifest().is_some(), "{pushed:?}");
     assert!(!said.said_v1_for(&registry.host()));
+
+    // Referrers cannot go to a v1 registry: refused, in one sentence.
+    let with_referrers = ReferrerOptions {
+        referrers: true,
+        ..ReferrerOptions::default()
+    };
+    let refused = pusher
+        .push_with(
+            &on_v1,
+            &with_referrers,
+            Arc::new(haul_dist::xfer::DiscardOutput),
+            CancellationToken::new(),
+        )
+        .await
+        .expect_err("v1 has no referrers");
+    assert!(
+        refused
+            .to_string()
+            .contains("v1 protocol, which has no referrers"),
+        "{refused}"
+    );
 
     // Auto, to the v1-only registry: a v1 push, and a line saying so.
     let pushed = pusher
