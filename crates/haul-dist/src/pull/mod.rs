@@ -277,17 +277,7 @@ impl Puller {
             let store = self.store.clone();
             let to_put = record.clone();
             let source = format!("{}/{}", reference.registry(), reference.repository());
-            blocking(move || {
-                store.put_image(&to_put)?;
-                let layers: Vec<_> = to_put
-                    .layers
-                    .iter()
-                    .map(|l| (l.diff_id.clone(), l.digest.clone()))
-                    .collect();
-                store.add_distribution_sources(&layers, &source)?;
-                Ok(())
-            })
-            .await?;
+            blocking(move || record_image(&store, &to_put, &source)).await?;
             images.push(record);
         }
 
@@ -605,4 +595,18 @@ fn check_platform(
         wanted: wanted.to_string(),
         actual: actual.to_string(),
     })
+}
+
+/// Stores an image record, and remembers that `source`
+/// (`registry/repository`) has each of its layer blobs, so that a later
+/// push to that registry mounts them.
+pub(crate) fn record_image(store: &Store, record: &ImageRecord, source: &str) -> Result<()> {
+    store.put_image(record)?;
+    let layers: Vec<_> = record
+        .layers
+        .iter()
+        .map(|l| (l.diff_id.clone(), l.digest.clone()))
+        .collect();
+    store.add_distribution_sources(&layers, source)?;
+    Ok(())
 }

@@ -297,14 +297,7 @@ impl V1Puller {
             if !store.has_blob(&md) {
                 store.put_blob_bytes(&manifest_bytes, &md)?;
             }
-            store.put_image(&to_put)?;
-            let layers: Vec<_> = to_put
-                .layers
-                .iter()
-                .map(|l| (l.diff_id.clone(), l.digest.clone()))
-                .collect();
-            store.add_distribution_sources(&layers, &source)?;
-            Ok(())
+            crate::pull::record_image(&store, &to_put, &source)
         })
         .await?;
         Ok((record, manifest_digest))
