@@ -28,7 +28,7 @@ use crate::{render, settings};
 
 /// Images synced at once (each moves its blobs through the shared upload
 /// manager, which bounds the uploads themselves).
-const IMAGES_AT_ONCE: usize = 4;
+const IMAGES_AT_ONCE: usize = 16;
 
 /// The arguments of `haul sync`.
 #[derive(Debug, Clone, clap::Args)]

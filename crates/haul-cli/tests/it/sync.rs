@@ -784,3 +784,83 @@ fn ctrl_c_stops_a_sync_with_one_sentence_and_exit_130() {
         "one sentence for the interrupt"
     );
 }
+
+#[test]
+fn copies_waiting_for_a_shared_blob_leave_the_upload_slots_to_blobs_that_can_move() {
+    // Three images share a base layer. While its one upload is held, the
+    // copies into the other two repositories wait for it without taking
+    // an upload slot: with two slots, every other blob still moves.
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let images: Vec<BuiltImage> = (1..=3)
+        .map(|app| env.put_image(&app_image(app, "v1"), &format!("team/app{app}:v1")))
+        .collect();
+    let base = images[0].layers[0].blob.digest.clone();
+    assert!(images.iter().all(|i| i.layers[0].blob.digest == base));
+    let target = Registry::start(RegistryConfig::no_auth()).unwrap();
+    let proxy = FaultProxy::start(&target.host()).unwrap();
+    let gate = haul_testkit::Gate::new();
+    let held = format!("digest={}", base.replace(':', "%3A"));
+    proxy.add_rule(Rule::new(
+        Match::path_contains(held.as_str()).method("PUT"),
+        Fault::HoldRequest(gate.clone()),
+    ));
+    let to = format!("{}/mirror", proxy.authority());
+    let sources: Vec<String> = (1..=3)
+        .map(|app| env.reference(&format!("team/app{app}:v1")))
+        .collect();
+    let mut args = vec!["sync", "--max-concurrent-uploads", "2", "--to", to.as_str()];
+    args.extend(sources.iter().map(String::as_str));
+    let child = haul_command(env.root.path(), &args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let others: BTreeSet<String> = images
+        .iter()
+        .flat_map(blobs_of)
+        .filter(|d| *d != base)
+        .collect();
+    let start = Instant::now();
+    loop {
+        let put: BTreeSet<String> = blob_puts(&proxy).into_iter().collect();
+        let mounted = proxy
+            .requests()
+            .iter()
+            .filter(|r| r.method == "POST" && r.path.contains("mount=") && r.status == 201)
+            .count();
+        // Every blob but the base is in (sent once, or mounted for the
+        // second and third repository) while the base is held.
+        if others.iter().all(|d| put.contains(d)) && mounted >= 2 {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            gate.open();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "with the base held, only {put:?} were sent ({mounted} mounts) of {others:?}: {}",
+                stderr(&out)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!blob_puts(&proxy).contains(&base), "the base is still held");
+    gate.open();
+    let out = child.wait_with_output().unwrap();
+    assert_ok(&out);
+    // The base was sent once, and mounted into the two other repositories.
+    let puts = blob_puts(&proxy);
+    assert_eq!(puts.iter().filter(|d| **d == base).count(), 1, "{puts:?}");
+    let base_mounts = proxy
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.contains(&held.replace("digest=", "mount=")))
+        .count();
+    assert_eq!(base_mounts, 2, "the base is mounted into app2 and app3");
+    for (app, image) in images.iter().enumerate() {
+        let bytes = manifest_bytes(&target.host(), &format!("mirror/team/app{}", app + 1), "v1");
+        assert_eq!(Digest::sha256_of(&bytes).to_string(), image.manifest.digest);
+    }
+}

@@ -3,6 +3,12 @@
 //! needs a blob there moves it (or mounts it from a repository that has
 //! it), every other copy that needs it in another repository of the same
 //! registry waits for that and mounts it from there.
+//!
+//! The waiting happens before the waiting copy's transfer is started
+//! ([`Placements::claim`]), so that it holds no upload slot meanwhile: in
+//! a sync of many images that share a base layer, the slots stay with
+//! blobs that can move now instead of with copies of the base layer
+//! queued behind the one that is sending it.
 
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
@@ -72,10 +78,46 @@ pub(crate) struct Placements {
     inner: Arc<Mutex<PlacementsInner>>,
 }
 
+/// What a copy about to move a blob learns from [`Placements::claim`].
+pub(crate) enum Claim {
+    /// No other repository of the registry is being given the blob: this
+    /// copy places it, and copies into other repositories wait until the
+    /// claim is dropped.
+    First(ClaimHeld),
+    /// A copy into the same repository claimed it: the transfer manager
+    /// joins the two.
+    Join,
+    /// A copy into another repository is placing it now: wait for that
+    /// ([`Claim::wait`]), then mount it from there.
+    Follow(tokio::sync::watch::Receiver<()>),
+}
+
+/// A held claim on placing a blob; dropping it lets the followers go.
+pub(crate) type ClaimHeld = tokio::sync::watch::Sender<()>;
+
+impl Claim {
+    /// Until the claim followed is dropped, or `cancel` fires.
+    pub(crate) async fn wait(self, cancel: &CancellationToken) -> Result<()> {
+        if let Claim::Follow(mut placing) = self {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Err(crate::Error::Cancelled),
+                // Nothing is ever sent: this ends when the sender drops.
+                _ = placing.changed() => {}
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Default)]
 struct PlacementsInner {
     /// `(registry, digest)` -> the repository that first got it.
     cells: HashMap<(String, Digest), Arc<OnceCell<String>>>,
+    /// `(registry, digest)` -> the target (`registry/repository`) of the
+    /// copy that claimed placing it, and a receiver that ends when that
+    /// claim is dropped.
+    claims: HashMap<(String, Digest), (String, tokio::sync::watch::Receiver<()>)>,
     /// `(registry/repository, digest)` -> how it got there in this run.
     outcomes: HashMap<(String, Digest), Placed>,
     /// registry -> repositories this run writes to.
@@ -89,6 +131,26 @@ impl Placements {
             .entry(registry.to_string())
             .or_default()
             .insert(repository.to_string());
+    }
+
+    /// Claims placing `digest` on `registry` for a copy into `target`
+    /// (`registry/repository`), unless a live claim is there already.
+    pub(crate) fn claim(&self, registry: &str, target: &str, digest: &Digest) -> Claim {
+        let mut inner = lock(&self.inner);
+        let key = (registry.to_string(), digest.clone());
+        if let Some((holder, placing)) = inner.claims.get(&key) {
+            // An error means the sender is gone: the claim ended.
+            if placing.has_changed().is_ok() {
+                return if holder == target {
+                    Claim::Join
+                } else {
+                    Claim::Follow(placing.clone())
+                };
+            }
+        }
+        let (held, placing) = tokio::sync::watch::channel(());
+        inner.claims.insert(key, (target.to_string(), placing));
+        Claim::First(held)
     }
 
     fn cell(&self, registry: &str, digest: &Digest) -> Arc<OnceCell<String>> {
@@ -146,6 +208,9 @@ pub(crate) struct CopyBlob {
     pub(crate) totals: Tally,
     /// Where this blob's upload session is recorded, if anywhere.
     pub(crate) store: Option<Store>,
+    /// This copy's claim on placing the blob, held until its first
+    /// attempt ends.
+    pub(crate) claim: Mutex<Option<ClaimHeld>>,
 }
 
 /// A blob read from a registry, from any offset, unverified: the target
@@ -319,9 +384,11 @@ impl UploadDescriptor for CopyBlob {
     ) -> Result<RemoteDescriptor, haul_xfer::Error> {
         // Every step stops at once on cancellation; an upload session
         // already open is cancelled on the registry too.
-        self.copy(&progress, &cancel)
-            .await
-            .map_err(into_transfer_error)
+        let result = self.copy(&progress, &cancel).await;
+        // Placed (or failed): the copies waiting for this one go on, and
+        // find the blob's holder (or place it themselves).
+        drop(lock(&self.claim).take());
+        result.map_err(into_transfer_error)
     }
 
     fn set_remote_descriptor(&self, _descriptor: RemoteDescriptor) {}

@@ -23,7 +23,7 @@ use haul_store::Store;
 use haul_xfer::{Message, Moved, ProgressOutput, RetryPolicy, UploadManager};
 use tokio_util::sync::CancellationToken;
 
-use crate::copy::blob::{CopyBlob, Placed, Placements, Tally};
+use crate::copy::blob::{Claim, CopyBlob, Placed, Placements, Tally};
 use crate::error::{Error, Result};
 use crate::pull::resolve::{fetch_manifest, manifest_reference};
 use crate::push::upload::Chunking;
@@ -381,7 +381,11 @@ impl Copier {
     /// to its limit, a blob that several share once).
     async fn copy_blobs(&self, job: &Job<'_>, images: &[ParsedManifest]) -> Result<()> {
         let target = format!("{}/{}", job.to.registry(), job.to.name());
+        // Blobs this copy can move now, and those another copy of the run
+        // is placing in another repository of the registry (their
+        // transfers start once that is done, and then mount).
         let mut descriptors = Vec::new();
+        let mut followers = Vec::new();
         let mut blobs = Vec::new();
         for image in images {
             blobs.extend(image_blobs(image)?);
@@ -392,7 +396,8 @@ impl Copier {
                 Some(store) => crate::push::recorded_upload(store, &target, &digest),
                 None => haul_registry::ResumableUpload::new(),
             };
-            descriptors.push(Arc::new(CopyBlob {
+            let claim = self.placements.claim(job.to.registry(), &target, &digest);
+            let blob = Arc::new(CopyBlob {
                 from: job.from.clone(),
                 to: job.to.clone(),
                 target: target.clone(),
@@ -404,11 +409,34 @@ impl Copier {
                 placements: self.placements.clone(),
                 totals: self.totals.clone(),
                 store: self.store.clone(),
-            }));
+                claim: Mutex::new(None),
+            });
+            match claim {
+                Claim::First(held) => {
+                    *lock(&blob.claim) = Some(held);
+                    descriptors.push(blob);
+                }
+                Claim::Join => descriptors.push(blob),
+                follow @ Claim::Follow(_) => followers.push((follow, blob)),
+            }
         }
-        self.uploads
-            .upload(job.cancel, &descriptors, Arc::clone(job.output))
-            .await?;
+        let now = async {
+            self.uploads
+                .upload(job.cancel, &descriptors, Arc::clone(job.output))
+                .await?;
+            Ok::<_, Error>(())
+        };
+        // Each follower's transfer starts once the copy it waits for is
+        // done with that blob.
+        let after_others =
+            futures::future::try_join_all(followers.into_iter().map(|(claim, blob)| async move {
+                claim.wait(job.cancel).await?;
+                self.uploads
+                    .upload(job.cancel, &[blob], Arc::clone(job.output))
+                    .await?;
+                Ok::<_, Error>(())
+            }));
+        futures::future::try_join(now, after_others).await?;
         Ok(())
     }
 
