@@ -176,6 +176,7 @@ fn env_number(name: &str) -> Option<u64> {
 /// A multi-threaded runtime for one command.
 pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(haul_dist::available_cores())
         .enable_all()
         .build()?)
 }

@@ -58,6 +58,15 @@ pub use referrers::ReferrerOptions;
 
 pub use tokio_util::sync::CancellationToken;
 
+/// The cores this process may use (its CPU affinity and cgroup quota
+/// included), asked once: std reads several `/proc` and `/sys` files on
+/// every call, and a short command (a second pull) would otherwise ask
+/// half a dozen times.
+pub fn available_cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
 pub use haul_oci as oci;
 pub use haul_registry as registry;
 pub use haul_store as store;

@@ -51,6 +51,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use futures::StreamExt;
 use tokio::io::AsyncRead;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -366,6 +367,7 @@ impl<S: LayerStore> DownloadManager<S> {
         let mut first_download_of_key: HashMap<String, Transfer<RegisteredLayer<S::Layer>>> =
             HashMap::new();
 
+        let mut looked_up = self.look_up_present(layers).await.into_iter();
         for descriptor in layers {
             if cancel.is_cancelled() {
                 release_all(held).await;
@@ -377,7 +379,7 @@ impl<S: LayerStore> DownloadManager<S> {
 
             if probing {
                 probing = false;
-                if let Some(layer) = self.find_present(descriptor.as_ref(), &present_top).await {
+                if let Some(layer) = looked_up.next().and_then(LayerRef::into_layer) {
                     output.status(&descriptor.id(), Status::AlreadyExists);
                     let diff_id = layer.diff_id();
                     present_top.replace(Arc::clone(&self.store), layer).await;
@@ -385,6 +387,11 @@ impl<S: LayerStore> DownloadManager<S> {
                     present_diff_ids.push(diff_id);
                     probing = true;
                     continue;
+                }
+                // Layers above the first missing one are downloaded, as
+                // a missing layer's chain cannot be on top of it yet.
+                for unused in looked_up.by_ref() {
+                    unused.release().await;
                 }
             }
 
@@ -470,18 +477,38 @@ impl<S: LayerStore> DownloadManager<S> {
         Ok((diff_ids, ReleaseHandle::watcher(top_watcher)))
     }
 
-    /// The layer `descriptor` describes, if its diffID is known and the
-    /// store has it on top of `below`.
-    async fn find_present<D: DownloadDescriptor>(
-        &self,
-        descriptor: &D,
-        below: &LayerRef<S>,
-    ) -> Option<S::Layer> {
-        let diff_id = descriptor.diff_id()?;
-        let chain_id = self.store.chain_id(below.chain_id().as_ref(), &diff_id);
-        self.store.get(&chain_id).await
+    /// Looks up, a few at a time, every layer of `layers` from the bottom
+    /// up to the first whose diffID is unknown (chain IDs follow from the
+    /// diffIDs alone): an image whose layers are all present then costs
+    /// one lookup per core at a time instead of one after another. The
+    /// handles not used are released when dropped.
+    async fn look_up_present<D: DownloadDescriptor>(&self, layers: &[Arc<D>]) -> Vec<LayerRef<S>> {
+        let mut chain_ids = Vec::new();
+        let mut below: Option<ChainId> = None;
+        for descriptor in layers {
+            let Some(diff_id) = descriptor.diff_id() else {
+                break;
+            };
+            let chain_id = self.store.chain_id(below.as_ref(), &diff_id);
+            below = Some(chain_id.clone());
+            chain_ids.push(chain_id);
+        }
+        futures::stream::iter(chain_ids)
+            .map(|chain_id| async move {
+                let found = self.store.get(&chain_id).await;
+                LayerRef {
+                    held: found.map(|layer| (Arc::clone(&self.store), layer)),
+                }
+            })
+            .buffered(LOOKUPS_AT_ONCE)
+            .collect()
+            .await
     }
 }
+
+/// Store lookups [`DownloadManager::download`] runs at once when it checks
+/// which layers are present.
+const LOOKUPS_AT_ONCE: usize = 4;
 
 /// Releases watchers top-most first, each waiting for its last record.
 async fn release_all<T>(held: Vec<Watcher<T>>) {
@@ -652,6 +679,11 @@ impl<S: LayerStore> LayerRef<S> {
 
     fn chain_id(&self) -> Option<ChainId> {
         self.held.as_ref().map(|(_, layer)| layer.chain_id())
+    }
+
+    /// The layer held, now the caller's to release.
+    fn into_layer(mut self) -> Option<S::Layer> {
+        self.held.take().map(|(_, layer)| layer)
     }
 
     /// Holds `layer` instead of the current one, which is released.

@@ -27,8 +27,7 @@ pub(crate) struct InflateBudget {
 impl InflateBudget {
     /// A budget for `setting` threads per layer (0 = the free cores).
     pub(crate) fn new(setting: usize) -> Arc<Self> {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Self::with_cores(setting, cores)
+        Self::with_cores(setting, crate::available_cores())
     }
 
     fn with_cores(setting: usize, cores: usize) -> Arc<Self> {

@@ -72,7 +72,7 @@ impl Default for PullSettings {
             max_download_attempts: 5,
             retry_tick: Duration::from_secs(1),
             unpack: true,
-            max_concurrent_unpacks: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            max_concurrent_unpacks: crate::available_cores(),
             expansion: haul_store::ExpansionLimit::default(),
             protocol: Protocol::default(),
             inflate_threads: 0,

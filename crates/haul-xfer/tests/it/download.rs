@@ -402,6 +402,77 @@ async fn an_image_already_present_reports_already_exists_and_holds_one_reference
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layer_present_above_a_missing_one_is_downloaded_and_every_lookup_released() {
+    // The layers are looked up all at once; the one found above the gap
+    // is not used (its parent is downloaded again), and its handle, like
+    // every other, goes back to the store exactly once.
+    let store = MockLayerStore::new();
+    let manager = DownloadManager::new(Arc::clone(&store)).with_retry_policy(fast_retries());
+    let first: Vec<_> = ["id1", "id2", "id3"]
+        .into_iter()
+        .map(|id| Arc::new(MockDownload::new(id)))
+        .collect();
+    let (diff_ids, release) = manager
+        .download(
+            &CancellationToken::new(),
+            &first,
+            Arc::new(haul_xfer::DiscardOutput),
+        )
+        .await
+        .unwrap();
+    release.release().await;
+    let second_chain = common::chain_id(Some(&common::chain_id(None, &diff_ids[0])), &diff_ids[1]);
+    store.forget(&second_chain);
+
+    let again: Vec<_> = ["id1", "id2", "id3"]
+        .into_iter()
+        .zip(&diff_ids)
+        .map(|(id, diff_id)| Arc::new(MockDownload::new(id).with_diff_id(diff_id.as_str())))
+        .collect();
+    let recording = RecordingOutput::new();
+    let (diff_ids_again, release) = manager
+        .download(&CancellationToken::new(), &again, output(&recording))
+        .await
+        .unwrap();
+    assert_eq!(diff_ids_again, diff_ids);
+    let stages: Vec<_> = recording
+        .records()
+        .into_iter()
+        .map(|p| (p.id.clone(), stage(&p)))
+        .filter(|(_, stage)| stage == "Already exists" || stage == "Pull complete")
+        .collect();
+    assert_eq!(
+        stages,
+        [
+            ("id1".to_owned(), "Already exists".to_owned()),
+            ("id2".to_owned(), "Pull complete".to_owned()),
+            ("id3".to_owned(), "Pull complete".to_owned()),
+        ]
+    );
+    let attempts: Vec<u32> = again
+        .iter()
+        .map(|d| d.attempts.load(Ordering::SeqCst))
+        .collect();
+    assert_eq!(attempts, [0, 1, 1]);
+    release.release().await;
+    within(5, "every handle is released", async {
+        loop {
+            let out = store.handed_out.load(Ordering::SeqCst)
+                + store.registrations.load(Ordering::SeqCst);
+            if store.releases.load(Ordering::SeqCst) >= out {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+    // id1 and id3 were found (id3 unused); 3 + 2 registrations.
+    assert_eq!(store.handed_out.load(Ordering::SeqCst), 2);
+    assert_eq!(store.registrations.load(Ordering::SeqCst), 5);
+    assert_eq!(store.releases.load(Ordering::SeqCst), 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registration_failure_is_reported_and_not_retried() {
     let store = MockLayerStore::new();
     *store.fail_registration.lock().unwrap() = Some("no space left on device".to_owned());

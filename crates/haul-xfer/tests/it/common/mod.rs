@@ -208,6 +208,8 @@ pub(crate) struct MockLayerStore {
     layers: Mutex<HashMap<ChainId, MockLayer>>,
     pub registrations: AtomicUsize,
     pub releases: AtomicUsize,
+    /// Handles `get` gave out (each must come back through `release`).
+    pub handed_out: AtomicUsize,
     /// If set, every registration fails with this message.
     pub fail_registration: Mutex<Option<String>>,
     /// If set, registrations wait until this token fires.
@@ -217,6 +219,12 @@ pub(crate) struct MockLayerStore {
 impl MockLayerStore {
     pub(crate) fn new() -> Arc<Self> {
         Arc::new(MockLayerStore::default())
+    }
+
+    /// Drops the layer `chain_id` from the store (as if damaged and
+    /// removed), leaving the layers registered on top of it.
+    pub(crate) fn forget(&self, chain_id: &ChainId) {
+        self.layers.lock().unwrap().remove(chain_id);
     }
 
     /// Registers `bytes` at the bottom, as if pulled before.
@@ -283,7 +291,11 @@ impl LayerStore for MockLayerStore {
     }
 
     async fn get(&self, chain_id: &ChainId) -> Option<MockLayer> {
-        self.layers.lock().unwrap().get(chain_id).cloned()
+        let found = self.layers.lock().unwrap().get(chain_id).cloned();
+        if found.is_some() {
+            self.handed_out.fetch_add(1, Ordering::SeqCst);
+        }
+        found
     }
 
     async fn register(
