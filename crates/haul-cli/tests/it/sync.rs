@@ -758,12 +758,7 @@ fn ctrl_c_stops_a_sync_with_one_sentence_and_exit_130() {
         .collect();
     let mut args = vec!["sync", "--to", to.as_str()];
     args.extend(sources.iter().map(String::as_str));
-    let child = haul_command(env.root.path(), &args)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_haul(&env, &args);
     let start = Instant::now();
     while proxy.count_matching("PUT", "/blobs/uploads/") == 0 {
         assert!(start.elapsed() < Duration::from_secs(30), "no blob PUT");
@@ -812,12 +807,7 @@ fn copies_waiting_for_a_shared_blob_leave_the_upload_slots_to_blobs_that_can_mov
         .collect();
     let mut args = vec!["sync", "--max-concurrent-uploads", "2", "--to", to.as_str()];
     args.extend(sources.iter().map(String::as_str));
-    let child = haul_command(env.root.path(), &args)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_haul(&env, &args);
     let others: BTreeSet<String> = images
         .iter()
         .flat_map(blobs_of)
@@ -863,4 +853,14 @@ fn copies_waiting_for_a_shared_blob_leave_the_upload_slots_to_blobs_that_can_mov
         let bytes = manifest_bytes(&target.host(), &format!("mirror/team/app{}", app + 1), "v1");
         assert_eq!(Digest::sha256_of(&bytes).to_string(), image.manifest.digest);
     }
+}
+
+/// `haul ARGS` started in the background, its output captured.
+fn spawn_haul(env: &Env, args: &[&str]) -> std::process::Child {
+    haul_command(env.root.path(), args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
 }
