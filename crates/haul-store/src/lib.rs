@@ -138,6 +138,7 @@ mod seal;
 pub mod unpack;
 mod uploads;
 mod v1meta;
+mod writeback;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

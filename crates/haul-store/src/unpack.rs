@@ -54,6 +54,7 @@ use haul_oci::{Digest, Digester};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps, XattrFlags, CWD};
 
 use crate::error::{Error, Result};
+use crate::writeback::EarlyWriteback;
 
 /// The name of an opaque-directory marker.
 pub const OPAQUE_MARKER: &str = ".wh..wh..opq";
@@ -184,6 +185,7 @@ fn unpack_hashed<R: Read>(
         skipped: 0,
         xattrs_failed: 0,
         create: CreateRules::for_dest(dest),
+        writeback: EarlyWriteback::new(dest),
     };
     for entry in archive.entries().map_err(tar_error)? {
         let mut entry = entry.map_err(tar_error)?;
@@ -278,6 +280,8 @@ struct Unpacker<'a> {
     xattrs_failed: u64,
     /// What a file created here gets (see [`CreateRules::for_dest`]).
     create: CreateRules,
+    /// Starts the disk writing of what is unpacked as it goes.
+    writeback: EarlyWriteback<'a>,
 }
 
 /// What a file created in the destination gets without further calls,
@@ -452,6 +456,7 @@ impl Unpacker<'_> {
                 };
                 if let Kind::File = kind {
                     copy_content(entry, &mut file, &mut self.buffer).map_err(io_err)?;
+                    self.writeback.wrote(entry.size());
                 }
                 let created = self.create.created_mode(mode);
                 self.apply_to_file(&file, &meta, created).map_err(io_err)?;
