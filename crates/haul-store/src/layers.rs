@@ -25,14 +25,16 @@ use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use haul_oci::{Digest, Digester};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{
-    count_entries, crash_point, now_unix, read_json, remove_tree, remove_via_trash, syncfs,
+    count_entries, crash_point, now_unix, read_json, remove_tree, remove_via_trash,
 };
+use crate::group_sync::{GroupSync, SyncTicket};
 use crate::seal::{seal_holds, seal_tree, DiffSeal, Sealed, SEAL_FILE};
 use crate::unpack::{unpack, UnpackOptions};
 use crate::Store;
@@ -78,6 +80,9 @@ pub struct StagedLayer {
     skipped_entries: u64,
     /// Its entry count and seal, taken once unpacked.
     sealed: Option<Sealed>,
+    /// Until its files are known to be on disk: the sync they wait for.
+    pending_sync: Option<SyncTicket>,
+    group_sync: Arc<GroupSync>,
     _lease: crate::Lease,
 }
 
@@ -95,6 +100,20 @@ impl StagedLayer {
     /// Entries not unpacked (devices when not root).
     pub fn skipped_entries(&self) -> u64 {
         self.skipped_entries
+    }
+
+    /// Waits until the layer's files are on disk: one syncfs, shared with
+    /// every other layer of the store asking at the same time, and none
+    /// if a sync that started after the unpack has ended already.
+    /// [`Store::commit_staged`] calls it if the caller has not; calling it
+    /// first, outside any limit on concurrent unpacks, lets the next
+    /// unpack start while the disk catches up.
+    pub fn make_durable(&mut self) -> Result<()> {
+        if let (Some(ticket), Some(dir)) = (self.pending_sync, &self.dir) {
+            self.group_sync.sync_for(ticket, dir)?;
+        }
+        self.pending_sync = None;
+        Ok(())
     }
 }
 
@@ -272,6 +291,8 @@ impl Store {
             size: 0,
             skipped_entries: 0,
             sealed: None,
+            pending_sync: None,
+            group_sync: Arc::clone(&self.group_sync),
             _lease: lease,
         };
         let mut staged = staged;
@@ -292,10 +313,11 @@ impl Store {
         // registered (registrations run one after the other).
         let seal_path = dir.join(SEAL_FILE);
         staged.sealed = Some(seal_tree(&diff, &seal_path).at(&seal_path)?);
-        // The layer's files reach the disk here, on the unpacking thread
-        // (one syncfs, no per-file fsync), so that registering it later
-        // writes only its layer.json.
-        syncfs(&diff)?;
+        // The layer's files reach the disk before it is registered (one
+        // syncfs shared with the other layers finishing meanwhile, no
+        // per-file fsync; see `StagedLayer::make_durable`), so that
+        // registering it writes only its layer.json.
+        staged.pending_sync = Some(self.group_sync.ticket());
         staged.diff_id = report.diff_id;
         staged.size = report.size;
         staged.skipped_entries = report.skipped;
@@ -311,6 +333,7 @@ impl Store {
         mut staged: StagedLayer,
         parent: Option<&Digest>,
     ) -> Result<LayerInfo> {
+        staged.make_durable()?;
         if let Some(parent) = parent {
             if self.get_layer(parent)?.is_none() {
                 return Err(Error::LayerNotFound {
@@ -345,7 +368,7 @@ impl Store {
             source,
         })?;
         bytes.push(b'\n');
-        // Not synced here: the diff was synced when staged, and
+        // Not synced here: the diff was made durable above, and
         // `put_image` syncs the filesystem (these layer.json files and
         // renames with it) before an image record can name the layer. A
         // crash before that leaves a layer whose layer.json may be damaged,
@@ -381,7 +404,7 @@ impl Store {
     /// filesystem (their layer.json files and renames, see
     /// [`Store::commit_staged`]). Called before an image record is written.
     pub(crate) fn sync_layers(&self) -> Result<()> {
-        syncfs(&self.layers_dir())
+        self.group_sync.sync(&self.layers_dir())
     }
 
     /// Removes a layer directory (used by gc) through the trash; returns
@@ -404,5 +427,43 @@ mod tests {
         let ids = haul_oci::chain_ids(&[a.clone(), b.clone()]);
         assert_eq!(chain_id(None, &a), ids[0]);
         assert_eq!(chain_id(Some(&ids[0]), &b), ids[1]);
+    }
+
+    fn one_file_tar(name: &str) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(5);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder
+            .append_data(&mut header, name, &b"hello"[..])
+            .unwrap();
+        builder.into_inner().unwrap()
+    }
+
+    #[test]
+    fn layers_staged_together_share_one_sync_and_none_is_registered_unsynced() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let options = UnpackOptions::default();
+        let lower = store
+            .stage_layer(&one_file_tar("a")[..], None, &options)
+            .unwrap();
+        let mut upper = store
+            .stage_layer(&one_file_tar("b")[..], None, &options)
+            .unwrap();
+        assert_eq!(store.group_sync.syncs_started(), 0, "staging synced");
+        // One sync, started after both unpacks, covers both.
+        upper.make_durable().unwrap();
+        assert_eq!(store.group_sync.syncs_started(), 1);
+        let lower = store.commit_staged(lower, None).unwrap();
+        let upper = store.commit_staged(upper, Some(&lower.chain_id)).unwrap();
+        assert_eq!(store.group_sync.syncs_started(), 1);
+        // A layer staged after that sync gets one of its own when registered.
+        let top = store
+            .stage_layer(&one_file_tar("c")[..], None, &options)
+            .unwrap();
+        store.commit_staged(top, Some(&upper.chain_id)).unwrap();
+        assert_eq!(store.group_sync.syncs_started(), 2);
     }
 }

@@ -123,6 +123,7 @@ mod error;
 mod export;
 mod fsutil;
 mod gc;
+mod group_sync;
 mod gzip;
 mod gzip_parallel;
 mod images;
@@ -177,6 +178,8 @@ pub struct Store {
     root: PathBuf,
     /// How long a lock is waited for when the caller names no limit.
     lock_timeout: Option<Duration>,
+    /// The syncs of the store's filesystem, shared by its clones.
+    group_sync: std::sync::Arc<group_sync::GroupSync>,
 }
 
 /// Largest manifest or index the store reads into memory (the OCI
@@ -194,6 +197,7 @@ impl Store {
         let store = Store {
             root,
             lock_timeout: Some(DEFAULT_LOCK_TIMEOUT),
+            group_sync: Default::default(),
         };
         for dir in [
             store.blobs_dir("sha256"),

@@ -288,13 +288,19 @@ impl Unpacking {
         };
         let slots = Arc::clone(slots);
         let task = tokio::spawn(async move {
-            let _slot = slots
+            let slot = slots
                 .acquire_owned()
                 .await
                 .map_err(|_| Error::Internal("the unpack slots were closed".into()))?;
-            tokio::task::spawn_blocking(move || unpack(reader))
+            let mut staged = tokio::task::spawn_blocking(move || unpack(reader))
+                .await
+                .map_err(|e| Error::Internal(format!("an unpack thread failed: {e}")))??;
+            // The next layer unpacks while this one's files go to disk.
+            drop(slot);
+            tokio::task::spawn_blocking(move || staged.make_durable().map(|()| staged))
                 .await
                 .map_err(|e| Error::Internal(format!("an unpack thread failed: {e}")))?
+                .map_err(Error::from)
         });
         Self {
             task: Some(task),
