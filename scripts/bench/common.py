@@ -52,8 +52,9 @@ def rmtree(path):
 
 
 def tree_bytes(path):
-    """(bytes of regular files, number of entries) under path."""
-    total, n = 0, 0
+    """(bytes of regular files, each hard-linked file counted once; number
+    of entries) under path."""
+    total, n, seen = 0, 0, set()
     for dirpath, dirnames, filenames in os.walk(path):
         n += len(dirnames) + len(filenames)
         for f in filenames:
@@ -61,8 +62,13 @@ def tree_bytes(path):
                 st = os.lstat(os.path.join(dirpath, f))
             except OSError:
                 continue
-            if st.st_nlink >= 1 and (st.st_mode & 0o170000) == 0o100000:
-                total += st.st_size
+            if (st.st_mode & 0o170000) != 0o100000:
+                continue
+            if st.st_nlink > 1:
+                if (st.st_dev, st.st_ino) in seen:
+                    continue
+                seen.add((st.st_dev, st.st_ino))
+            total += st.st_size
     return total, n
 
 
