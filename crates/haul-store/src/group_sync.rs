@@ -9,6 +9,14 @@
 //! one itself. If one is running, that one may have started before the
 //! caller's writes, so the caller waits for the next one, which whoever is
 //! waiting first when the running one ends starts, for everyone waiting.
+//!
+//! Every sync goes through one directory handle, opened with the store.
+//! Linux reports a failed writeback to the syncfs of each open file once,
+//! and only to files opened before the failure was first reported; a
+//! handle opened later (as the early writeback's are, see
+//! [`crate::writeback`]) would miss it. And once a sync has failed, every
+//! caller it was run for fails, even if a later sync succeeds: the
+//! kernel reports the failure only once, and the pages may be lost.
 
 use std::fs::File;
 use std::io;
@@ -17,10 +25,11 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 
 use crate::error::{IoContext, Result};
 
-/// Shared syncfs calls for one store (every caller passes a path on the
-/// store's filesystem).
-#[derive(Debug, Default)]
+/// Shared syncfs calls for one store's filesystem.
+#[derive(Debug)]
 pub(crate) struct GroupSync {
+    /// The store's root, opened once (see the module's doc).
+    root: File,
     state: Mutex<State>,
     finished: Condvar,
 }
@@ -37,14 +46,27 @@ struct State {
     /// How many have ended (they run one at a time, in order).
     ended: u64,
     running: bool,
-    /// The last sync that ended, if it failed: what it failed with.
-    failure: Option<(io::ErrorKind, String)>,
+    /// The latest syncs that failed (at most [`FAILURES_KEPT`]): their
+    /// numbers, and what each failed with.
+    failures: Vec<(u64, io::ErrorKind, String)>,
 }
 
+/// How many failed syncs are remembered for callers still to wake.
+const FAILURES_KEPT: usize = 16;
+
 impl GroupSync {
-    /// Returns once everything written to `path`'s filesystem before this
-    /// call is on disk (or with the error of the sync that was to make it
-    /// so).
+    /// Syncs of the filesystem holding the directory `root`.
+    pub(crate) fn open(root: &Path) -> Result<GroupSync> {
+        Ok(GroupSync {
+            root: File::open(root).at(root)?,
+            state: Mutex::default(),
+            finished: Condvar::new(),
+        })
+    }
+
+    /// Returns once everything written to the filesystem before this call
+    /// is on disk (or with the error of a sync that was to make it so);
+    /// `path`, on it, names the writes in an error.
     pub(crate) fn sync(&self, path: &Path) -> Result<()> {
         let ticket = self.ticket();
         self.sync_for(ticket, path)
@@ -62,9 +84,14 @@ impl GroupSync {
         let mut state = self.lock();
         loop {
             if state.ended >= ticket.0 {
-                return match &state.failure {
+                // The first sync that started after the writes decides.
+                return match state.failures.iter().find(|(n, ..)| *n == ticket.0) {
+                    Some((_, kind, message)) => Err(io::Error::new(
+                        *kind,
+                        format!("syncing the store's filesystem failed: {message}"),
+                    ))
+                    .at(path),
                     None => Ok(()),
-                    Some((kind, message)) => Err(io::Error::new(*kind, message.clone())).at(path),
                 };
             }
             if state.running {
@@ -77,12 +104,17 @@ impl GroupSync {
             state.running = true;
             state.started += 1;
             drop(state);
-            let outcome =
-                File::open(path).and_then(|dir| rustix::fs::syncfs(&dir).map_err(io::Error::from));
+            let outcome = rustix::fs::syncfs(&self.root).map_err(io::Error::from);
             state = self.lock();
             state.running = false;
             state.ended += 1;
-            state.failure = outcome.err().map(|e| (e.kind(), e.to_string()));
+            if let Err(e) = outcome {
+                let number = state.ended;
+                if state.failures.len() == FAILURES_KEPT {
+                    state.failures.remove(0);
+                }
+                state.failures.push((number, e.kind(), e.to_string()));
+            }
             self.finished.notify_all();
         }
     }
@@ -109,7 +141,7 @@ mod tests {
     #[test]
     fn one_caller_runs_one_sync() {
         let dir = tempfile::tempdir().unwrap();
-        let group = GroupSync::default();
+        let group = GroupSync::open(dir.path()).unwrap();
         group.sync(dir.path()).unwrap();
         group.sync(dir.path()).unwrap();
         let state = group.lock();
@@ -119,7 +151,7 @@ mod tests {
     #[test]
     fn callers_arriving_together_share_syncs_and_each_waits_for_one_started_after_it() {
         let dir = tempfile::tempdir().unwrap();
-        let group = Arc::new(GroupSync::default());
+        let group = Arc::new(GroupSync::open(dir.path()).unwrap());
         let callers = 16;
         let threads: Vec<_> = (0..callers)
             .map(|_| {
@@ -146,7 +178,7 @@ mod tests {
     #[test]
     fn a_ticket_already_covered_by_a_later_sync_runs_none() {
         let dir = tempfile::tempdir().unwrap();
-        let group = GroupSync::default();
+        let group = GroupSync::open(dir.path()).unwrap();
         let ticket = group.ticket();
         group.sync(dir.path()).unwrap();
         group.sync_for(ticket, dir.path()).unwrap();
@@ -158,12 +190,37 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_sync_fails_its_callers_and_the_next_one_succeeds() {
+    fn a_failed_sync_fails_the_tickets_it_ran_for_even_after_a_later_one_succeeds() {
         let dir = tempfile::tempdir().unwrap();
-        let group = GroupSync::default();
-        let gone = dir.path().join("gone");
-        let err = group.sync(&gone).unwrap_err().to_string();
-        assert!(err.contains("gone"), "{err}");
+        let group = GroupSync::open(dir.path()).unwrap();
+        let before = group.ticket();
         group.sync(dir.path()).unwrap();
+        let covered = group.ticket();
+        // As if the next sync had failed (syncfs fails only on a disk
+        // error), then one more succeeded.
+        {
+            let mut state = group.lock();
+            state.started += 1;
+            state.ended += 1;
+            let number = state.ended;
+            state
+                .failures
+                .push((number, io::ErrorKind::Other, "EIO".into()));
+        }
+        group.sync(dir.path()).unwrap();
+        let err = group.sync_for(covered, dir.path()).unwrap_err().to_string();
+        assert!(err.contains("EIO"), "{err}");
+        // Writes before the failed sync, covered by one that succeeded.
+        group.sync_for(before, dir.path()).unwrap();
+        // Writes after it: fine.
+        group.sync(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn a_store_root_that_cannot_be_opened_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let gone = dir.path().join("gone");
+        let err = GroupSync::open(&gone).unwrap_err().to_string();
+        assert!(err.contains("gone"), "{err}");
     }
 }

@@ -3,7 +3,7 @@
 //! Each layer's diff is unpacked on its own (see [`crate::unpack`]), keyed
 //! by its chain ID, so layers of different chains can be registered in
 //! parallel from several threads or processes. A registration unpacks into
-//! `layers/tmp-*`, writes and fsyncs `layer.json`, then renames the whole
+//! `layers/tmp-*`, syncs it, writes `layer.json`, then renames the whole
 //! directory into place: a directory under `layers/sha256/` is always
 //! complete. When two registrations of one chain ID race, the first rename
 //! wins and the other is discarded.

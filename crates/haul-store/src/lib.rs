@@ -194,10 +194,12 @@ impl Store {
     /// Opens (creating if needed) the store at `root`.
     pub fn open(root: impl AsRef<Path>) -> Result<Self> {
         let root = root.as_ref().to_path_buf();
+        create_dirs(&root)?;
+        let group_sync = std::sync::Arc::new(group_sync::GroupSync::open(&root)?);
         let store = Store {
             root,
             lock_timeout: Some(DEFAULT_LOCK_TIMEOUT),
-            group_sync: Default::default(),
+            group_sync,
         };
         for dir in [
             store.blobs_dir("sha256"),

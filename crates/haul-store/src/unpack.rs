@@ -152,7 +152,10 @@ pub struct UnpackReport {
 }
 
 /// Unpacks the uncompressed tar `reader` into the existing, empty directory
-/// `dest`, and reads the stream to its end to compute its diff ID.
+/// `dest`, and reads the stream to its end to compute its diff ID. Past
+/// every 32 MiB written, a background syncfs of `dest`'s filesystem starts
+/// the disk writing early (see `writeback.rs`); making the result durable
+/// is still the caller's job.
 pub fn unpack<R: Read>(reader: R, dest: &Path, options: &UnpackOptions) -> Result<UnpackReport> {
     let exceeded = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let hashing = HashingReader {

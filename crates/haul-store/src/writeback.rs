@@ -9,8 +9,9 @@
 //! unpacked, a background thread runs syncfs(2) on the destination's
 //! filesystem, at most one at a time per process: the disk then writes
 //! while the unpacking thread inflates and creates files, never blocking
-//! it. A failure of a background sync is ignored; the final syncfs, on
-//! the unpacking thread, reports errors.
+//! it. A failure of a background sync is ignored here: the store's own
+//! sync before the layer is registered reports it, through a handle
+//! opened before any of these (see [`crate::group_sync`]).
 
 use std::fs::File;
 use std::path::Path;

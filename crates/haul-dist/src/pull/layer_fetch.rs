@@ -306,9 +306,12 @@ pub(crate) async fn stage_from_store(
             blob.compression.unwrap_or(Compression::Uncompressed),
         )
         .map_err(|e| Error::Decompress(e.to_string()))?;
-        store
+        let mut staged = store
             .stage_layer(haul_store::read_ahead(reader), expected.as_ref(), &options)
-            .map_err(|e| naming_blob(&blob.digest, e))
+            .map_err(|e| naming_blob(&blob.digest, e))?;
+        // Here, in parallel with the other layers, not at registration.
+        staged.make_durable()?;
+        Ok(staged)
     })
     .await
 }

@@ -36,7 +36,8 @@ impl haul_xfer::Layer for StoreLayer {
 #[derive(Debug)]
 pub enum PulledLayer {
     /// The layer is being unpacked from its blob (complete in the store),
-    /// under the unpack limit; registration waits for it ("Extracting").
+    /// under the unpack limit, then synced outside it; registration waits
+    /// for it ("Extracting").
     Unpacking {
         /// The unpack under way.
         unpacking: Unpacking,

@@ -271,7 +271,8 @@ pub struct Unpacking {
 
 impl Unpacking {
     /// Starts unpacking once an unpack slot is free; `unpack` does the
-    /// work on a blocking thread with the blob's file as it grows.
+    /// work on a blocking thread with the blob's file as it grows. The
+    /// staged layer is then made durable after the slot is given back.
     pub(crate) fn start(
         slots: &UnpackSlots,
         file: File,
@@ -332,8 +333,11 @@ impl Unpacking {
 
 impl Drop for Unpacking {
     fn drop(&mut self) {
-        if self.task.is_some() {
+        if let Some(task) = &self.task {
             self.written.cancel();
+            // A staged layer still to come is then dropped where it is
+            // made (a blocking thread), not on the runtime.
+            task.abort();
         }
     }
 }
