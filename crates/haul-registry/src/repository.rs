@@ -85,6 +85,11 @@ impl Repository {
         &self.client
     }
 
+    /// Whether reads go to mirrors before the registry itself.
+    pub fn has_mirrors(&self) -> bool {
+        !self.mirrors.is_empty()
+    }
+
     /// Hosts to read from: the mirrors in order, then the registry.
     pub(crate) fn read_hosts(&self) -> impl Iterator<Item = &Arc<Host>> {
         self.mirrors.iter().chain(std::iter::once(&self.host))

@@ -95,6 +95,8 @@ fn second_pull_is_up_to_date_and_moves_no_blob() {
     let proxy = FaultProxy::start(&env.registry.host()).unwrap();
     let reference = format!("{}/library/sample:1.0", proxy.authority());
     assert_ok(&env.haul(&["--progress", "plain", "pull", &reference]));
+    // A first pull sends its GET at once: nothing to find locally.
+    assert_eq!(proxy.count_matching("HEAD", "/manifests/"), 0);
     proxy.reset_counters();
 
     let out = env.haul(&["--progress", "plain", "pull", &reference]);
@@ -109,6 +111,85 @@ fn second_pull_is_up_to_date_and_moves_no_blob() {
         proxy.count_matching("GET", "/blobs/"),
         0,
         "no blob was fetched again"
+    );
+    // The tag is resolved with a HEAD, which rate-limited registries do
+    // not count, and the manifest it names is read from the store.
+    assert_eq!(proxy.count_matching("HEAD", "/manifests/1.0"), 1);
+    assert_eq!(
+        proxy.count_matching("GET", "/manifests/"),
+        0,
+        "the manifest came from the store"
+    );
+    env.assert_store_invariants();
+}
+
+#[test]
+fn a_tag_moved_to_another_image_is_fetched_again_on_the_next_pull() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    env.put_image(&sample_image(), "library/moving:1");
+    let proxy = FaultProxy::start(&env.registry.host()).unwrap();
+    let reference = format!("{}/library/moving:1", proxy.authority());
+    assert_ok(&env.haul(&["pull", &reference]));
+
+    let moved = sample_image().layer(LayerSpec::gzip(vec![Entry::file(
+        "etc/moved",
+        0o644,
+        b"new\n".to_vec(),
+    )]));
+    let built = env.put_image(&moved, "library/moving:1");
+    proxy.reset_counters();
+    let out = env.haul(&["--progress", "plain", "pull", &reference]);
+    assert_ok(&out);
+    assert!(
+        stdout(&out).contains(&format!("Digest: {}", built.manifest.digest)),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(proxy.count_matching("GET", "/manifests/1"), 1);
+    let exported = env.dir("moved");
+    assert_ok(&env.haul(&["export", &reference, exported.to_str().unwrap()]));
+    assert_eq!(
+        std::fs::read_to_string(exported.join("etc/moved")).unwrap(),
+        "new\n"
+    );
+    env.assert_store_invariants();
+}
+
+#[test]
+fn a_second_pull_of_an_index_reads_its_manifests_from_the_store() {
+    let Some(env) = Env::start(RegistryConfig::no_auth()) else {
+        return;
+    };
+    let built = env.put_index("library/multi:1");
+    let proxy = FaultProxy::start(&env.registry.host()).unwrap();
+    let reference = format!("{}/library/multi:1", proxy.authority());
+    let pull = |platform: &str| env.haul(&["--platform", platform, "pull", &reference]);
+    assert_ok(&pull("linux/arm64"));
+
+    proxy.reset_counters();
+    let out = pull("linux/arm64");
+    assert_ok(&out);
+    assert!(
+        stdout(&out).contains(&format!("Digest: {}", built.index.digest)),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(proxy.count_matching("GET", "/manifests/"), 0);
+
+    // Another platform: only its own manifest is fetched, by digest.
+    proxy.reset_counters();
+    assert_ok(&pull("linux/amd64"));
+    let amd64 = built
+        .images
+        .iter()
+        .find(|i| i.platform.architecture == "amd64")
+        .expect("the index has amd64");
+    assert_eq!(proxy.count_matching("GET", "/manifests/"), 1);
+    assert_eq!(
+        proxy.count_matching("GET", &format!("/manifests/{}", amd64.manifest.digest)),
+        1
     );
     env.assert_store_invariants();
 }

@@ -193,8 +193,19 @@ impl Puller {
             },
         );
 
+        // A reference pulled before is asked with HEAD first: what it
+        // names is likely in the store already (see `resolve`). A first
+        // pull sends its GET at once, without the extra round trip.
+        let known = {
+            let store = self.store.clone();
+            let reference = reference.clone();
+            blocking(move || Ok(store.resolve(&reference)?.is_some()))
+                .await
+                .unwrap_or(false)
+        };
+        let local = known.then_some(&self.store);
         let resolved = tokio::select! {
-            resolved = resolve(&repo, reference, options.platform.as_ref(), options.all_platforms) => resolved?,
+            resolved = resolve(&repo, reference, options.platform.as_ref(), options.all_platforms, local) => resolved?,
             _ = cancel.cancelled() => return Err(Error::Cancelled),
         };
         let store = self.store.clone();

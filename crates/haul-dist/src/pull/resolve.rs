@@ -1,8 +1,9 @@
 //! From a reference to the image manifests to pull: fetch what the tag or
 //! digest names; for an index, pick the platform (or take them all).
 
-use haul_oci::{parse_manifest, Manifest, ParsedManifest, Platform, Reference};
+use haul_oci::{parse_manifest, Digest, Manifest, ParsedManifest, Platform, Reference};
 use haul_registry::Repository;
+use haul_store::{Store, MANIFEST_LIMIT};
 
 use crate::error::{Error, Result};
 
@@ -40,13 +41,30 @@ pub async fn fetch_manifest(repo: &Repository, reference: &str) -> Result<Parsed
 
 /// Resolves `reference` in `repo`: for an index, the manifest for
 /// `platform` (default: this machine's), or every platform with `all`.
+///
+/// With a `store` (the pull passes one for a reference pulled before),
+/// manifests it already holds are read from it: the reference is asked
+/// with `HEAD` (which rate-limited registries do not count) and, when the
+/// store has the manifest the answer names, no `GET` is sent, so pulling
+/// an image that is up to date costs no pull quota. Without mirrors only:
+/// a `HEAD` goes to the registry itself, which a mirrored setup may not
+/// reach. Any failure on that path falls back to the `GET`.
 pub async fn resolve(
     repo: &Repository,
     reference: &Reference,
     platform: Option<&Platform>,
     all: bool,
+    store: Option<&Store>,
 ) -> Result<Resolved> {
-    let top = fetch_manifest(repo, &manifest_reference(reference)).await?;
+    let store = store.filter(|_| !repo.has_mirrors());
+    let wanted = manifest_reference(reference);
+    let top = match store {
+        Some(store) => match local_by_head(repo, &wanted, store).await {
+            Some(parsed) => parsed,
+            None => fetch_manifest(repo, &wanted).await?,
+        },
+        None => fetch_manifest(repo, &wanted).await?,
+    };
     let images = match top.manifest() {
         Manifest::Image(_) => vec![(top.clone(), None)],
         Manifest::Index(index) => {
@@ -66,7 +84,15 @@ pub async fn resolve(
             };
             let mut images = Vec::with_capacity(chosen.len());
             for descriptor in chosen {
-                let image = fetch_manifest(repo, descriptor.digest().as_ref()).await?;
+                let digest = descriptor.digest().as_ref();
+                let local = match (store, Digest::parse(digest)) {
+                    (Some(store), Ok(digest)) => local_manifest(store, &digest, None).await,
+                    _ => None,
+                };
+                let image = match local {
+                    Some(parsed) => parsed,
+                    None => fetch_manifest(repo, digest).await?,
+                };
                 if !matches!(image.manifest(), Manifest::Image(_)) {
                     return Err(Error::Unsupported {
                         reference: reference.to_string(),
@@ -84,4 +110,41 @@ pub async fn resolve(
         Manifest::Schema1(_) => vec![(top.clone(), None)],
     };
     Ok(Resolved { top, images })
+}
+
+/// The manifest `reference` names, from `store`, when a `HEAD` says which
+/// one it is and the store holds it.
+async fn local_by_head(
+    repo: &Repository,
+    reference: &str,
+    store: &Store,
+) -> Option<ParsedManifest> {
+    let info = match repo.head_manifest(reference).await {
+        Ok(info) => info?,
+        Err(e) => {
+            tracing::debug!("HEAD of {reference} failed, asking with GET: {e}");
+            return None;
+        }
+    };
+    local_manifest(store, &info.digest, info.media_type).await
+}
+
+/// Manifest `digest` from `store`, if it holds it and its bytes hash to
+/// that digest.
+async fn local_manifest(
+    store: &Store,
+    digest: &Digest,
+    media_type: Option<String>,
+) -> Option<ParsedManifest> {
+    let (store, wanted) = (store.clone(), digest.clone());
+    let bytes = tokio::task::spawn_blocking(move || {
+        store
+            .has_blob(&wanted)
+            .then(|| store.read_blob_limited(&wanted, MANIFEST_LIMIT).ok())
+            .flatten()
+    })
+    .await
+    .ok()??;
+    let parsed = parse_manifest(bytes, media_type.as_deref()).ok()?;
+    (parsed.digest() == digest).then_some(parsed)
 }
