@@ -193,17 +193,15 @@ impl Puller {
             },
         );
 
+        let previous = {
+            let store = self.store.clone();
+            let reference = reference.clone();
+            blocking(move || Ok(store.resolve(&reference)?)).await?
+        };
         // A reference pulled before is asked with HEAD first: what it
         // names is likely in the store already (see `resolve`). A first
         // pull sends its GET at once, without the extra round trip.
-        let known = {
-            let store = self.store.clone();
-            let reference = reference.clone();
-            blocking(move || Ok(store.resolve(&reference)?.is_some()))
-                .await
-                .unwrap_or(false)
-        };
-        let local = known.then_some(&self.store);
+        let local = previous.is_some().then_some(&self.store);
         let resolved = tokio::select! {
             resolved = resolve(&repo, reference, options.platform.as_ref(), options.all_platforms, local) => resolved?,
             _ = cancel.cancelled() => return Err(Error::Cancelled),
@@ -213,11 +211,6 @@ impl Puller {
         // image names yet.
         let _lease = blocking(move || Ok(store.lease()?)).await?;
 
-        let previous = {
-            let store = self.store.clone();
-            let reference = reference.clone();
-            blocking(move || Ok(store.resolve(&reference)?)).await?
-        };
         let index_digest = resolved.index().map(|i| i.digest().clone());
         if let Some(index) = resolved.index() {
             self.put_blob(index.bytes().to_vec(), index.digest())

@@ -58,11 +58,12 @@ pub async fn resolve(
 ) -> Result<Resolved> {
     let store = store.filter(|_| !repo.has_mirrors());
     let wanted = manifest_reference(reference);
-    let top = match store {
-        Some(store) => match local_by_head(repo, &wanted, store).await {
-            Some(parsed) => parsed,
-            None => fetch_manifest(repo, &wanted).await?,
-        },
+    let local_top = match store {
+        Some(store) => local_by_head(repo, &wanted, store).await,
+        None => None,
+    };
+    let top = match local_top {
+        Some(parsed) => parsed,
         None => fetch_manifest(repo, &wanted).await?,
     };
     let images = match top.manifest() {
